@@ -1,0 +1,14 @@
+//! Ganglion's Matrix core: room versions, PDUs, hashing and signing, auth rules, client formats.
+//!
+//! Pure logic over ruma, with no I/O: callers load the state they need and hand it in. Depends on
+//! ruma only; storage, workers and HTTP depend on it, never the other way round.
+
+mod builder;
+mod client_format;
+mod pdu;
+mod signing;
+
+pub use builder::{BuildError, EventTemplate, RoomContext, build_event, room_version_rules};
+pub use client_format::{client_event, strip_to_sync_format};
+pub use pdu::{Pdu, PduError, StateMap};
+pub use signing::{ServerSigningKey, SigningKeyError};

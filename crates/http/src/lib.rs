@@ -1,0 +1,16 @@
+//! The HTTP pieces every role shares: Matrix errors, the access-token extractor, a JSON body
+//! extractor that answers with Matrix errors, and the common middleware (request ids, CORS, metrics,
+//! Matrix-shaped 404/405).
+//!
+//! Depends on `ganglion-storage` (token look-ups) and `ganglion-telemetry`. Worker crates depend on it;
+//! it never depends on a worker.
+
+mod auth;
+mod error;
+mod json;
+mod layers;
+
+pub use auth::{AccessToken, AuthUser, Authenticator, hash_token, new_access_token};
+pub use error::MatrixError;
+pub use json::MatrixJson;
+pub use layers::{RequestId, common_layers, matrix_fallbacks};

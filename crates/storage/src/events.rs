@@ -1,0 +1,544 @@
+//! Events, room state and forward extremities.
+//!
+//! `main` is the only writer: it allocates each event's `stream_ordering` (the `events` stream
+//! position) and calls [`EventStore::persist`], which writes the event, its state change, the room's
+//! new forward extremities and the client's transaction id in one transaction.
+
+use ruma::{OwnedEventId, OwnedRoomId, OwnedUserId, RoomId, UserId};
+use sqlx::Row;
+use sqlx::any::AnyRow;
+
+use crate::{Db, Error, Result, now_ms};
+
+/// An event ready to be stored.
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    /// Stream position allocated by the writer.
+    pub stream_ordering: i64,
+    /// The event ID.
+    pub event_id: OwnedEventId,
+    /// The room (for v12 create events, the ID derived from the event).
+    pub room_id: OwnedRoomId,
+    /// The sender.
+    pub sender: OwnedUserId,
+    /// `type`.
+    pub event_type: String,
+    /// `state_key` for state events.
+    pub state_key: Option<String>,
+    /// `content.membership` for `m.room.member` events.
+    pub membership: Option<String>,
+    /// `depth`.
+    pub depth: i64,
+    /// `origin_server_ts`.
+    pub origin_server_ts: i64,
+    /// The full signed event, canonical JSON.
+    pub json: String,
+    /// The events this one follows (they stop being forward extremities).
+    pub prev_events: Vec<OwnedEventId>,
+    /// `(device_id, txn_id)` of the client request that created it.
+    pub txn: Option<(String, String)>,
+    /// The request that created it, for tracing across processes.
+    pub request_id: String,
+    /// `Some((room_version, creator))` when this event creates the room.
+    pub creates_room: Option<(String, OwnedUserId)>,
+}
+
+/// A stored event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PersistedEvent {
+    /// Position on the `events` stream.
+    pub stream_ordering: i64,
+    /// The event ID.
+    pub event_id: OwnedEventId,
+    /// The room.
+    pub room_id: OwnedRoomId,
+    /// The sender.
+    pub sender: OwnedUserId,
+    /// `type`.
+    pub event_type: String,
+    /// `state_key`, for state events.
+    pub state_key: Option<String>,
+    /// `content.membership`, for member events.
+    pub membership: Option<String>,
+    /// `depth`.
+    pub depth: i64,
+    /// `origin_server_ts`.
+    pub origin_server_ts: i64,
+    /// The full event JSON.
+    pub json: String,
+    /// The request that created it.
+    pub request_id: String,
+}
+
+/// One entry of a room's current state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StateEntry {
+    /// Event type.
+    pub event_type: String,
+    /// State key.
+    pub state_key: String,
+    /// The event holding this state.
+    pub event_id: OwnedEventId,
+}
+
+/// A user's membership of a room, now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoomMembership {
+    /// The room.
+    pub room_id: OwnedRoomId,
+    /// `join`, `invite`, `leave`, `ban` or `knock`.
+    pub membership: String,
+    /// Stream position of the membership event.
+    pub stream_ordering: i64,
+}
+
+const EVENT_COLUMNS: &str = "stream_ordering, event_id, room_id, sender, event_type, state_key, membership, \
+     depth, origin_server_ts, json, request_id";
+
+/// Events and room state.
+#[derive(Debug, Clone)]
+pub struct EventStore {
+    db: Db,
+}
+
+fn decode_event(row: &AnyRow) -> Result<PersistedEvent> {
+    let event_id: String = row.try_get(1)?;
+    let room_id: String = row.try_get(2)?;
+    let sender: String = row.try_get(3)?;
+    Ok(PersistedEvent {
+        stream_ordering: row.try_get(0)?,
+        event_id: OwnedEventId::try_from(event_id.as_str()).map_err(|e| Error::Decode(format!("event id: {e}")))?,
+        room_id: OwnedRoomId::try_from(room_id.as_str()).map_err(|e| Error::Decode(format!("room id: {e}")))?,
+        sender: OwnedUserId::try_from(sender.as_str()).map_err(|e| Error::Decode(format!("sender: {e}")))?,
+        event_type: row.try_get(4)?,
+        state_key: row.try_get(5)?,
+        membership: row.try_get(6)?,
+        depth: row.try_get(7)?,
+        origin_server_ts: row.try_get(8)?,
+        json: row.try_get(9)?,
+        request_id: row.try_get(10)?,
+    })
+}
+
+fn decode_all(rows: Vec<AnyRow>) -> Result<Vec<PersistedEvent>> {
+    rows.iter().map(decode_event).collect()
+}
+
+/// `($k, $k+1, …)` for an `IN` list of `n` values starting at placeholder `first`.
+fn placeholders(first: usize, n: usize) -> String {
+    let list: Vec<String> = (first..first + n).map(|i| format!("${i}")).collect();
+    format!("({})", list.join(", "))
+}
+
+impl EventStore {
+    /// A store on `db`.
+    pub fn new(db: Db) -> Self {
+        Self { db }
+    }
+
+    /// The highest stream position written, 0 when there is none.
+    ///
+    /// # Errors
+    /// On database failure.
+    pub async fn max_stream_ordering(&self) -> Result<i64> {
+        let v: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(stream_ordering), 0) FROM events")
+            .fetch_one(self.db.pool())
+            .await?;
+        Ok(v)
+    }
+
+    /// Writes an event, its state change, the room's forward extremities and its transaction id in
+    /// one transaction.
+    ///
+    /// # Errors
+    /// [`Error::Conflict`] when the event ID or position exists; database failures.
+    #[tracing::instrument(skip_all, fields(room_id = %ev.room_id, event_id = %ev.event_id, position = ev.stream_ordering))]
+    pub async fn persist(&self, ev: &NewEvent) -> Result<()> {
+        let mut tx = self.db.pool().begin().await?;
+        if let Some((version, creator)) = &ev.creates_room {
+            sqlx::query("INSERT INTO rooms (room_id, room_version, creator, created_ts) VALUES ($1, $2, $3, $4)")
+                .bind(ev.room_id.as_str())
+                .bind(version)
+                .bind(creator.as_str())
+                .bind(now_ms())
+                .execute(&mut *tx)
+                .await?;
+        }
+        let inserted = sqlx::query(&format!(
+            "INSERT INTO events ({EVENT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+             ON CONFLICT DO NOTHING"
+        ))
+        .bind(ev.stream_ordering)
+        .bind(ev.event_id.as_str())
+        .bind(ev.room_id.as_str())
+        .bind(ev.sender.as_str())
+        .bind(&ev.event_type)
+        .bind(ev.state_key.as_deref())
+        .bind(ev.membership.as_deref())
+        .bind(ev.depth)
+        .bind(ev.origin_server_ts)
+        .bind(&ev.json)
+        .bind(&ev.request_id)
+        .execute(&mut *tx)
+        .await?;
+        if inserted.rows_affected() == 0 {
+            return Err(Error::Conflict(format!("event {} or position {} exists", ev.event_id, ev.stream_ordering)));
+        }
+        if let Some(state_key) = &ev.state_key {
+            sqlx::query(
+                "INSERT INTO current_state (room_id, event_type, state_key, event_id, membership)
+                 VALUES ($1, $2, $3, $4, $5)
+                 ON CONFLICT (room_id, event_type, state_key) DO UPDATE SET
+                   event_id = excluded.event_id, membership = excluded.membership",
+            )
+            .bind(ev.room_id.as_str())
+            .bind(&ev.event_type)
+            .bind(state_key)
+            .bind(ev.event_id.as_str())
+            .bind(ev.membership.as_deref())
+            .execute(&mut *tx)
+            .await?;
+        }
+        for prev in &ev.prev_events {
+            sqlx::query("DELETE FROM forward_extremities WHERE room_id = $1 AND event_id = $2")
+                .bind(ev.room_id.as_str())
+                .bind(prev.as_str())
+                .execute(&mut *tx)
+                .await?;
+        }
+        sqlx::query("INSERT INTO forward_extremities (room_id, event_id) VALUES ($1, $2)")
+            .bind(ev.room_id.as_str())
+            .bind(ev.event_id.as_str())
+            .execute(&mut *tx)
+            .await?;
+        if let Some((device_id, txn_id)) = &ev.txn {
+            sqlx::query(
+                "INSERT INTO event_txns (user_id, device_id, txn_id, event_id, created_ts) VALUES ($1, $2, $3, $4, $5)",
+            )
+            .bind(ev.sender.as_str())
+            .bind(device_id)
+            .bind(txn_id)
+            .bind(ev.event_id.as_str())
+            .bind(now_ms())
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The event a client transaction created, if any.
+    ///
+    /// # Errors
+    /// On database failure.
+    pub async fn event_for_txn(&self, user_id: &UserId, device_id: &str, txn_id: &str) -> Result<Option<OwnedEventId>> {
+        let id: Option<String> =
+            sqlx::query_scalar("SELECT event_id FROM event_txns WHERE user_id = $1 AND device_id = $2 AND txn_id = $3")
+                .bind(user_id.as_str())
+                .bind(device_id)
+                .bind(txn_id)
+                .fetch_optional(self.db.pool())
+                .await?;
+        id.map(|s| OwnedEventId::try_from(s.as_str()).map_err(|e| Error::Decode(e.to_string()))).transpose()
+    }
+
+    /// One event by ID.
+    ///
+    /// # Errors
+    /// On database failure.
+    pub async fn event(&self, event_id: &str) -> Result<Option<PersistedEvent>> {
+        let row = sqlx::query(&format!("SELECT {EVENT_COLUMNS} FROM events WHERE event_id = $1"))
+            .bind(event_id)
+            .fetch_optional(self.db.pool())
+            .await?;
+        row.as_ref().map(decode_event).transpose()
+    }
+
+    /// Several events by ID (missing ones are left out), in stream order.
+    ///
+    /// # Errors
+    /// On database failure.
+    pub async fn events(&self, event_ids: &[&str]) -> Result<Vec<PersistedEvent>> {
+        if event_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let sql = format!(
+            "SELECT {EVENT_COLUMNS} FROM events WHERE event_id IN {} ORDER BY stream_ordering",
+            placeholders(1, event_ids.len())
+        );
+        let mut q = sqlx::query(&sql);
+        for id in event_ids {
+            q = q.bind(*id);
+        }
+        decode_all(q.fetch_all(self.db.pool()).await?)
+    }
+
+    /// A room's version, or `None` when the room is unknown here.
+    ///
+    /// # Errors
+    /// On database failure.
+    pub async fn room_version(&self, room_id: &RoomId) -> Result<Option<String>> {
+        Ok(sqlx::query_scalar("SELECT room_version FROM rooms WHERE room_id = $1")
+            .bind(room_id.as_str())
+            .fetch_optional(self.db.pool())
+            .await?)
+    }
+
+    /// A room's current state, as (type, state key) → event ID entries.
+    ///
+    /// # Errors
+    /// On database failure.
+    pub async fn current_state(&self, room_id: &RoomId) -> Result<Vec<StateEntry>> {
+        let rows = sqlx::query("SELECT event_type, state_key, event_id FROM current_state WHERE room_id = $1")
+            .bind(room_id.as_str())
+            .fetch_all(self.db.pool())
+            .await?;
+        rows.iter()
+            .map(|r| {
+                let id: String = r.try_get(2)?;
+                Ok(StateEntry {
+                    event_type: r.try_get(0)?,
+                    state_key: r.try_get(1)?,
+                    event_id: OwnedEventId::try_from(id.as_str()).map_err(|e| Error::Decode(e.to_string()))?,
+                })
+            })
+            .collect()
+    }
+
+    /// The events making up a room's current state.
+    ///
+    /// # Errors
+    /// On database failure.
+    pub async fn current_state_events(&self, room_id: &RoomId) -> Result<Vec<PersistedEvent>> {
+        let sql = format!(
+            "SELECT {} FROM events e JOIN current_state c ON c.event_id = e.event_id
+             WHERE c.room_id = $1 ORDER BY e.stream_ordering",
+            EVENT_COLUMNS.split(", ").map(|c| format!("e.{c}")).collect::<Vec<_>>().join(", ")
+        );
+        decode_all(sqlx::query(&sql).bind(room_id.as_str()).fetch_all(self.db.pool()).await?)
+    }
+
+    /// One piece of a room's current state.
+    ///
+    /// # Errors
+    /// On database failure.
+    pub async fn state_event(
+        &self,
+        room_id: &RoomId,
+        event_type: &str,
+        state_key: &str,
+    ) -> Result<Option<PersistedEvent>> {
+        let sql = format!(
+            "SELECT {} FROM events e JOIN current_state c ON c.event_id = e.event_id
+             WHERE c.room_id = $1 AND c.event_type = $2 AND c.state_key = $3",
+            EVENT_COLUMNS.split(", ").map(|c| format!("e.{c}")).collect::<Vec<_>>().join(", ")
+        );
+        let row = sqlx::query(&sql)
+            .bind(room_id.as_str())
+            .bind(event_type)
+            .bind(state_key)
+            .fetch_optional(self.db.pool())
+            .await?;
+        row.as_ref().map(decode_event).transpose()
+    }
+
+    /// A room's forward extremities with their depths.
+    ///
+    /// # Errors
+    /// On database failure.
+    pub async fn forward_extremities(&self, room_id: &RoomId) -> Result<Vec<(OwnedEventId, i64)>> {
+        let rows = sqlx::query(
+            "SELECT f.event_id, e.depth FROM forward_extremities f JOIN events e ON e.event_id = f.event_id
+             WHERE f.room_id = $1 ORDER BY e.depth DESC",
+        )
+        .bind(room_id.as_str())
+        .fetch_all(self.db.pool())
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let id: String = r.try_get(0)?;
+                Ok((OwnedEventId::try_from(id.as_str()).map_err(|e| Error::Decode(e.to_string()))?, r.try_get(1)?))
+            })
+            .collect()
+    }
+
+    /// A user's current membership of a room.
+    ///
+    /// # Errors
+    /// On database failure.
+    pub async fn membership(&self, room_id: &RoomId, user_id: &UserId) -> Result<Option<String>> {
+        let m: Option<Option<String>> = sqlx::query_scalar(
+            "SELECT membership FROM current_state WHERE room_id = $1 AND event_type = 'm.room.member' AND state_key = $2",
+        )
+        .bind(room_id.as_str())
+        .bind(user_id.as_str())
+        .fetch_optional(self.db.pool())
+        .await?;
+        Ok(m.flatten())
+    }
+
+    /// Every room a user has a membership in, with the position of their membership event.
+    ///
+    /// # Errors
+    /// On database failure.
+    pub async fn rooms_for_user(&self, user_id: &UserId) -> Result<Vec<RoomMembership>> {
+        let rows = sqlx::query(
+            "SELECT c.room_id, c.membership, e.stream_ordering FROM current_state c
+             JOIN events e ON e.event_id = c.event_id
+             WHERE c.event_type = 'm.room.member' AND c.state_key = $1 ORDER BY e.stream_ordering",
+        )
+        .bind(user_id.as_str())
+        .fetch_all(self.db.pool())
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let room: String = r.try_get(0)?;
+                let membership: Option<String> = r.try_get(1)?;
+                Ok(RoomMembership {
+                    room_id: OwnedRoomId::try_from(room.as_str()).map_err(|e| Error::Decode(e.to_string()))?,
+                    membership: membership.unwrap_or_default(),
+                    stream_ordering: r.try_get(2)?,
+                })
+            })
+            .collect()
+    }
+
+    /// The user IDs with `membership` in a room now.
+    ///
+    /// # Errors
+    /// On database failure.
+    pub async fn members_with(&self, room_id: &RoomId, membership: &str) -> Result<Vec<String>> {
+        Ok(sqlx::query_scalar(
+            "SELECT state_key FROM current_state WHERE room_id = $1 AND event_type = 'm.room.member'
+             AND membership = $2 ORDER BY state_key",
+        )
+        .bind(room_id.as_str())
+        .bind(membership)
+        .fetch_all(self.db.pool())
+        .await?)
+    }
+
+    /// Events of the given rooms with `after < stream_ordering <= upto`, oldest first, at most
+    /// `limit` per call (callers page on). Used by incremental sync.
+    ///
+    /// # Errors
+    /// On database failure.
+    pub async fn events_in_rooms_between(
+        &self,
+        rooms: &[OwnedRoomId],
+        after: i64,
+        upto: i64,
+        limit: i64,
+    ) -> Result<Vec<PersistedEvent>> {
+        if rooms.is_empty() {
+            return Ok(Vec::new());
+        }
+        let sql = format!(
+            "SELECT {EVENT_COLUMNS} FROM events WHERE stream_ordering > $1 AND stream_ordering <= $2
+             AND room_id IN {} ORDER BY stream_ordering LIMIT $3",
+            placeholders(4, rooms.len())
+        );
+        let mut q = sqlx::query(&sql).bind(after).bind(upto).bind(limit);
+        for r in rooms {
+            q = q.bind(r.as_str());
+        }
+        decode_all(q.fetch_all(self.db.pool()).await?)
+    }
+
+    /// The newest `limit` events of a room at or below `upto`, returned oldest first.
+    ///
+    /// # Errors
+    /// On database failure.
+    pub async fn latest_room_events(&self, room_id: &RoomId, upto: i64, limit: i64) -> Result<Vec<PersistedEvent>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {EVENT_COLUMNS} FROM events WHERE room_id = $1 AND stream_ordering <= $2
+             ORDER BY stream_ordering DESC LIMIT $3"
+        ))
+        .bind(room_id.as_str())
+        .bind(upto)
+        .bind(limit)
+        .fetch_all(self.db.pool())
+        .await?;
+        let mut events = decode_all(rows)?;
+        events.reverse();
+        Ok(events)
+    }
+
+    /// Pages through a room in topological order, `(depth, stream_ordering)`. `backwards` returns
+    /// events strictly before `from` newest first; otherwise strictly after it, oldest first. Only
+    /// events at or below `upto` (the caller's stream position) are visible.
+    ///
+    /// # Errors
+    /// On database failure.
+    pub async fn room_messages(
+        &self,
+        room_id: &RoomId,
+        from: (i64, i64),
+        backwards: bool,
+        upto: i64,
+        limit: i64,
+    ) -> Result<Vec<PersistedEvent>> {
+        let (cmp, order) = if backwards { ("<", "DESC") } else { (">", "ASC") };
+        let sql = format!(
+            "SELECT {EVENT_COLUMNS} FROM events WHERE room_id = $1 AND stream_ordering <= $2
+             AND (depth {cmp} $3 OR (depth = $3 AND stream_ordering {cmp} $4))
+             ORDER BY depth {order}, stream_ordering {order} LIMIT $5"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(room_id.as_str())
+            .bind(upto)
+            .bind(from.0)
+            .bind(from.1)
+            .bind(limit)
+            .fetch_all(self.db.pool())
+            .await?;
+        decode_all(rows)
+    }
+
+    /// Events of any room with `after < stream_ordering`, oldest first, at most `limit`: the
+    /// database side of the `events` replication stream.
+    ///
+    /// # Errors
+    /// On database failure.
+    pub async fn events_after(&self, after: i64, limit: i64) -> Result<Vec<PersistedEvent>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {EVENT_COLUMNS} FROM events WHERE stream_ordering > $1 ORDER BY stream_ordering LIMIT $2"
+        ))
+        .bind(after)
+        .bind(limit)
+        .fetch_all(self.db.pool())
+        .await?;
+        decode_all(rows)
+    }
+
+    /// Maps an alias to a room.
+    ///
+    /// # Errors
+    /// [`Error::Conflict`] when the alias is taken.
+    pub async fn create_alias(&self, alias: &str, room_id: &RoomId, creator: &UserId) -> Result<()> {
+        let res = sqlx::query(
+            "INSERT INTO room_aliases (alias, room_id, creator) VALUES ($1, $2, $3) ON CONFLICT (alias) DO NOTHING",
+        )
+        .bind(alias)
+        .bind(room_id.as_str())
+        .bind(creator.as_str())
+        .execute(self.db.pool())
+        .await?;
+        if res.rows_affected() == 0 {
+            return Err(Error::Conflict(format!("alias {alias} exists")));
+        }
+        Ok(())
+    }
+
+    /// The room an alias points to.
+    ///
+    /// # Errors
+    /// On database failure.
+    pub async fn alias_room(&self, alias: &str) -> Result<Option<OwnedRoomId>> {
+        let id: Option<String> = sqlx::query_scalar("SELECT room_id FROM room_aliases WHERE alias = $1")
+            .bind(alias)
+            .fetch_optional(self.db.pool())
+            .await?;
+        id.map(|s| OwnedRoomId::try_from(s.as_str()).map_err(|e| Error::Decode(e.to_string()))).transpose()
+    }
+}

@@ -1,0 +1,99 @@
+//! Schema migrations: SQL files under `migrations/{postgres,sqlite}/`, embedded at build time and
+//! applied in order, each in its own transaction, recorded in `schema_migrations`.
+
+use crate::{Backend, Db, Error, Result, now_ms};
+
+/// One migration: its version and the SQL for each backend.
+struct Migration {
+    version: i64,
+    name: &'static str,
+    postgres: &'static str,
+    sqlite: &'static str,
+}
+
+const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    name: "initial",
+    postgres: include_str!("../../../migrations/postgres/0001_initial.sql"),
+    sqlite: include_str!("../../../migrations/sqlite/0001_initial.sql"),
+}];
+
+/// The schema version this build reads and writes.
+pub const SCHEMA_VERSION: i64 = 1;
+
+/// How the database's schema compares with this build's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SchemaStatus {
+    /// Exactly the version this build understands.
+    Current,
+    /// Older (`0` means empty): `ganglion migrate` brings it up.
+    Behind(i64),
+    /// Newer than this build: run a newer Ganglion.
+    Ahead(i64),
+}
+
+impl Db {
+    /// Applies every pending migration. Returns the versions applied.
+    ///
+    /// # Errors
+    /// When a migration fails (its transaction is rolled back) or the schema is newer than this build.
+    pub async fn migrate(&self) -> Result<Vec<i64>> {
+        self.ensure_migrations_table().await?;
+        let current = self.schema_version().await?;
+        if current > SCHEMA_VERSION {
+            return Err(Error::Schema(format!(
+                "database schema is version {current}, newer than this build's {SCHEMA_VERSION}"
+            )));
+        }
+        let mut applied = Vec::new();
+        for m in MIGRATIONS.iter().filter(|m| m.version > current) {
+            let sql = match self.backend() {
+                Backend::Postgres => m.postgres,
+                Backend::Sqlite => m.sqlite,
+            };
+            let mut tx = self.pool().begin().await?;
+            sqlx::raw_sql(sql).execute(&mut *tx).await?;
+            sqlx::query("INSERT INTO schema_migrations (version, name, applied_ts) VALUES ($1, $2, $3)")
+                .bind(m.version)
+                .bind(m.name)
+                .bind(now_ms())
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            tracing::info!(version = m.version, name = m.name, "applied migration");
+            applied.push(m.version);
+        }
+        Ok(applied)
+    }
+
+    /// Compares the database's schema with this build's.
+    ///
+    /// # Errors
+    /// When the database cannot be read.
+    pub async fn schema_status(&self) -> Result<SchemaStatus> {
+        self.ensure_migrations_table().await?;
+        let v = self.schema_version().await?;
+        Ok(match v.cmp(&SCHEMA_VERSION) {
+            std::cmp::Ordering::Equal => SchemaStatus::Current,
+            std::cmp::Ordering::Less => SchemaStatus::Behind(v),
+            std::cmp::Ordering::Greater => SchemaStatus::Ahead(v),
+        })
+    }
+
+    async fn ensure_migrations_table(&self) -> Result<()> {
+        sqlx::query(
+            "CREATE TABLE IF NOT EXISTS schema_migrations (
+                version BIGINT PRIMARY KEY, name TEXT NOT NULL, applied_ts BIGINT NOT NULL)",
+        )
+        .execute(self.pool())
+        .await?;
+        Ok(())
+    }
+
+    async fn schema_version(&self) -> Result<i64> {
+        let v: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(version), 0) FROM schema_migrations")
+            .fetch_one(self.pool())
+            .await?;
+        Ok(v)
+    }
+}

@@ -1,0 +1,170 @@
+//! The storage conformance suite: every test runs on SQLite and on PostgreSQL.
+
+use ruma::{OwnedEventId, OwnedRoomId, OwnedUserId, owned_room_id, owned_user_id};
+
+use crate::test_util::TestDb;
+use crate::{Backend, Error, EventStore, KeyStore, NewEvent, SchemaStatus, StoredSigningKey, UserStore};
+
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(#[tokio::test] async fn $name() { let t = super::TestDb::new(super::Backend::Sqlite).await; super::$name(&t).await; t.cleanup().await; })*
+        }
+        mod postgres {
+            $(#[tokio::test] async fn $name() { let t = super::TestDb::new(super::Backend::Postgres).await; super::$name(&t).await; t.cleanup().await; })*
+        }
+    };
+}
+
+on_both_backends!(
+    migrations_are_idempotent_and_current,
+    users_tokens_and_devices,
+    uia_sessions_round_trip,
+    persist_tracks_state_extremities_and_txns,
+    pagination_and_ranges,
+    signing_keys_first_writer_wins,
+    aliases_are_unique,
+);
+
+async fn migrations_are_idempotent_and_current(t: &TestDb) {
+    assert_eq!(t.db.schema_status().await.unwrap(), SchemaStatus::Current);
+    assert!(t.db.migrate().await.unwrap().is_empty(), "second migrate applies nothing");
+}
+
+async fn users_tokens_and_devices(t: &TestDb) {
+    let users = UserStore::new(t.db.clone());
+    let alice = owned_user_id!("@alice:example.org");
+    users.create_user(&alice, Some("hash"), false).await.unwrap();
+    assert!(matches!(users.create_user(&alice, None, false).await, Err(Error::Conflict(_))));
+    assert!(users.user_exists(&alice).await.unwrap());
+    assert_eq!(users.password_hash(&alice).await.unwrap().as_deref(), Some("hash"));
+
+    users.upsert_device(&alice, "DEV1", Some("phone")).await.unwrap();
+    users.upsert_device(&alice, "DEV1", None).await.unwrap();
+    let devices = users.devices(&alice).await.unwrap();
+    assert_eq!(devices.len(), 1);
+    assert_eq!(devices[0].display_name.as_deref(), Some("phone"), "a re-login keeps the name");
+
+    users.add_access_token("h1", &alice, "DEV1").await.unwrap();
+    let who = users.whoami("h1").await.unwrap().unwrap();
+    assert_eq!(who.user_id, alice);
+    assert_eq!(who.device_id.as_str(), "DEV1");
+    assert!(!who.is_admin);
+    users.replace_device_tokens("h2", &alice, "DEV1").await.unwrap();
+    assert!(users.whoami("h1").await.unwrap().is_none(), "old token of the device is gone");
+    assert!(users.whoami("h2").await.unwrap().is_some());
+    users.delete_access_token("h2").await.unwrap();
+    assert!(users.whoami("h2").await.unwrap().is_none());
+}
+
+async fn uia_sessions_round_trip(t: &TestDb) {
+    let users = UserStore::new(t.db.clone());
+    assert!(users.uia_session("nope").await.unwrap().is_none());
+    users.create_uia_session("s1").await.unwrap();
+    assert_eq!(users.uia_session("s1").await.unwrap().unwrap(), Vec::<String>::new());
+    users.set_uia_stages("s1", &["m.login.dummy".to_owned()]).await.unwrap();
+    assert_eq!(users.uia_session("s1").await.unwrap().unwrap(), vec!["m.login.dummy".to_owned()]);
+    users.delete_uia_session("s1").await.unwrap();
+    assert!(users.uia_session("s1").await.unwrap().is_none());
+}
+
+fn event(
+    pos: i64,
+    room: &OwnedRoomId,
+    sender: &OwnedUserId,
+    ty: &str,
+    state_key: Option<&str>,
+    prev: &[&str],
+) -> NewEvent {
+    let membership = (ty == "m.room.member").then(|| "join".to_owned());
+    NewEvent {
+        stream_ordering: pos,
+        event_id: OwnedEventId::try_from(format!("$e{pos}").as_str()).unwrap(),
+        room_id: room.clone(),
+        sender: sender.clone(),
+        event_type: ty.to_owned(),
+        state_key: state_key.map(str::to_owned),
+        membership,
+        depth: pos,
+        origin_server_ts: 1000 + pos,
+        json: format!("{{\"n\":{pos}}}"),
+        prev_events: prev.iter().map(|p| OwnedEventId::try_from(*p).unwrap()).collect(),
+        txn: None,
+        request_id: format!("req{pos}"),
+        creates_room: (pos == 1).then(|| ("11".to_owned(), sender.clone())),
+    }
+}
+
+async fn persist_tracks_state_extremities_and_txns(t: &TestDb) {
+    let events = EventStore::new(t.db.clone());
+    let room = owned_room_id!("!r:example.org");
+    let alice = owned_user_id!("@alice:example.org");
+    assert_eq!(events.max_stream_ordering().await.unwrap(), 0);
+    events.persist(&event(1, &room, &alice, "m.room.create", Some(""), &[])).await.unwrap();
+    events.persist(&event(2, &room, &alice, "m.room.member", Some(alice.as_str()), &["$e1"])).await.unwrap();
+    let mut msg = event(3, &room, &alice, "m.room.message", None, &["$e2"]);
+    msg.txn = Some(("DEV".to_owned(), "t1".to_owned()));
+    events.persist(&msg).await.unwrap();
+    assert!(matches!(events.persist(&msg).await, Err(Error::Conflict(_))), "same event twice is refused");
+
+    assert_eq!(events.max_stream_ordering().await.unwrap(), 3);
+    assert_eq!(events.room_version(&room).await.unwrap().as_deref(), Some("11"));
+    assert_eq!(events.current_state(&room).await.unwrap().len(), 2);
+    assert_eq!(events.membership(&room, &alice).await.unwrap().as_deref(), Some("join"));
+    let ext = events.forward_extremities(&room).await.unwrap();
+    assert_eq!(ext, vec![(OwnedEventId::try_from("$e3").unwrap(), 3)]);
+    assert_eq!(events.event_for_txn(&alice, "DEV", "t1").await.unwrap().unwrap().as_str(), "$e3");
+    assert!(events.event_for_txn(&alice, "OTHER", "t1").await.unwrap().is_none(), "txn ids are per device");
+    let rooms = events.rooms_for_user(&alice).await.unwrap();
+    assert_eq!(rooms.len(), 1);
+    assert_eq!((rooms[0].membership.as_str(), rooms[0].stream_ordering), ("join", 2));
+    let e = events.event("$e3").await.unwrap().unwrap();
+    assert_eq!((e.json.as_str(), e.request_id.as_str()), ("{\"n\":3}", "req3"));
+    assert_eq!(events.state_event(&room, "m.room.create", "").await.unwrap().unwrap().stream_ordering, 1);
+    assert_eq!(events.members_with(&room, "join").await.unwrap(), vec![alice.to_string()]);
+}
+
+async fn pagination_and_ranges(t: &TestDb) {
+    let events = EventStore::new(t.db.clone());
+    let room = owned_room_id!("!r:example.org");
+    let other = owned_room_id!("!o:example.org");
+    let alice = owned_user_id!("@alice:example.org");
+    events.persist(&event(1, &room, &alice, "m.room.create", Some(""), &[])).await.unwrap();
+    for pos in 2..=20 {
+        let r = if pos % 2 == 0 { &room } else { &other };
+        let mut e = event(pos, r, &alice, "m.room.message", None, &[]);
+        e.creates_room = None;
+        events.persist(&e).await.unwrap();
+    }
+    let latest = events.latest_room_events(&room, 20, 3).await.unwrap();
+    assert_eq!(latest.iter().map(|e| e.stream_ordering).collect::<Vec<_>>(), vec![16, 18, 20]);
+    let back = events.room_messages(&room, (16, 16), true, 20, 3).await.unwrap();
+    assert_eq!(back.iter().map(|e| e.stream_ordering).collect::<Vec<_>>(), vec![14, 12, 10]);
+    let fwd = events.room_messages(&room, (16, 16), false, 18, 10).await.unwrap();
+    assert_eq!(fwd.iter().map(|e| e.stream_ordering).collect::<Vec<_>>(), vec![18], "upto bounds what is visible");
+    let between = events.events_in_rooms_between(std::slice::from_ref(&other), 10, 15, 100).await.unwrap();
+    assert_eq!(between.iter().map(|e| e.stream_ordering).collect::<Vec<_>>(), vec![11, 13, 15]);
+    let after = events.events_after(17, 100).await.unwrap();
+    assert_eq!(after.iter().map(|e| e.stream_ordering).collect::<Vec<_>>(), vec![18, 19, 20]);
+    let picked = events.events(&["$e5", "$e2", "$missing"]).await.unwrap();
+    assert_eq!(picked.iter().map(|e| e.stream_ordering).collect::<Vec<_>>(), vec![2, 5]);
+}
+
+async fn signing_keys_first_writer_wins(t: &TestDb) {
+    let keys = KeyStore::new(t.db.clone());
+    assert!(keys.active_key().await.unwrap().is_none());
+    let k = StoredSigningKey { version: "a_AAAA".to_owned(), pkcs8_base64: "cGtjczg=".to_owned() };
+    assert!(keys.insert_key(&k).await.unwrap());
+    assert!(!keys.insert_key(&k).await.unwrap());
+    assert_eq!(keys.active_key().await.unwrap().unwrap().version, "a_AAAA");
+}
+
+async fn aliases_are_unique(t: &TestDb) {
+    let events = EventStore::new(t.db.clone());
+    let room = owned_room_id!("!r:example.org");
+    let alice = owned_user_id!("@alice:example.org");
+    events.create_alias("#a:example.org", &room, &alice).await.unwrap();
+    assert!(matches!(events.create_alias("#a:example.org", &room, &alice).await, Err(Error::Conflict(_))));
+    assert_eq!(events.alias_room("#a:example.org").await.unwrap(), Some(room));
+    assert!(events.alias_room("#b:example.org").await.unwrap().is_none());
+}

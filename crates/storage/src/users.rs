@@ -1,0 +1,249 @@
+//! Accounts, devices, access tokens and User-Interactive Auth sessions.
+
+use ruma::{OwnedDeviceId, OwnedUserId, UserId};
+use sqlx::Row;
+
+use crate::{Db, Error, Result, now_ms};
+
+/// Who an access token belongs to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Whoami {
+    /// The token's user.
+    pub user_id: OwnedUserId,
+    /// The token's device.
+    pub device_id: OwnedDeviceId,
+    /// Whether the user is a server admin.
+    pub is_admin: bool,
+}
+
+/// A device as listed to its owner.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceInfo {
+    /// The device ID.
+    pub device_id: OwnedDeviceId,
+    /// Its human-readable name.
+    pub display_name: Option<String>,
+}
+
+/// Users, devices, tokens and UIA sessions.
+#[derive(Debug, Clone)]
+pub struct UserStore {
+    db: Db,
+}
+
+impl UserStore {
+    /// A store on `db`.
+    pub fn new(db: Db) -> Self {
+        Self { db }
+    }
+
+    /// Creates a user.
+    ///
+    /// # Errors
+    /// [`Error::Conflict`] when the user ID is taken.
+    pub async fn create_user(&self, user_id: &UserId, password_hash: Option<&str>, admin: bool) -> Result<()> {
+        let res = sqlx::query(
+            "INSERT INTO users (user_id, password_hash, is_admin, deactivated, created_ts)
+             VALUES ($1, $2, $3, 0, $4) ON CONFLICT (user_id) DO NOTHING",
+        )
+        .bind(user_id.as_str())
+        .bind(password_hash)
+        .bind(i64::from(admin))
+        .bind(now_ms())
+        .execute(self.db.pool())
+        .await?;
+        if res.rows_affected() == 0 {
+            return Err(Error::Conflict(format!("user {user_id} exists")));
+        }
+        Ok(())
+    }
+
+    /// Whether a user ID is taken (deactivated accounts keep theirs).
+    ///
+    /// # Errors
+    /// On database failure.
+    pub async fn user_exists(&self, user_id: &UserId) -> Result<bool> {
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM users WHERE user_id = $1")
+            .bind(user_id.as_str())
+            .fetch_one(self.db.pool())
+            .await?;
+        Ok(n > 0)
+    }
+
+    /// The stored password hash of an active account, if it has one.
+    ///
+    /// # Errors
+    /// On database failure.
+    pub async fn password_hash(&self, user_id: &UserId) -> Result<Option<String>> {
+        let row = sqlx::query("SELECT password_hash FROM users WHERE user_id = $1 AND deactivated = 0")
+            .bind(user_id.as_str())
+            .fetch_optional(self.db.pool())
+            .await?;
+        Ok(row.and_then(|r| r.try_get::<Option<String>, _>(0).ok().flatten()))
+    }
+
+    /// Creates a device, or keeps an existing one of the same ID (a login may reuse its device ID).
+    ///
+    /// # Errors
+    /// On database failure.
+    pub async fn upsert_device(&self, user_id: &UserId, device_id: &str, display_name: Option<&str>) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO devices (user_id, device_id, display_name, created_ts) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (user_id, device_id) DO UPDATE SET
+               display_name = COALESCE(excluded.display_name, devices.display_name)",
+        )
+        .bind(user_id.as_str())
+        .bind(device_id)
+        .bind(display_name)
+        .bind(now_ms())
+        .execute(self.db.pool())
+        .await?;
+        Ok(())
+    }
+
+    /// A user's devices.
+    ///
+    /// # Errors
+    /// On database failure or an undecodable device ID.
+    pub async fn devices(&self, user_id: &UserId) -> Result<Vec<DeviceInfo>> {
+        let rows = sqlx::query("SELECT device_id, display_name FROM devices WHERE user_id = $1 ORDER BY device_id")
+            .bind(user_id.as_str())
+            .fetch_all(self.db.pool())
+            .await?;
+        rows.into_iter()
+            .map(|r| {
+                let id: String = r.try_get(0)?;
+                Ok(DeviceInfo { device_id: id.into(), display_name: r.try_get(1)? })
+            })
+            .collect()
+    }
+
+    /// Stores the hash of a new access token for a device.
+    ///
+    /// # Errors
+    /// On database failure.
+    pub async fn add_access_token(&self, token_hash: &str, user_id: &UserId, device_id: &str) -> Result<()> {
+        sqlx::query("INSERT INTO access_tokens (token_hash, user_id, device_id, created_ts) VALUES ($1, $2, $3, $4)")
+            .bind(token_hash)
+            .bind(user_id.as_str())
+            .bind(device_id)
+            .bind(now_ms())
+            .execute(self.db.pool())
+            .await?;
+        Ok(())
+    }
+
+    /// Replaces a device's access tokens with one new token (a login that reuses a device ID).
+    ///
+    /// # Errors
+    /// On database failure.
+    pub async fn replace_device_tokens(&self, token_hash: &str, user_id: &UserId, device_id: &str) -> Result<()> {
+        let mut tx = self.db.pool().begin().await?;
+        sqlx::query("DELETE FROM access_tokens WHERE user_id = $1 AND device_id = $2")
+            .bind(user_id.as_str())
+            .bind(device_id)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("INSERT INTO access_tokens (token_hash, user_id, device_id, created_ts) VALUES ($1, $2, $3, $4)")
+            .bind(token_hash)
+            .bind(user_id.as_str())
+            .bind(device_id)
+            .bind(now_ms())
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Resolves a token hash to its user and device.
+    ///
+    /// # Errors
+    /// On database failure or an undecodable stored ID.
+    pub async fn whoami(&self, token_hash: &str) -> Result<Option<Whoami>> {
+        let row = sqlx::query(
+            "SELECT t.user_id, t.device_id, u.is_admin FROM access_tokens t
+             JOIN users u ON u.user_id = t.user_id
+             WHERE t.token_hash = $1 AND u.deactivated = 0",
+        )
+        .bind(token_hash)
+        .fetch_optional(self.db.pool())
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        let user: String = row.try_get(0)?;
+        let device: String = row.try_get(1)?;
+        let admin: i64 = row.try_get(2)?;
+        let user_id =
+            OwnedUserId::try_from(user.as_str()).map_err(|e| Error::Decode(format!("user id {user}: {e}")))?;
+        Ok(Some(Whoami { user_id, device_id: device.into(), is_admin: admin != 0 }))
+    }
+
+    /// Deletes one access token (logout).
+    ///
+    /// # Errors
+    /// On database failure.
+    pub async fn delete_access_token(&self, token_hash: &str) -> Result<()> {
+        sqlx::query("DELETE FROM access_tokens WHERE token_hash = $1").bind(token_hash).execute(self.db.pool()).await?;
+        Ok(())
+    }
+
+    /// Deletes every access token of a user (logout/all).
+    ///
+    /// # Errors
+    /// On database failure.
+    pub async fn delete_all_access_tokens(&self, user_id: &UserId) -> Result<()> {
+        sqlx::query("DELETE FROM access_tokens WHERE user_id = $1")
+            .bind(user_id.as_str())
+            .execute(self.db.pool())
+            .await?;
+        Ok(())
+    }
+
+    /// Starts a UIA session.
+    ///
+    /// # Errors
+    /// On database failure.
+    pub async fn create_uia_session(&self, session_id: &str) -> Result<()> {
+        sqlx::query("INSERT INTO uia_sessions (session_id, completed_stages, created_ts) VALUES ($1, '[]', $2)")
+            .bind(session_id)
+            .bind(now_ms())
+            .execute(self.db.pool())
+            .await?;
+        Ok(())
+    }
+
+    /// The stages completed in a UIA session, or `None` when the session is unknown.
+    ///
+    /// # Errors
+    /// On database failure or undecodable stored stages.
+    pub async fn uia_session(&self, session_id: &str) -> Result<Option<Vec<String>>> {
+        let stages: Option<String> =
+            sqlx::query_scalar("SELECT completed_stages FROM uia_sessions WHERE session_id = $1")
+                .bind(session_id)
+                .fetch_optional(self.db.pool())
+                .await?;
+        stages.map(|s| serde_json::from_str(&s).map_err(|e| Error::Decode(format!("uia stages: {e}")))).transpose()
+    }
+
+    /// Records the stages completed in a UIA session.
+    ///
+    /// # Errors
+    /// On database failure.
+    pub async fn set_uia_stages(&self, session_id: &str, stages: &[String]) -> Result<()> {
+        let json = serde_json::to_string(stages).map_err(|e| Error::Decode(e.to_string()))?;
+        sqlx::query("UPDATE uia_sessions SET completed_stages = $1 WHERE session_id = $2")
+            .bind(json)
+            .bind(session_id)
+            .execute(self.db.pool())
+            .await?;
+        Ok(())
+    }
+
+    /// Ends a UIA session once its operation has been carried out.
+    ///
+    /// # Errors
+    /// On database failure.
+    pub async fn delete_uia_session(&self, session_id: &str) -> Result<()> {
+        sqlx::query("DELETE FROM uia_sessions WHERE session_id = $1").bind(session_id).execute(self.db.pool()).await?;
+        Ok(())
+    }
+}

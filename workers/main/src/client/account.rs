@@ -1,0 +1,305 @@
+//! Registration (User-Interactive Auth with `m.login.dummy`), login, logout and whoami.
+
+use axum::Json;
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use ganglion_http::{AuthUser, MatrixError, MatrixJson, hash_token, new_access_token};
+use ruma::{OwnedUserId, UserId};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::Accounts;
+use crate::writer::random_localpart;
+
+const DUMMY: &str = "m.login.dummy";
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct RegisterQuery {
+    kind: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct AuthData {
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    session: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct RegisterBody {
+    username: Option<String>,
+    password: Option<String>,
+    device_id: Option<String>,
+    initial_device_display_name: Option<String>,
+    #[serde(default)]
+    inhibit_login: bool,
+    auth: Option<AuthData>,
+}
+
+/// Checks a requested localpart and builds the user ID (`M_INVALID_USERNAME` otherwise).
+fn user_id_for(localpart: &str, accounts: &Accounts) -> Result<OwnedUserId, MatrixError> {
+    let valid = !localpart.is_empty()
+        && localpart.bytes().all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'.' | b'_' | b'=' | b'-' | b'/' | b'+'));
+    if !valid {
+        return Err(MatrixError::invalid_username(
+            "User ID may only contain lowercase letters, digits and . _ = - / +",
+        ));
+    }
+    let id = format!("@{localpart}:{}", accounts.server_name);
+    if id.len() > 255 {
+        return Err(MatrixError::invalid_username("User ID is longer than 255 characters"));
+    }
+    OwnedUserId::try_from(id).map_err(|e| MatrixError::invalid_username(e.to_string()))
+}
+
+fn uia_challenge(session: &str, completed: &[String], error: Option<MatrixError>) -> Response {
+    let mut body = json!({
+        "flows": [{ "stages": [DUMMY] }],
+        "params": {},
+        "session": session,
+        "completed": completed,
+    });
+    if let Some(e) = error {
+        body["errcode"] = Value::String(e.errcode.to_owned());
+        body["error"] = Value::String(e.message);
+    }
+    (StatusCode::UNAUTHORIZED, Json(body)).into_response()
+}
+
+async fn issue_token(
+    accounts: &Accounts,
+    user_id: &UserId,
+    device_id: Option<String>,
+    display_name: Option<&str>,
+) -> Result<(String, String), MatrixError> {
+    let device_id = device_id.filter(|d| !d.is_empty()).unwrap_or_else(|| random_localpart(10).to_uppercase());
+    accounts.users.upsert_device(user_id, &device_id, display_name).await?;
+    let token = new_access_token();
+    // Reusing a device ID logs that device's older session out, as the spec asks.
+    accounts.users.replace_device_tokens(&hash_token(&token), user_id, &device_id).await?;
+    Ok((token, device_id))
+}
+
+/// `POST /_matrix/client/v3/register`: register with User-Interactive Auth (`m.login.dummy`).
+pub(crate) async fn register(
+    State(accounts): State<Accounts>,
+    Query(q): Query<RegisterQuery>,
+    MatrixJson(body): MatrixJson<RegisterBody>,
+) -> Result<Response, MatrixError> {
+    match q.kind.as_deref() {
+        None | Some("user") => {}
+        Some("guest") => return Err(MatrixError::forbidden("Guest access is disabled")),
+        Some(other) => return Err(MatrixError::invalid_param(format!("Unknown kind {other}"))),
+    }
+    if !accounts.registration_open {
+        return Err(MatrixError::forbidden("Registration has been disabled"));
+    }
+    // Validate what can be validated before asking the client to authenticate, as Synapse does.
+    let user_id = match body.username.as_deref() {
+        Some(name) => {
+            let id = user_id_for(&name.to_lowercase(), &accounts)?;
+            if name.chars().any(|c| c.is_uppercase()) {
+                return Err(MatrixError::invalid_username("User ID must be lowercase"));
+            }
+            if accounts.users.user_exists(&id).await? {
+                return Err(MatrixError::user_in_use("User ID already taken."));
+            }
+            Some(id)
+        }
+        None => None,
+    };
+    if let Some(p) = &body.password {
+        if p.len() > 512 {
+            return Err(MatrixError::invalid_param("Password too long"));
+        }
+    }
+
+    let completed = match &body.auth {
+        None => {
+            let session = random_localpart(24);
+            accounts.users.create_uia_session(&session).await?;
+            return Ok(uia_challenge(&session, &[], None));
+        }
+        Some(auth) => {
+            let session = match &auth.session {
+                Some(s) => {
+                    if accounts.users.uia_session(s).await?.is_none() {
+                        return Err(MatrixError::bad_request("Unknown UIA session"));
+                    }
+                    s.clone()
+                }
+                None => {
+                    let s = random_localpart(24);
+                    accounts.users.create_uia_session(&s).await?;
+                    s
+                }
+            };
+            match auth.kind.as_deref() {
+                Some(DUMMY) => {
+                    accounts.users.set_uia_stages(&session, &[DUMMY.to_owned()]).await?;
+                    session
+                }
+                Some(other) => {
+                    let stages = accounts.users.uia_session(&session).await?.unwrap_or_default();
+                    return Ok(uia_challenge(
+                        &session,
+                        &stages,
+                        Some(MatrixError::bad_request(format!("Unsupported login type {other}"))),
+                    ));
+                }
+                None => {
+                    let stages = accounts.users.uia_session(&session).await?.unwrap_or_default();
+                    if !stages.iter().any(|s| s == DUMMY) {
+                        return Ok(uia_challenge(&session, &stages, None));
+                    }
+                    session
+                }
+            }
+        }
+    };
+
+    let user_id = match user_id {
+        Some(id) => id,
+        None => loop {
+            let candidate = user_id_for(&format!("u{}", rand::random::<u32>()), &accounts)?;
+            if !accounts.users.user_exists(&candidate).await? {
+                break candidate;
+            }
+        },
+    };
+    let hash = match body.password {
+        Some(p) => Some(accounts.hasher.hash(p).await.map_err(MatrixError::internal)?),
+        None => None,
+    };
+    match accounts.users.create_user(&user_id, hash.as_deref(), false).await {
+        Ok(()) => {}
+        Err(ganglion_storage::Error::Conflict(_)) => return Err(MatrixError::user_in_use("User ID already taken.")),
+        Err(e) => return Err(e.into()),
+    }
+    accounts.users.delete_uia_session(&completed).await?;
+    tracing::info!(user_id = %user_id, "registered user");
+    if body.inhibit_login {
+        return Ok(Json(json!({ "user_id": user_id })).into_response());
+    }
+    let (token, device_id) =
+        issue_token(&accounts, &user_id, body.device_id, body.initial_device_display_name.as_deref()).await?;
+    Ok(Json(json!({
+        "user_id": user_id,
+        "access_token": token,
+        "device_id": device_id,
+        "home_server": accounts.server_name,
+    }))
+    .into_response())
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct AvailableQuery {
+    username: Option<String>,
+}
+
+/// `GET /_matrix/client/v3/register/available`: whether a username can be registered.
+pub(crate) async fn register_available(
+    State(accounts): State<Accounts>,
+    Query(q): Query<AvailableQuery>,
+) -> Result<Json<Value>, MatrixError> {
+    let name = q.username.ok_or_else(|| MatrixError::missing_param("Missing username"))?;
+    let id = user_id_for(&name, &accounts)?;
+    if accounts.users.user_exists(&id).await? {
+        return Err(MatrixError::user_in_use("User ID already taken."));
+    }
+    Ok(Json(json!({ "available": true })))
+}
+
+/// `GET /_matrix/client/v3/login`: the login types supported.
+pub(crate) async fn login_flows() -> Json<Value> {
+    Json(json!({ "flows": [{ "type": "m.login.password" }] }))
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct Identifier {
+    #[serde(rename = "type")]
+    kind: String,
+    user: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct LoginBody {
+    #[serde(rename = "type")]
+    kind: String,
+    identifier: Option<Identifier>,
+    /// Deprecated form of `identifier`.
+    user: Option<String>,
+    password: Option<String>,
+    device_id: Option<String>,
+    initial_device_display_name: Option<String>,
+}
+
+/// `POST /_matrix/client/v3/login`: password login.
+pub(crate) async fn login(
+    State(accounts): State<Accounts>,
+    MatrixJson(body): MatrixJson<LoginBody>,
+) -> Result<Json<Value>, MatrixError> {
+    if body.kind != "m.login.password" {
+        return Err(MatrixError::new(
+            StatusCode::BAD_REQUEST,
+            "M_UNKNOWN",
+            format!("Unknown login type {}", body.kind),
+        ));
+    }
+    let user = match (&body.identifier, &body.user) {
+        (Some(Identifier { kind, user: Some(u) }), _) if kind == "m.id.user" => u.clone(),
+        (Some(Identifier { kind, .. }), _) if kind != "m.id.user" => {
+            return Err(MatrixError::new(
+                StatusCode::BAD_REQUEST,
+                "M_UNKNOWN",
+                format!("Unsupported identifier type {kind}"),
+            ));
+        }
+        (_, Some(u)) => u.clone(),
+        _ => return Err(MatrixError::missing_param("Missing user identifier")),
+    };
+    let password = body.password.ok_or_else(|| MatrixError::missing_param("Missing password"))?;
+    let user_id = if user.starts_with('@') {
+        OwnedUserId::try_from(user.as_str()).map_err(|_| MatrixError::forbidden("Invalid username or password"))?
+    } else {
+        user_id_for(&user.to_lowercase(), &accounts)
+            .map_err(|_| MatrixError::forbidden("Invalid username or password"))?
+    };
+    if user_id.server_name() != accounts.server_name {
+        return Err(MatrixError::forbidden("Invalid username or password"));
+    }
+    let Some(stored) = accounts.users.password_hash(&user_id).await? else {
+        // Hash anyway so an unknown user takes as long as a wrong password.
+        let _ = accounts.hasher.hash(password).await;
+        return Err(MatrixError::forbidden("Invalid username or password"));
+    };
+    if !accounts.hasher.verify(password, stored).await {
+        return Err(MatrixError::forbidden("Invalid username or password"));
+    }
+    let (token, device_id) =
+        issue_token(&accounts, &user_id, body.device_id, body.initial_device_display_name.as_deref()).await?;
+    Ok(Json(json!({
+        "user_id": user_id,
+        "access_token": token,
+        "device_id": device_id,
+        "home_server": accounts.server_name,
+    })))
+}
+
+/// `POST /_matrix/client/v3/logout`: invalidates the token used.
+pub(crate) async fn logout(State(accounts): State<Accounts>, user: AuthUser) -> Result<Json<Value>, MatrixError> {
+    accounts.users.delete_access_token(&user.token_hash).await?;
+    Ok(Json(json!({})))
+}
+
+/// `POST /_matrix/client/v3/logout/all`: invalidates every token of the user.
+pub(crate) async fn logout_all(State(accounts): State<Accounts>, user: AuthUser) -> Result<Json<Value>, MatrixError> {
+    accounts.users.delete_all_access_tokens(&user.user_id).await?;
+    Ok(Json(json!({})))
+}
+
+/// `GET /_matrix/client/v3/account/whoami`: who the token belongs to.
+pub(crate) async fn whoami(user: AuthUser) -> Json<Value> {
+    Json(json!({ "user_id": user.user_id, "device_id": user.device_id, "is_guest": false }))
+}

@@ -1,0 +1,45 @@
+//! `/versions`, `/capabilities` and `/.well-known/matrix/*`.
+
+use axum::Json;
+use axum::extract::State;
+use ganglion_http::{AuthUser, MatrixError};
+use serde_json::{Value, json};
+
+use crate::Discovery;
+
+/// Spec versions whose endpoints clients rely on at login and sync, as implemented so far.
+const VERSIONS: &[&str] = &["r0.6.1", "v1.1", "v1.2", "v1.3", "v1.4", "v1.5", "v1.6"];
+
+/// `GET /_matrix/client/versions`: the spec versions supported. No auth.
+pub(crate) async fn versions() -> Json<Value> {
+    Json(json!({ "versions": VERSIONS, "unstable_features": {} }))
+}
+
+/// `GET /.well-known/matrix/client`: where clients find the client API.
+pub(crate) async fn well_known_client(State(d): State<Discovery>) -> Json<Value> {
+    Json(json!({ "m.homeserver": { "base_url": d.public_baseurl } }))
+}
+
+/// `GET /.well-known/matrix/server`: delegation for federation, 404 when not configured so other
+/// servers fall back to SRV records and port 8448.
+pub(crate) async fn well_known_server(State(d): State<Discovery>) -> Result<Json<Value>, MatrixError> {
+    match d.well_known_server {
+        Some(s) => Ok(Json(json!({ "m.server": s }))),
+        None => Err(MatrixError::not_found(format!("No server delegation configured for {}", d.server_name))),
+    }
+}
+
+/// `GET /_matrix/client/v3/capabilities`: room versions and account capabilities.
+pub(crate) async fn capabilities(State(d): State<Discovery>, _user: AuthUser) -> Json<Value> {
+    let available: serde_json::Map<String, Value> =
+        (1..=12).map(|v| (v.to_string(), Value::String("stable".into()))).collect();
+    Json(json!({
+        "capabilities": {
+            "m.room_versions": { "default": d.default_room_version, "available": available },
+            "m.change_password": { "enabled": false },
+            "m.set_displayname": { "enabled": false },
+            "m.set_avatar_url": { "enabled": false },
+            "m.3pid_changes": { "enabled": false },
+        }
+    }))
+}

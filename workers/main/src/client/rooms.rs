@@ -1,0 +1,411 @@
+//! createRoom, join, send, `/messages` and `joined_rooms`.
+
+use std::collections::BTreeMap;
+
+use axum::extract::{Path, Query, State};
+use axum::{Extension, Json};
+use ganglion_core::{EventTemplate, client_event};
+use ganglion_http::{AuthUser, MatrixError, MatrixJson, RequestId};
+use ruma::{OwnedRoomAliasId, OwnedRoomId, OwnedUserId, RoomId, RoomVersionId, UserId};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::Rooms;
+use crate::writer::{WriteOrigin, Written};
+
+fn origin(req: &Option<Extension<RequestId>>, txn: Option<(String, String)>) -> WriteOrigin {
+    WriteOrigin { txn, request_id: req.as_ref().map(|r| r.0.0.clone()).unwrap_or_default() }
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct StateEventBody {
+    #[serde(rename = "type")]
+    event_type: String,
+    #[serde(default)]
+    state_key: String,
+    content: serde_json::Map<String, Value>,
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct CreateRoomBody {
+    visibility: Option<String>,
+    room_alias_name: Option<String>,
+    name: Option<String>,
+    topic: Option<String>,
+    #[serde(default)]
+    invite: Vec<String>,
+    room_version: Option<String>,
+    creation_content: Option<serde_json::Map<String, Value>>,
+    #[serde(default)]
+    initial_state: Vec<StateEventBody>,
+    preset: Option<String>,
+    #[serde(default)]
+    is_direct: bool,
+    power_level_content_override: Option<serde_json::Map<String, Value>>,
+}
+
+fn state(event_type: &str, state_key: &str, content: Value) -> EventTemplate {
+    EventTemplate { event_type: event_type.to_owned(), state_key: Some(state_key.to_owned()), content }
+}
+
+/// `POST /_matrix/client/v3/createRoom`: creates a room with the initial state the spec prescribes
+/// for its preset, in the spec's order.
+pub(crate) async fn create_room(
+    State(rooms): State<Rooms>,
+    user: AuthUser,
+    req: Option<Extension<RequestId>>,
+    MatrixJson(body): MatrixJson<CreateRoomBody>,
+) -> Result<Json<Value>, MatrixError> {
+    let version = match &body.room_version {
+        Some(v) => RoomVersionId::try_from(v.as_str())
+            .ok()
+            .filter(|v| v.rules().is_some())
+            .ok_or_else(|| MatrixError::unsupported_room_version(format!("Room version {v} is not supported")))?,
+        None => rooms.default_version.clone(),
+    };
+    let rules = version.rules().ok_or_else(|| MatrixError::unsupported_room_version("unsupported"))?;
+    let preset = match body.preset.as_deref() {
+        Some(p @ ("private_chat" | "public_chat" | "trusted_private_chat")) => p.to_owned(),
+        Some(other) => return Err(MatrixError::invalid_param(format!("Unknown preset {other}"))),
+        None if body.visibility.as_deref() == Some("public") => "public_chat".to_owned(),
+        None => "private_chat".to_owned(),
+    };
+    match body.visibility.as_deref() {
+        None | Some("public" | "private") => {}
+        Some(other) => return Err(MatrixError::invalid_param(format!("Unknown visibility {other}"))),
+    }
+    let invitees: Vec<OwnedUserId> = body
+        .invite
+        .iter()
+        .map(|u| {
+            OwnedUserId::try_from(u.as_str()).map_err(|_| MatrixError::invalid_param(format!("Invalid user ID {u}")))
+        })
+        .collect::<Result<_, _>>()?;
+    let alias = match &body.room_alias_name {
+        Some(local) => {
+            if local.contains(':') || local.contains('#') || local.trim().is_empty() {
+                return Err(MatrixError::invalid_param("room_alias_name must be a bare localpart"));
+            }
+            let alias = OwnedRoomAliasId::try_from(format!("#{local}:{}", rooms.writer.server_name()))
+                .map_err(|e| MatrixError::invalid_param(format!("Invalid alias: {e}")))?;
+            if rooms.events.alias_room(alias.as_str()).await?.is_some() {
+                return Err(MatrixError::room_in_use("Room alias already taken"));
+            }
+            Some(alias)
+        }
+        None => None,
+    };
+
+    // m.room.create
+    let mut create = body.creation_content.clone().unwrap_or_default();
+    create.insert("room_version".into(), json!(version.as_str()));
+    if rules.authorization.use_room_create_sender {
+        create.remove("creator");
+    } else {
+        create.insert("creator".into(), json!(user.user_id));
+    }
+    let privileged_creators = rules.authorization.explicitly_privilege_room_creators;
+    let mut additional_creators: Vec<OwnedUserId> = Vec::new();
+    if privileged_creators {
+        if let Some(extra) = create.get("additional_creators") {
+            let list = extra.as_array().ok_or_else(|| MatrixError::bad_json("additional_creators must be an array"))?;
+            for u in list {
+                let u = u.as_str().and_then(|s| OwnedUserId::try_from(s).ok());
+                additional_creators
+                    .push(u.ok_or_else(|| MatrixError::bad_json("additional_creators holds an invalid user ID"))?);
+            }
+        }
+        if preset == "trusted_private_chat" {
+            for i in &invitees {
+                if !additional_creators.contains(i) {
+                    additional_creators.push(i.clone());
+                }
+            }
+            if !additional_creators.is_empty() {
+                create.insert("additional_creators".into(), json!(additional_creators));
+            }
+        }
+    }
+    let origin = origin(&req, None);
+    let created = rooms.writer.create_room(&version, &user.user_id, Value::Object(create), &origin).await?;
+    let room_id = created.room_id.clone();
+
+    let mut events: Vec<EventTemplate> = Vec::new();
+    let mut member = json!({ "membership": "join" });
+    if body.is_direct {
+        member["is_direct"] = json!(true);
+    }
+    events.push(state("m.room.member", user.user_id.as_str(), member));
+
+    // Power levels: the defaults Synapse uses, the creator at 100 (implicit from v12), trusted
+    // invitees at 100, then the client's override on top.
+    let mut users = serde_json::Map::new();
+    if !privileged_creators {
+        users.insert(user.user_id.to_string(), json!(100));
+        if preset == "trusted_private_chat" {
+            for i in &invitees {
+                users.insert(i.to_string(), json!(100));
+            }
+        }
+    }
+    let mut pl = json!({
+        "users": users,
+        "users_default": 0,
+        "events": {
+            "m.room.name": 50,
+            "m.room.power_levels": 100,
+            "m.room.history_visibility": 100,
+            "m.room.canonical_alias": 50,
+            "m.room.avatar": 50,
+            "m.room.tombstone": 100,
+            "m.room.server_acl": 100,
+            "m.room.encryption": 100,
+        },
+        "events_default": 0,
+        "state_default": 50,
+        "ban": 50,
+        "kick": 50,
+        "redact": 50,
+        "invite": 0,
+        "historical": 100,
+    });
+    if let Some(o) = &body.power_level_content_override {
+        for (k, v) in o {
+            pl[k] = v.clone();
+        }
+    }
+    events.push(state("m.room.power_levels", "", pl));
+    if let Some(alias) = &alias {
+        events.push(state("m.room.canonical_alias", "", json!({ "alias": alias })));
+    }
+    let (join_rule, history, guest) = match preset.as_str() {
+        "public_chat" => ("public", "shared", "forbidden"),
+        _ => ("invite", "shared", "can_join"),
+    };
+    events.push(state("m.room.join_rules", "", json!({ "join_rule": join_rule })));
+    events.push(state("m.room.history_visibility", "", json!({ "history_visibility": history })));
+    if guest == "can_join" {
+        events.push(state("m.room.guest_access", "", json!({ "guest_access": guest })));
+    }
+    for s in &body.initial_state {
+        if s.event_type == "m.room.member" || s.event_type == "m.room.create" {
+            return Err(MatrixError::invalid_param(format!("initial_state may not contain {}", s.event_type)));
+        }
+        // A later entry of the same (type, state_key) replaces the preset's.
+        events.retain(|e| !(e.event_type == s.event_type && e.state_key.as_deref() == Some(s.state_key.as_str())));
+        events.push(state(&s.event_type, &s.state_key, Value::Object(s.content.clone())));
+    }
+    if let Some(name) = &body.name {
+        events.push(state("m.room.name", "", json!({ "name": name })));
+    }
+    if let Some(topic) = &body.topic {
+        events.push(state("m.room.topic", "", json!({ "topic": topic })));
+    }
+    for i in &invitees {
+        let mut content = json!({ "membership": "invite" });
+        if body.is_direct {
+            content["is_direct"] = json!(true);
+        }
+        events.push(state("m.room.member", i.as_str(), content));
+    }
+    for template in events {
+        rooms.writer.send(&room_id, &user.user_id, template, &origin).await?;
+    }
+    if let Some(alias) = &alias {
+        rooms.events.create_alias(alias.as_str(), &room_id, &user.user_id).await.map_err(|e| match e {
+            ganglion_storage::Error::Conflict(_) => MatrixError::room_in_use("Room alias already taken"),
+            other => other.into(),
+        })?;
+    }
+    tracing::info!(room_id = %room_id, "created room");
+    Ok(Json(json!({ "room_id": room_id })))
+}
+
+async fn join(
+    rooms: &Rooms,
+    room_id: &RoomId,
+    user: &UserId,
+    origin: &WriteOrigin,
+) -> Result<Json<Value>, MatrixError> {
+    if rooms.events.room_version(room_id).await?.is_none() {
+        return Err(MatrixError::not_found("No known servers for this room"));
+    }
+    if rooms.events.membership(room_id, user).await?.as_deref() == Some("join") {
+        return Ok(Json(json!({ "room_id": room_id })));
+    }
+    let template = state("m.room.member", user.as_str(), json!({ "membership": "join" }));
+    rooms.writer.send(room_id, user, template, origin).await?;
+    Ok(Json(json!({ "room_id": room_id })))
+}
+
+/// `POST /_matrix/client/v3/rooms/{roomId}/join`.
+pub(crate) async fn join_room(
+    State(rooms): State<Rooms>,
+    user: AuthUser,
+    req: Option<Extension<RequestId>>,
+    Path(room_id): Path<String>,
+    MatrixJson(_body): MatrixJson<serde_json::Map<String, Value>>,
+) -> Result<Json<Value>, MatrixError> {
+    let room_id =
+        OwnedRoomId::try_from(room_id).map_err(|e| MatrixError::invalid_param(format!("Invalid room ID: {e}")))?;
+    join(&rooms, &room_id, &user.user_id, &origin(&req, None)).await
+}
+
+/// `POST /_matrix/client/v3/join/{roomIdOrAlias}`.
+pub(crate) async fn join_by_id_or_alias(
+    State(rooms): State<Rooms>,
+    user: AuthUser,
+    req: Option<Extension<RequestId>>,
+    Path(target): Path<String>,
+    MatrixJson(_body): MatrixJson<serde_json::Map<String, Value>>,
+) -> Result<Json<Value>, MatrixError> {
+    let room_id = if target.starts_with('#') {
+        let alias = OwnedRoomAliasId::try_from(target.as_str())
+            .map_err(|e| MatrixError::invalid_param(format!("Invalid alias: {e}")))?;
+        rooms.events.alias_room(alias.as_str()).await?.ok_or_else(|| MatrixError::not_found("Room alias not found"))?
+    } else {
+        OwnedRoomId::try_from(target)
+            .map_err(|e| MatrixError::invalid_param(format!("Invalid room ID or alias: {e}")))?
+    };
+    join(&rooms, &room_id, &user.user_id, &origin(&req, None)).await
+}
+
+/// `PUT /_matrix/client/v3/rooms/{roomId}/send/{eventType}/{txnId}`: a message event, idempotent
+/// per device and transaction id.
+pub(crate) async fn send_message(
+    State(rooms): State<Rooms>,
+    user: AuthUser,
+    req: Option<Extension<RequestId>>,
+    Path((room_id, event_type, txn_id)): Path<(String, String, String)>,
+    MatrixJson(content): MatrixJson<serde_json::Map<String, Value>>,
+) -> Result<Json<Value>, MatrixError> {
+    let room_id =
+        OwnedRoomId::try_from(room_id).map_err(|e| MatrixError::invalid_param(format!("Invalid room ID: {e}")))?;
+    if event_type.is_empty() || event_type.len() > 255 {
+        return Err(MatrixError::invalid_param("Invalid event type"));
+    }
+    if rooms.events.membership(&room_id, &user.user_id).await?.as_deref() != Some("join") {
+        return Err(MatrixError::forbidden(format!("User {} not in room {room_id}", user.user_id)));
+    }
+    let template = EventTemplate { event_type, state_key: None, content: Value::Object(content) };
+    let origin = origin(&req, Some((user.device_id.to_string(), txn_id)));
+    let Written { event_id, .. } = rooms.writer.send(&room_id, &user.user_id, template, &origin).await?;
+    Ok(Json(json!({ "event_id": event_id })))
+}
+
+/// `GET /_matrix/client/v3/joined_rooms`.
+pub(crate) async fn joined_rooms(State(rooms): State<Rooms>, user: AuthUser) -> Result<Json<Value>, MatrixError> {
+    let joined: Vec<OwnedRoomId> = rooms
+        .events
+        .rooms_for_user(&user.user_id)
+        .await?
+        .into_iter()
+        .filter(|m| m.membership == "join")
+        .map(|m| m.room_id)
+        .collect();
+    Ok(Json(json!({ "joined_rooms": joined })))
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct MessagesQuery {
+    from: Option<String>,
+    to: Option<String>,
+    dir: Option<String>,
+    limit: Option<String>,
+    filter: Option<String>,
+}
+
+/// A `/messages` position: `t{depth}_{stream}` (topological), or a sync token `g1_…` which pages
+/// from the newest event it covers.
+fn parse_pagination_token(token: &str) -> Option<(i64, i64)> {
+    if let Some(rest) = token.strip_prefix('t') {
+        let (d, s) = rest.split_once('_')?;
+        return Some((d.parse().ok()?, s.parse().ok()?));
+    }
+    let pos = parse_sync_position(token)?;
+    Some((i64::MAX, pos.saturating_add(1)))
+}
+
+/// The events position of a sync token (`g1_e{pos}`), as the sync worker writes them.
+fn parse_sync_position(token: &str) -> Option<i64> {
+    let rest = token.strip_prefix("g1_")?;
+    rest.split('.').find_map(|part| part.strip_prefix('e')).and_then(|p| p.parse().ok())
+}
+
+/// `GET /_matrix/client/v3/rooms/{roomId}/messages`: pages through a room's timeline in
+/// topological order.
+pub(crate) async fn messages(
+    State(rooms): State<Rooms>,
+    user: AuthUser,
+    Path(room_id): Path<String>,
+    Query(q): Query<MessagesQuery>,
+) -> Result<Json<Value>, MatrixError> {
+    let room_id =
+        OwnedRoomId::try_from(room_id).map_err(|e| MatrixError::invalid_param(format!("Invalid room ID: {e}")))?;
+    let backwards = match q.dir.as_deref() {
+        Some("b") => true,
+        Some("f") => false,
+        None => return Err(MatrixError::missing_param("Missing dir parameter")),
+        Some(other) => return Err(MatrixError::invalid_param(format!("dir must be b or f, not {other}"))),
+    };
+    let limit: i64 = match q.limit.as_deref() {
+        None => 10,
+        Some(l) => {
+            l.parse::<i64>().ok().filter(|l| *l >= 0).ok_or_else(|| MatrixError::invalid_param("Invalid limit"))?
+        }
+    }
+    .min(1000);
+    if let Some(f) = &q.filter {
+        let _: Value = serde_json::from_str(f).map_err(|_| MatrixError::invalid_param("filter is not valid JSON"))?;
+    }
+    // Visibility: members see everything up to now; former members up to their departure.
+    let memberships = rooms.events.rooms_for_user(&user.user_id).await?;
+    let mine = memberships.iter().find(|m| m.room_id == room_id);
+    let upto = match mine {
+        Some(m) if m.membership == "join" => i64::MAX,
+        Some(m) if m.membership == "leave" || m.membership == "ban" => m.stream_ordering,
+        _ => return Err(MatrixError::forbidden(format!("User {} not in room {room_id}", user.user_id))),
+    };
+    let from = match q.from.as_deref() {
+        Some(t) => parse_pagination_token(t).ok_or_else(|| MatrixError::invalid_param("Invalid from token"))?,
+        None if backwards => (i64::MAX, i64::MAX),
+        None => (i64::MIN, i64::MIN),
+    };
+    let to =
+        q.to.as_deref()
+            .map(|t| parse_pagination_token(t).ok_or_else(|| MatrixError::invalid_param("Invalid to token")))
+            .transpose()?;
+    let mut chunk = rooms.events.room_messages(&room_id, from, backwards, upto, limit).await?;
+    if let Some(to) = to {
+        chunk
+            .retain(|e| if backwards { (e.depth, e.stream_ordering) >= to } else { (e.depth, e.stream_ordering) < to });
+    }
+    let start = q.from.clone().unwrap_or_else(|| {
+        if backwards { format!("t{}_{}", i64::MAX, i64::MAX) } else { format!("t{}_{}", i64::MIN, i64::MIN) }
+    });
+    let end = (chunk.len() as i64 == limit && limit > 0)
+        .then(|| chunk.last().map(|e| format!("t{}_{}", e.depth, e.stream_ordering)))
+        .flatten();
+    let events: Vec<Value> =
+        chunk.iter().map(|e| client_event(&e.json, e.event_id.as_str(), e.room_id.as_str(), None)).collect();
+    let mut body = BTreeMap::new();
+    body.insert("chunk", json!(events));
+    body.insert("start", json!(start));
+    if let Some(end) = end {
+        body.insert("end", json!(end));
+    }
+    Ok(Json(json!(body)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pagination_tokens_parse_or_fail_cleanly() {
+        assert_eq!(parse_pagination_token("t5_17"), Some((5, 17)));
+        assert_eq!(parse_pagination_token("g1_e42"), Some((i64::MAX, 43)));
+        assert_eq!(parse_pagination_token("nonsense"), None);
+        assert_eq!(parse_pagination_token("t5"), None);
+    }
+}

@@ -1,0 +1,76 @@
+//! The gRPC write API: workers' writes arrive here and go through the same [`EventWriter`] as
+//! `main`'s own client endpoints.
+
+use ganglion_core::EventTemplate;
+use ganglion_rpc::v1::{SendEventRequest, SendEventResponse, ServerInfoRequest, ServerInfoResponse};
+use ganglion_rpc::{REQUEST_ID_METADATA, WriteApi, WriteApiServer};
+use ruma::{OwnedRoomId, OwnedUserId};
+use tonic::{Request, Response, Status};
+
+use crate::MainState;
+use crate::writer::{WriteError, WriteOrigin};
+
+/// Serves [`WriteApi`] from `main`'s state.
+#[derive(Debug, Clone)]
+pub struct WriteApiService {
+    state: MainState,
+}
+
+/// The tonic service for `main`'s gRPC listener.
+pub fn write_api_service(state: MainState) -> WriteApiServer<WriteApiService> {
+    WriteApiServer::new(WriteApiService { state })
+}
+
+fn status(e: WriteError) -> Status {
+    match e {
+        WriteError::UnknownRoom => Status::not_found("unknown room"),
+        WriteError::Forbidden(r) => Status::permission_denied(r),
+        WriteError::TooLarge => Status::invalid_argument("event too large"),
+        WriteError::Invalid(r) => Status::invalid_argument(r),
+        WriteError::UnsupportedVersion(v) => Status::invalid_argument(format!("unsupported room version {v}")),
+        WriteError::Storage(s) => {
+            tracing::error!(error = %s, "storage failure in write api");
+            Status::internal("storage failure")
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl WriteApi for WriteApiService {
+    async fn server_info(&self, _req: Request<ServerInfoRequest>) -> Result<Response<ServerInfoResponse>, Status> {
+        Ok(Response::new(ServerInfoResponse {
+            server_name: self.state.accounts.server_name.to_string(),
+            schema_version: ganglion_storage::SCHEMA_VERSION,
+            events_position: self.state.events_position().await.max(0) as u64,
+        }))
+    }
+
+    async fn send_event(&self, req: Request<SendEventRequest>) -> Result<Response<SendEventResponse>, Status> {
+        let request_id =
+            req.metadata().get(REQUEST_ID_METADATA).and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+        let r = req.into_inner();
+        let span = tracing::info_span!("rpc.send_event", request_id = %request_id, room_id = %r.room_id);
+        let _enter = span.enter();
+        let room_id =
+            OwnedRoomId::try_from(r.room_id.as_str()).map_err(|e| Status::invalid_argument(format!("room_id: {e}")))?;
+        let sender =
+            OwnedUserId::try_from(r.sender.as_str()).map_err(|e| Status::invalid_argument(format!("sender: {e}")))?;
+        if sender.server_name() != self.state.accounts.server_name {
+            return Err(Status::invalid_argument("sender is not a local user"));
+        }
+        let content: serde_json::Value = serde_json::from_str(&r.content_json)
+            .map_err(|e| Status::invalid_argument(format!("content_json: {e}")))?;
+        if !content.is_object() {
+            return Err(Status::invalid_argument("content_json must be an object"));
+        }
+        let txn = (!r.txn_id.is_empty()).then(|| (r.device_id.clone(), r.txn_id.clone()));
+        let origin = WriteOrigin { txn, request_id: request_id.clone() };
+        let template = EventTemplate { event_type: r.event_type, state_key: r.state_key, content };
+        drop(_enter);
+        let written = self.state.rooms.writer.send(&room_id, &sender, template, &origin).await.map_err(status)?;
+        Ok(Response::new(SendEventResponse {
+            event_id: written.event_id.to_string(),
+            position: written.position.max(0) as u64,
+        }))
+    }
+}

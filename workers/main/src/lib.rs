@@ -1,0 +1,188 @@
+//! The `main` role: every client endpoint not routed to another role, the only writer of events and
+//! stream rows, and the gRPC write API workers call.
+//!
+//! Depends on the shared crates (`ganglion-{config,core,storage,replication,rpc,http,telemetry}`);
+//! never on another worker crate, and no worker crate depends on it.
+
+mod client;
+mod grpc;
+mod password;
+mod writer;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::FromRef;
+use ganglion_config::Config;
+use ganglion_core::ServerSigningKey;
+use ganglion_http::Authenticator;
+use ganglion_replication::Bus;
+use ganglion_storage::{Db, EventStore, KeyStore, UserStore};
+use ruma::OwnedServerName;
+
+pub use grpc::write_api_service;
+
+use crate::password::PasswordHasherConfig;
+use crate::writer::EventWriter;
+
+/// What account endpoints need.
+#[derive(Debug, Clone)]
+pub(crate) struct Accounts {
+    users: UserStore,
+    server_name: OwnedServerName,
+    hasher: PasswordHasherConfig,
+    registration_open: bool,
+}
+
+/// What discovery endpoints need.
+#[derive(Debug, Clone)]
+pub(crate) struct Discovery {
+    server_name: OwnedServerName,
+    public_baseurl: String,
+    well_known_server: Option<String>,
+    default_room_version: String,
+}
+
+/// What room endpoints need.
+#[derive(Debug, Clone)]
+pub(crate) struct Rooms {
+    events: EventStore,
+    writer: Arc<EventWriter>,
+    default_version: ruma::RoomVersionId,
+}
+
+/// The state of the `main` role's router: small substates, one per area.
+#[derive(Debug, Clone)]
+pub struct MainState {
+    auth: Authenticator,
+    accounts: Accounts,
+    discovery: Discovery,
+    rooms: Rooms,
+}
+
+impl FromRef<MainState> for Authenticator {
+    fn from_ref(s: &MainState) -> Self {
+        s.auth.clone()
+    }
+}
+impl FromRef<MainState> for Accounts {
+    fn from_ref(s: &MainState) -> Self {
+        s.accounts.clone()
+    }
+}
+impl FromRef<MainState> for Discovery {
+    fn from_ref(s: &MainState) -> Self {
+        s.discovery.clone()
+    }
+}
+impl FromRef<MainState> for Rooms {
+    fn from_ref(s: &MainState) -> Self {
+        s.rooms.clone()
+    }
+}
+
+/// A failure to start `main`.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Configuration that only shows its problem at start.
+    #[error("config: {0}")]
+    Config(String),
+    /// Storage failure.
+    #[error(transparent)]
+    Storage(#[from] ganglion_storage::Error),
+}
+
+/// Loads the signing key, creating and storing one at first start. When two processes race, the
+/// first insert wins and both use it.
+async fn signing_key(keys: &KeyStore) -> Result<ServerSigningKey, StartError> {
+    if let Some(k) = keys.active_key().await? {
+        return ServerSigningKey::from_stored(&k.version, &k.pkcs8_base64)
+            .map_err(|e| StartError::Config(e.to_string()));
+    }
+    let key = ServerSigningKey::generate();
+    let stored =
+        ganglion_storage::StoredSigningKey { version: key.version().to_owned(), pkcs8_base64: key.pkcs8_base64() };
+    if keys.insert_key(&stored).await? {
+        tracing::info!(version = key.version(), "generated the server signing key");
+    }
+    let k = keys.active_key().await?.ok_or_else(|| StartError::Config("signing key vanished".into()))?;
+    ServerSigningKey::from_stored(&k.version, &k.pkcs8_base64).map_err(|e| StartError::Config(e.to_string()))
+}
+
+impl MainState {
+    /// Builds `main`'s state on a migrated database and a bus.
+    ///
+    /// # Errors
+    /// When the config is unusable or the database fails.
+    pub async fn new(config: &Config, db: Db, bus: Arc<dyn Bus>) -> Result<Self, StartError> {
+        let server_name = OwnedServerName::try_from(config.server_name.as_str())
+            .map_err(|e| StartError::Config(format!("server_name: {e}")))?;
+        let users = UserStore::new(db.clone());
+        let events = EventStore::new(db.clone());
+        let key = Arc::new(signing_key(&KeyStore::new(db.clone())).await?);
+        let writer = Arc::new(EventWriter::new(events.clone(), bus, key, server_name.clone()).await?);
+        let hasher = PasswordHasherConfig::new(&config.password_hashing).map_err(StartError::Config)?;
+        let default_version = ruma::RoomVersionId::try_from(config.rooms.default_version.as_str())
+            .map_err(|e| StartError::Config(format!("rooms.default_version: {e}")))?;
+        let public_baseurl = config.public_baseurl.clone().unwrap_or_else(|| {
+            let l = config
+                .listeners
+                .iter()
+                .find(|l| l.resources.contains(&ganglion_config::Resource::Client))
+                .cloned()
+                .unwrap_or_default();
+            let scheme = if l.tls.is_some() { "https" } else { "http" };
+            let host = if l.bind.is_unspecified() { "localhost".to_owned() } else { l.bind.to_string() };
+            let host = if host.contains(':') { format!("[{host}]") } else { host };
+            format!("{scheme}://{host}:{}/", l.port)
+        });
+        Ok(Self {
+            auth: Authenticator::new(users.clone()),
+            accounts: Accounts {
+                users,
+                server_name: server_name.clone(),
+                hasher,
+                registration_open: config.registration_open(),
+            },
+            discovery: Discovery {
+                server_name,
+                public_baseurl,
+                well_known_server: config.well_known.server.clone(),
+                default_room_version: config.rooms.default_version.clone(),
+            },
+            rooms: Rooms { events, writer, default_version },
+        })
+    }
+
+    /// The writer's last position (for `ServerInfo`).
+    pub(crate) async fn events_position(&self) -> i64 {
+        self.rooms.writer.position().await
+    }
+}
+
+/// `main`'s client-API router (without the common layers, which the binary adds once per listener).
+pub fn router(state: MainState) -> Router {
+    client::routes().with_state(state)
+}
+
+/// Creates a user from the command line (`ganglion register-user`), bypassing registration policy.
+///
+/// # Errors
+/// When the localpart is invalid, the user exists, or storage fails.
+pub async fn register_user(
+    config: &Config,
+    db: Db,
+    localpart: &str,
+    password: &str,
+    admin: bool,
+) -> Result<ruma::OwnedUserId, String> {
+    let user_id = ruma::OwnedUserId::try_from(format!("@{}:{}", localpart.to_lowercase(), config.server_name))
+        .map_err(|e| format!("invalid username: {e}"))?;
+    let hasher = PasswordHasherConfig::new(&config.password_hashing)?;
+    let hash = hasher.hash(password.to_owned()).await?;
+    UserStore::new(db).create_user(&user_id, Some(&hash), admin).await.map_err(|e| match e {
+        ganglion_storage::Error::Conflict(_) => format!("{user_id} already exists"),
+        other => other.to_string(),
+    })?;
+    Ok(user_id)
+}

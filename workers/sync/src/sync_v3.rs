@@ -1,0 +1,288 @@
+//! `GET /_matrix/client/v3/sync`.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::{Query, State};
+use ganglion_core::{client_event, strip_to_sync_format};
+use ganglion_http::{AuthUser, MatrixError};
+use ganglion_storage::PersistedEvent;
+use ruma::{OwnedRoomId, UserId};
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+use tokio::time::Instant;
+
+use crate::{SyncContext, SyncToken};
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct SyncQuery {
+    since: Option<String>,
+    timeout: Option<String>,
+    full_state: Option<String>,
+    filter: Option<String>,
+    set_presence: Option<String>,
+}
+
+/// Timeline events per room when the filter does not say.
+const DEFAULT_TIMELINE_LIMIT: usize = 10;
+/// How many events one incremental sync reads across all rooms before falling back to per-room reads.
+const INCREMENTAL_SCAN_CAP: i64 = 5000;
+
+/// The timeline limit of an inline filter. Stored filter IDs arrive with the filter API; until then
+/// they get the default.
+fn timeline_limit(filter: Option<&str>) -> Result<usize, MatrixError> {
+    let Some(f) = filter else { return Ok(DEFAULT_TIMELINE_LIMIT) };
+    if !f.trim_start().starts_with('{') {
+        return Ok(DEFAULT_TIMELINE_LIMIT);
+    }
+    let v: Value = serde_json::from_str(f).map_err(|_| MatrixError::invalid_param("filter is not valid JSON"))?;
+    match v.pointer("/room/timeline/limit") {
+        None => Ok(DEFAULT_TIMELINE_LIMIT),
+        Some(l) => l
+            .as_u64()
+            .map(|l| l.clamp(1, 1000) as usize)
+            .ok_or_else(|| MatrixError::invalid_param("filter.room.timeline.limit must be a positive integer")),
+    }
+}
+
+/// `GET /_matrix/client/v3/sync`: initial, incremental and long-polling sync.
+pub(crate) async fn sync(
+    State(ctx): State<SyncContext>,
+    user: AuthUser,
+    Query(q): Query<SyncQuery>,
+) -> Result<Json<Value>, MatrixError> {
+    let timeout = match q.timeout.as_deref() {
+        None => Duration::ZERO,
+        Some(t) => Duration::from_millis(
+            t.parse::<u64>().map_err(|_| MatrixError::invalid_param("timeout must be a number of milliseconds"))?,
+        ),
+    }
+    .min(ctx.max_timeout);
+    let full_state = match q.full_state.as_deref() {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(_) => return Err(MatrixError::invalid_param("full_state must be true or false")),
+    };
+    match q.set_presence.as_deref() {
+        None | Some("online" | "offline" | "unavailable") => {}
+        Some(_) => return Err(MatrixError::invalid_param("set_presence must be online, offline or unavailable")),
+    }
+    let limit = timeline_limit(q.filter.as_deref())?;
+    let since = q
+        .since
+        .as_deref()
+        .map(|s| s.parse::<SyncToken>().map_err(|_| MatrixError::invalid_param("Invalid since token")))
+        .transpose()?;
+
+    let deadline = Instant::now() + timeout;
+    let mut position = ctx.position.clone();
+    // A token from an instance further along: wait until this one has caught up, so the client never
+    // sees time run backwards.
+    if let Some(s) = since {
+        let catch_up_deadline = deadline.max(Instant::now() + Duration::from_secs(10));
+        while position.borrow_and_update().0 < s.events {
+            if tokio::time::timeout_at(catch_up_deadline, position.changed()).await.is_err() {
+                break;
+            }
+        }
+    }
+    loop {
+        let now = position.borrow_and_update().0;
+        let upto = since.map_or(now, |s| now.max(s.events));
+        let (rooms, has_data) = build_rooms(&ctx, &user.user_id, since, upto, full_state, limit).await?;
+        if since.is_none() || full_state || has_data || Instant::now() >= deadline {
+            return Ok(Json(response(rooms, SyncToken { events: upto })));
+        }
+        match tokio::time::timeout_at(deadline, position.changed()).await {
+            Ok(Ok(())) => continue,
+            // Timed out, or the follower stopped (shutdown): answer with what we have.
+            _ => return Ok(Json(response(rooms, SyncToken { events: upto }))),
+        }
+    }
+}
+
+fn response(rooms: Value, next: SyncToken) -> Value {
+    json!({
+        "next_batch": next.to_string(),
+        "rooms": rooms,
+        "account_data": { "events": [] },
+        "presence": { "events": [] },
+        "to_device": { "events": [] },
+        "device_lists": { "changed": [], "left": [] },
+        "device_one_time_keys_count": {},
+    })
+}
+
+fn sync_event(e: &PersistedEvent) -> Value {
+    strip_to_sync_format(client_event(&e.json, e.event_id.as_str(), e.room_id.as_str(), None))
+}
+
+fn stripped(e: &PersistedEvent) -> Option<Value> {
+    let full: Value = serde_json::from_str(&e.json).ok()?;
+    Some(json!({
+        "type": e.event_type,
+        "state_key": e.state_key.clone().unwrap_or_default(),
+        "content": full.get("content").cloned().unwrap_or(json!({})),
+        "sender": e.sender,
+    }))
+}
+
+fn pagination_token(e: &PersistedEvent) -> String {
+    format!("t{}_{}", e.depth, e.stream_ordering)
+}
+
+/// Builds `rooms` and says whether anything is in it.
+async fn build_rooms(
+    ctx: &SyncContext,
+    user_id: &UserId,
+    since: Option<SyncToken>,
+    upto: u64,
+    full_state: bool,
+    limit: usize,
+) -> Result<(Value, bool), MatrixError> {
+    let upto_i = upto as i64;
+    let since_i = since.map(|s| s.events as i64);
+    let memberships = ctx.events.rooms_for_user(user_id).await?;
+    let mut join = Map::new();
+    let mut invite = Map::new();
+    let mut leave = Map::new();
+
+    // Rooms the client already knows, whose new events one range query finds.
+    let known_joined: Vec<OwnedRoomId> = memberships
+        .iter()
+        .filter(|m| m.membership == "join" && m.stream_ordering <= upto_i)
+        .filter(|m| since_i.is_some_and(|s| m.stream_ordering <= s) && !full_state)
+        .map(|m| m.room_id.clone())
+        .collect();
+    let mut recent: HashMap<OwnedRoomId, Vec<PersistedEvent>> = HashMap::new();
+    let mut scan_capped = false;
+    if let (Some(s), false) = (since_i, known_joined.is_empty()) {
+        let found = ctx.events.events_in_rooms_between(&known_joined, s, upto_i, INCREMENTAL_SCAN_CAP).await?;
+        scan_capped = found.len() as i64 >= INCREMENTAL_SCAN_CAP;
+        for e in found {
+            recent.entry(e.room_id.clone()).or_default().push(e);
+        }
+    }
+
+    for m in &memberships {
+        // A membership newer than this instance's position shows up on a later sync.
+        if m.stream_ordering > upto_i {
+            continue;
+        }
+        let is_new = since_i.is_none_or(|s| m.stream_ordering > s) || full_state;
+        match m.membership.as_str() {
+            "join" if is_new => {
+                let mut timeline = ctx.events.latest_room_events(&m.room_id, upto_i, limit as i64 + 1).await?;
+                let limited = timeline.len() > limit;
+                if limited {
+                    timeline.remove(0);
+                }
+                let in_timeline: HashSet<&str> = timeline.iter().map(|e| e.event_id.as_str()).collect();
+                let state: Vec<Value> = ctx
+                    .events
+                    .current_state_events(&m.room_id)
+                    .await?
+                    .iter()
+                    .filter(|e| e.stream_ordering <= upto_i && !in_timeline.contains(e.event_id.as_str()))
+                    .map(sync_event)
+                    .collect();
+                join.insert(m.room_id.to_string(), joined_room(&timeline, limited, state));
+            }
+            "join" => {
+                let s = since_i.unwrap_or_default();
+                let events = if scan_capped {
+                    let mut latest = ctx.events.latest_room_events(&m.room_id, upto_i, limit as i64 + 1).await?;
+                    latest.retain(|e| e.stream_ordering > s);
+                    latest
+                } else {
+                    recent.remove(&m.room_id).unwrap_or_default()
+                };
+                if events.is_empty() {
+                    continue;
+                }
+                let limited = events.len() > limit || (scan_capped && events.len() > limit);
+                let split = events.len().saturating_sub(limit);
+                let (gap, timeline) = events.split_at(split);
+                // State that changed in the part of the gap the client will not see.
+                let state: Vec<Value> = gap.iter().filter(|e| e.state_key.is_some()).map(sync_event).collect();
+                join.insert(m.room_id.to_string(), joined_room(timeline, limited, state));
+            }
+            "invite" if is_new => {
+                let mut stripped_state: Vec<Value> = ctx
+                    .events
+                    .current_state_events(&m.room_id)
+                    .await?
+                    .iter()
+                    .filter(|e| {
+                        matches!(
+                            e.event_type.as_str(),
+                            "m.room.create"
+                                | "m.room.join_rules"
+                                | "m.room.name"
+                                | "m.room.avatar"
+                                | "m.room.canonical_alias"
+                                | "m.room.encryption"
+                        ) || (e.event_type == "m.room.member" && e.state_key.as_deref() == Some(user_id.as_str()))
+                    })
+                    .filter_map(stripped)
+                    .collect();
+                stripped_state.sort_by_key(|v| v["type"] == "m.room.member");
+                invite.insert(m.room_id.to_string(), json!({ "invite_state": { "events": stripped_state } }));
+            }
+            "leave" | "ban" if since_i.is_some_and(|s| m.stream_ordering > s) => {
+                let s = since_i.unwrap_or_default();
+                let mut timeline =
+                    ctx.events.latest_room_events(&m.room_id, m.stream_ordering, limit as i64 + 1).await?;
+                timeline.retain(|e| e.stream_ordering > s);
+                let limited = timeline.len() > limit;
+                if limited {
+                    timeline.remove(0);
+                }
+                leave.insert(
+                    m.room_id.to_string(),
+                    json!({
+                        "timeline": timeline_json(&timeline, limited),
+                        "state": { "events": [] },
+                        "account_data": { "events": [] },
+                    }),
+                );
+            }
+            _ => {}
+        }
+    }
+    let has_data = !(join.is_empty() && invite.is_empty() && leave.is_empty());
+    Ok((json!({ "join": join, "invite": invite, "leave": leave, "knock": {} }), has_data))
+}
+
+fn timeline_json(timeline: &[PersistedEvent], limited: bool) -> Value {
+    let mut t = json!({ "events": timeline.iter().map(sync_event).collect::<Vec<_>>(), "limited": limited });
+    if let Some(first) = timeline.first() {
+        t["prev_batch"] = json!(pagination_token(first));
+    }
+    t
+}
+
+fn joined_room(timeline: &[PersistedEvent], limited: bool, state: Vec<Value>) -> Value {
+    json!({
+        "timeline": timeline_json(timeline, limited),
+        "state": { "events": state },
+        "ephemeral": { "events": [] },
+        "account_data": { "events": [] },
+        "summary": {},
+        "unread_notifications": { "notification_count": 0, "highlight_count": 0 },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timeline_limit_comes_from_inline_filters() {
+        assert_eq!(timeline_limit(None).unwrap(), DEFAULT_TIMELINE_LIMIT);
+        assert_eq!(timeline_limit(Some("{\"room\":{\"timeline\":{\"limit\":3}}}")).unwrap(), 3);
+        assert_eq!(timeline_limit(Some("5")).unwrap(), DEFAULT_TIMELINE_LIMIT, "stored filter ids use the default");
+        assert_eq!(timeline_limit(Some("{bad")).unwrap_err().errcode, "M_INVALID_PARAM");
+    }
+}
