@@ -1,0 +1,247 @@
+//! The single table describing every configuration key. The example file, the Markdown reference and
+//! the environment-variable parser read it; a unit test checks it covers every field of
+//! [`Config`](crate::Config), and defaults are always read from `Config::default()`, never written here.
+
+/// What a key holds; drives the type column, the environment parser and unknown-key detection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    /// A nested table of keys.
+    Section,
+    /// A list of tables, each with the keys under `<path>[]`.
+    SectionList,
+    /// Free text.
+    Str,
+    /// A filesystem path.
+    Path,
+    /// An IPv4 or IPv6 address.
+    Ip,
+    /// `ip:port`.
+    SocketAddr,
+    /// `true` or `false`.
+    Bool,
+    /// An unsigned integer with the given maximum.
+    Uint(u64),
+    /// One of a fixed set of words.
+    Enum(&'static [&'static str]),
+    /// A list drawn from a fixed set of words.
+    EnumList(&'static [&'static str]),
+}
+
+impl Kind {
+    /// Whether an environment value for this key is taken verbatim rather than parsed as a
+    /// TOML-ish scalar (so `GANGLION_ROOMS__DEFAULT_VERSION=10` stays the string `"10"`).
+    pub(crate) fn is_textual(self) -> bool {
+        matches!(self, Kind::Str | Kind::Path | Kind::Ip | Kind::SocketAddr | Kind::Enum(_))
+    }
+
+    /// Whether keys nest under this one.
+    #[cfg(test)]
+    pub(crate) fn is_container(self) -> bool {
+        matches!(self, Kind::Section | Kind::SectionList)
+    }
+
+    /// The type as written in the reference.
+    pub(crate) fn describe(self) -> String {
+        match self {
+            Kind::Section => "table".to_owned(),
+            Kind::SectionList => "list of tables".to_owned(),
+            Kind::Str => "string".to_owned(),
+            Kind::Path => "path".to_owned(),
+            Kind::Ip => "IP address".to_owned(),
+            Kind::SocketAddr => "`ip:port`".to_owned(),
+            Kind::Bool => "boolean".to_owned(),
+            Kind::Uint(max) if max <= u64::from(u16::MAX) => format!("integer, 0 to {max}"),
+            Kind::Uint(_) => "integer".to_owned(),
+            Kind::Enum(words) => format!("one of {}", backticked(words)),
+            Kind::EnumList(words) => format!("list of {}", backticked(words)),
+        }
+    }
+}
+
+fn backticked(words: &[&str]) -> String {
+    words.iter().map(|w| format!("`{w}`")).collect::<Vec<_>>().join(", ")
+}
+
+/// One key of the configuration.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct KeyDoc {
+    /// Dotted path; keys inside list items use `list[]`, e.g. `listeners[].port`.
+    pub(crate) path: &'static str,
+    /// What it holds.
+    pub(crate) kind: Kind,
+    /// One line of meaning.
+    pub(crate) doc: &'static str,
+    /// For keys unset by default: a YAML value shown commented out in the example file.
+    pub(crate) example: Option<&'static str>,
+    /// What an unset value means, or a summary for defaults too long to print in a table.
+    pub(crate) default_note: Option<&'static str>,
+}
+
+impl KeyDoc {
+    /// The parent path (`""` at top level; `listeners[]` for keys inside a listener).
+    pub(crate) fn parent(&self) -> &'static str {
+        self.path.rsplit_once('.').map_or("", |(parent, _)| parent)
+    }
+
+    /// The last segment of the path.
+    pub(crate) fn name(&self) -> &'static str {
+        self.path.rsplit_once('.').map_or(self.path, |(_, name)| name)
+    }
+
+    /// The `GANGLION_*` variable that sets this key, unless it lives inside a list item.
+    pub(crate) fn env_var(&self) -> Option<String> {
+        (!self.path.contains("[]"))
+            .then(|| format!("{}{}", crate::ENV_PREFIX, self.path.replace('.', "__").to_ascii_uppercase()))
+    }
+}
+
+const RESOURCES: &[&str] = &["client", "federation", "media", "metrics", "health"];
+
+const fn key(path: &'static str, kind: Kind, doc: &'static str) -> KeyDoc {
+    KeyDoc { path, kind, doc, example: None, default_note: None }
+}
+
+const fn optional(
+    path: &'static str,
+    kind: Kind,
+    doc: &'static str,
+    example: &'static str,
+    unset: &'static str,
+) -> KeyDoc {
+    KeyDoc { path, kind, doc, example: Some(example), default_note: Some(unset) }
+}
+
+/// Every key, parents before children, in the order the example file lists them.
+pub(crate) const KEYS: &[KeyDoc] = &[
+    key(
+        "server_name",
+        Kind::Str,
+        "The server name: the part after the colon in user IDs. Cannot change once users exist.",
+    ),
+    optional(
+        "public_baseurl",
+        Kind::Str,
+        "Base URL clients reach the client API on, advertised in /.well-known/matrix/client.",
+        "\"https://matrix.example.org/\"",
+        "derived from the first client listener (`http://<bind>:<port>/`)",
+    ),
+    key("data_dir", Kind::Path, "Directory for the signing key and, by default, the SQLite database."),
+    KeyDoc {
+        default_note: Some("one listener on `127.0.0.1:8008` serving every resource"),
+        ..key("listeners", Kind::SectionList, "HTTP listeners; each serves the resources it lists.")
+    },
+    key("listeners[].bind", Kind::Ip, "Address to bind."),
+    key("listeners[].port", Kind::Uint(u16::MAX as u64), "Port to bind; 0 picks a free port."),
+    KeyDoc {
+        default_note: Some("plain HTTP"),
+        ..key("listeners[].tls", Kind::Section, "Terminate TLS on this listener with rustls.")
+    },
+    optional(
+        "listeners[].tls.certificate_path",
+        Kind::Path,
+        "PEM certificate chain; read when the listener starts.",
+        "\"/etc/ganglion/tls/fullchain.pem\"",
+        "required when `tls` is set",
+    ),
+    optional(
+        "listeners[].tls.key_path",
+        Kind::Path,
+        "PEM private key (PKCS#8, PKCS#1 or SEC1); read when the listener starts.",
+        "\"/etc/ganglion/tls/privkey.pem\"",
+        "required when `tls` is set",
+    ),
+    key("listeners[].resources", Kind::EnumList(RESOURCES), "What this listener serves; at least one."),
+    key("database", Kind::Section, "The database."),
+    optional(
+        "database.url",
+        Kind::Str,
+        "`sqlite://path/to/file.db` or `postgres://user@host:port/db`.",
+        "\"postgres://ganglion@localhost:5432/ganglion\"",
+        "`sqlite://<data_dir>/ganglion.db`",
+    ),
+    key("database.max_connections", Kind::Uint(u32::MAX as u64), "Connection pool size."),
+    key("database.migrate_on_start", Kind::Bool, "Apply schema migrations when `main` starts."),
+    key("redis", Kind::Section, "Redis, which carries the replication stream between processes."),
+    optional(
+        "redis.url",
+        Kind::Str,
+        "`redis://host:port/db` or `rediss://…`; required when running separate worker processes.",
+        "\"redis://127.0.0.1:6379/0\"",
+        "the in-process bus (only valid for `ganglion serve`)",
+    ),
+    key(
+        "redis.key_prefix",
+        Kind::Str,
+        "Prefix for every Redis key Ganglion writes, so deployments can share one Redis.",
+    ),
+    key(
+        "redis.stream_max_len",
+        Kind::Uint(u64::MAX),
+        "Approximate rows each Redis stream keeps; older rows are read from the database.",
+    ),
+    key("rpc", Kind::Section, "The internal gRPC write API that `main` serves and workers call."),
+    key("rpc.listen", Kind::SocketAddr, "Where `main` listens for the write API."),
+    key("rpc.main_url", Kind::Str, "Where workers reach `main`'s write API."),
+    key("registration", Kind::Section, "Who may register."),
+    optional(
+        "registration.enabled",
+        Kind::Bool,
+        "Open (`true`) or close (`false`) registration.",
+        "true",
+        "open only while every client listener is bound to loopback",
+    ),
+    key("password_hashing", Kind::Section, "Argon2id password hashing cost."),
+    key(
+        "password_hashing.memory_kib",
+        Kind::Uint(u32::MAX as u64),
+        "Memory per hash in KiB; at least 8 × parallelism.",
+    ),
+    key("password_hashing.iterations", Kind::Uint(u32::MAX as u64), "Passes; at least 1."),
+    key("password_hashing.parallelism", Kind::Uint(u32::MAX as u64), "Lanes; at least 1."),
+    key("rooms", Kind::Section, "Room defaults."),
+    key("rooms.default_version", Kind::Str, "Room version for new rooms, `1` to `12`."),
+    key("telemetry", Kind::Section, "Logs, traces and metrics."),
+    key(
+        "telemetry.log_level",
+        Kind::Str,
+        "A `tracing` filter directive, e.g. `info` or `info,ganglion_storage=debug`.",
+    ),
+    key("telemetry.log_format", Kind::Enum(&["text", "json"]), "Log line format on stderr."),
+    optional(
+        "telemetry.otlp_endpoint",
+        Kind::Str,
+        "OTLP/gRPC collector to export traces to.",
+        "\"http://127.0.0.1:4317\"",
+        "no trace export",
+    ),
+    key("limits", Kind::Section, "Request limits."),
+    key(
+        "limits.max_request_body_bytes",
+        Kind::Uint(u64::MAX),
+        "Largest request body accepted on the client API, in bytes.",
+    ),
+    key(
+        "limits.max_sync_timeout_ms",
+        Kind::Uint(u64::MAX),
+        "Longest `/sync` long-poll a client may ask for, in milliseconds.",
+    ),
+    key("well_known", Kind::Section, "The /.well-known/matrix/* answers."),
+    optional(
+        "well_known.server",
+        Kind::Str,
+        "`m.server` in /.well-known/matrix/server (`host:port`).",
+        "\"matrix.example.org:443\"",
+        "answer 404, so other servers fall back to SRV and port 8448",
+    ),
+];
+
+/// The entry for a table path (`listeners[].port`), if any.
+pub(crate) fn lookup(path: &str) -> Option<&'static KeyDoc> {
+    KEYS.iter().find(|k| k.path == path)
+}
+
+/// The keys directly under `parent` (`""` for the top level).
+pub(crate) fn children(parent: &str) -> impl Iterator<Item = &'static KeyDoc> {
+    let parent = parent.to_owned();
+    KEYS.iter().filter(move |k| k.parent() == parent)
+}

@@ -1,0 +1,312 @@
+//! Ganglion's configuration: one typed tree, layered defaults < file (YAML or TOML) < `GANGLION_*` env.
+//!
+//! Every other crate receives the section it needs from the binary; no other crate reads files or the
+//! environment. Depends on nothing of Ganglion's; everything may depend on it.
+
+//!
+//! Map:
+//! - `lib.rs`: the [`Config`] tree, its defaults and the derived answers ([`Config::database_url`],
+//!   [`Config::registration_open`]).
+//! - `keys.rs`: the one table of every key (path, type, meaning, example) that the example file, the
+//!   Markdown reference and the environment parser all read.
+//! - `load.rs`: [`load`]: the figment layers, the `GANGLION_*` environment layer, unknown-key detection
+//!   and the mapping of figment errors to one-line [`ConfigError`]s.
+//! - `validate.rs`: [`Config::validate`]: checks that serde cannot express (server name syntax, URL
+//!   schemes, duplicate listeners, cost parameters).
+//! - `generate.rs`: [`generate_yaml`] and [`render_markdown_reference`].
+//! - `error.rs`: [`ConfigError`] and [`Problem`].
+
+#![warn(missing_docs)]
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+mod error;
+mod generate;
+mod keys;
+mod load;
+mod validate;
+
+#[cfg(test)]
+mod tests;
+
+pub use error::{ConfigError, Problem};
+pub use generate::{generate_yaml, render_markdown_reference};
+pub use load::{ENV_PREFIX, load, load_from_process_env};
+
+/// The whole configuration of one Ganglion process.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// The server name: the part after the colon in user IDs. Default: `localhost`.
+    pub server_name: String,
+    /// The base URL clients reach the client API on, advertised in `/.well-known/matrix/client`.
+    /// Default: derived from the first client listener (`http://<bind>:<port>/`).
+    pub public_baseurl: Option<String>,
+    /// Directory for the signing key and, by default, the SQLite database. Default: `./ganglion-data`.
+    pub data_dir: PathBuf,
+    /// HTTP listeners. Default: one on 127.0.0.1:8008 serving every resource.
+    pub listeners: Vec<ListenerConfig>,
+    /// The database.
+    pub database: DatabaseConfig,
+    /// Redis, which carries the replication stream between processes. Unset: the in-process bus
+    /// (only valid for `ganglion serve`).
+    pub redis: RedisConfig,
+    /// The internal gRPC write API that `main` serves and workers call.
+    pub rpc: RpcConfig,
+    /// Who may register.
+    pub registration: RegistrationConfig,
+    /// Argon2 password hashing cost.
+    pub password_hashing: PasswordHashingConfig,
+    /// Room defaults.
+    pub rooms: RoomsConfig,
+    /// Logs, traces and metrics.
+    pub telemetry: TelemetryConfig,
+    /// Request limits.
+    pub limits: LimitsConfig,
+    /// The `/.well-known/matrix/*` answers.
+    pub well_known: WellKnownConfig,
+}
+
+/// One HTTP listener.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ListenerConfig {
+    /// Address to bind. Default: `127.0.0.1`.
+    pub bind: IpAddr,
+    /// Port. Default: `8008`.
+    pub port: u16,
+    /// Terminate TLS here with rustls. Default: plain HTTP.
+    pub tls: Option<TlsConfig>,
+    /// What this listener serves. Default: every resource.
+    pub resources: Vec<Resource>,
+}
+
+/// Certificate and key for a TLS listener.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain.
+    pub certificate_path: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_path: PathBuf,
+}
+
+/// A group of endpoints a listener can serve.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum Resource {
+    /// `/_matrix/client/*` and `/.well-known/matrix/client`.
+    Client,
+    /// `/_matrix/federation/*`, `/_matrix/key/*` and `/.well-known/matrix/server`.
+    Federation,
+    /// `/_matrix/media/*` and `/_matrix/client/v1/media/*`.
+    Media,
+    /// Prometheus `/metrics`.
+    Metrics,
+    /// `/health/live` and `/health/ready`.
+    Health,
+}
+
+/// Database connection settings.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct DatabaseConfig {
+    /// `sqlite://path/to/file.db` or `postgres://user@host:port/db`.
+    /// Default: `sqlite://<data_dir>/ganglion.db`.
+    pub url: Option<String>,
+    /// Pool size. Default: 10.
+    pub max_connections: u32,
+    /// Apply migrations when `main` starts. Default: true.
+    pub migrate_on_start: bool,
+}
+
+/// Redis settings.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct RedisConfig {
+    /// `redis://host:port/db`. Default: unset (in-process bus).
+    pub url: Option<String>,
+    /// Prefix for every key Ganglion writes, so several deployments can share one Redis.
+    /// Default: `ganglion`.
+    pub key_prefix: String,
+    /// Approximate number of rows each Redis stream keeps; older rows are read from the database.
+    /// Default: 100000.
+    pub stream_max_len: usize,
+}
+
+/// Internal gRPC API settings.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct RpcConfig {
+    /// Where `main` listens for the write API. Default: `127.0.0.1:9093`.
+    pub listen: SocketAddr,
+    /// Where workers reach `main`'s write API. Default: `http://127.0.0.1:9093`.
+    pub main_url: String,
+}
+
+/// Registration policy.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct RegistrationConfig {
+    /// Open registration. Default: unset, meaning open only while every client listener is bound
+    /// to a loopback address.
+    pub enabled: Option<bool>,
+}
+
+/// Argon2id cost parameters.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct PasswordHashingConfig {
+    /// Memory per hash in KiB. Default: 19456 (OWASP's recommendation).
+    pub memory_kib: u32,
+    /// Passes. Default: 2.
+    pub iterations: u32,
+    /// Lanes. Default: 1.
+    pub parallelism: u32,
+}
+
+/// Room defaults.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct RoomsConfig {
+    /// Room version for new rooms. Default: `11`.
+    pub default_version: String,
+}
+
+/// Log format.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Logs, traces and metrics.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct TelemetryConfig {
+    /// A `tracing` filter directive. Default: `info`.
+    pub log_level: String,
+    /// Default: `text`.
+    pub log_format: LogFormat,
+    /// OTLP/gRPC collector endpoint, e.g. `http://127.0.0.1:4317`. Default: unset (no export).
+    pub otlp_endpoint: Option<String>,
+}
+
+/// Request limits.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Largest request body accepted on the client API. Default: 1048576 (1 MiB).
+    pub max_request_body_bytes: usize,
+    /// Longest `/sync` long-poll a client may ask for. Default: 300000 (5 minutes).
+    pub max_sync_timeout_ms: u64,
+}
+
+/// `/.well-known/matrix/*` answers.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct WellKnownConfig {
+    /// `m.server` in `/.well-known/matrix/server` (`host:port`). Default: unset, which answers 404
+    /// so other servers fall back to SRV and port 8448.
+    pub server: Option<String>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            server_name: "localhost".to_owned(),
+            public_baseurl: None,
+            data_dir: PathBuf::from("./ganglion-data"),
+            listeners: vec![ListenerConfig::default()],
+            database: DatabaseConfig::default(),
+            redis: RedisConfig::default(),
+            rpc: RpcConfig::default(),
+            registration: RegistrationConfig::default(),
+            password_hashing: PasswordHashingConfig::default(),
+            rooms: RoomsConfig::default(),
+            telemetry: TelemetryConfig::default(),
+            limits: LimitsConfig::default(),
+            well_known: WellKnownConfig::default(),
+        }
+    }
+}
+
+impl Default for ListenerConfig {
+    fn default() -> Self {
+        Self {
+            bind: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            port: 8008,
+            tls: None,
+            resources: vec![
+                Resource::Client,
+                Resource::Federation,
+                Resource::Media,
+                Resource::Metrics,
+                Resource::Health,
+            ],
+        }
+    }
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        Self { url: None, max_connections: 10, migrate_on_start: true }
+    }
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        Self { url: None, key_prefix: "ganglion".to_owned(), stream_max_len: 100_000 }
+    }
+}
+
+impl Default for RpcConfig {
+    fn default() -> Self {
+        Self { listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 9093)), main_url: "http://127.0.0.1:9093".to_owned() }
+    }
+}
+
+impl Default for PasswordHashingConfig {
+    fn default() -> Self {
+        Self { memory_kib: 19_456, iterations: 2, parallelism: 1 }
+    }
+}
+
+impl Default for RoomsConfig {
+    fn default() -> Self {
+        Self { default_version: "11".to_owned() }
+    }
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        Self { log_level: "info".to_owned(), log_format: LogFormat::Text, otlp_endpoint: None }
+    }
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self { max_request_body_bytes: 1 << 20, max_sync_timeout_ms: 300_000 }
+    }
+}
+
+impl Config {
+    /// The database URL, defaulting to SQLite under `data_dir`.
+    pub fn database_url(&self) -> String {
+        self.database.url.clone().unwrap_or_else(|| format!("sqlite://{}/ganglion.db", self.data_dir.display()))
+    }
+
+    /// Whether registration is open: the explicit setting, else open only while every listener that
+    /// serves the client API is bound to loopback.
+    pub fn registration_open(&self) -> bool {
+        self.registration.enabled.unwrap_or_else(|| {
+            self.listeners.iter().filter(|l| l.resources.contains(&Resource::Client)).all(|l| l.bind.is_loopback())
+        })
+    }
+}
