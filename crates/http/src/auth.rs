@@ -54,10 +54,10 @@ impl<S: Send + Sync> FromRequestParts<S> for AccessToken {
         }
         let query = parts.uri.query().unwrap_or_default();
         for pair in query.split('&') {
-            if let Some(v) = pair.strip_prefix("access_token=") {
-                if !v.is_empty() {
-                    return Ok(Self(percent_decode(v)));
-                }
+            if let Some(v) = pair.strip_prefix("access_token=")
+                && !v.is_empty()
+            {
+                return Ok(Self(percent_decode(v)));
             }
         }
         Err(MatrixError::missing_token("Missing access token"))
@@ -69,12 +69,13 @@ fn percent_decode(s: &str) -> String {
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
-        if bytes[i] == b'%' && i + 2 < bytes.len() {
-            if let Ok(b) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
-                out.push(b);
-                i += 3;
-                continue;
-            }
+        if bytes[i] == b'%'
+            && i + 2 < bytes.len()
+            && let Ok(b) = u8::from_str_radix(&s[i + 1..i + 3], 16)
+        {
+            out.push(b);
+            i += 3;
+            continue;
         }
         out.push(if bytes[i] == b'+' { b' ' } else { bytes[i] });
         i += 1;

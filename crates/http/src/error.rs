@@ -118,10 +118,10 @@ impl IntoResponse for MatrixError {
         body.insert("error".into(), Value::String(self.message));
         let retry = body.get("retry_after_ms").and_then(Value::as_u64);
         let mut resp = (self.status, Json(Value::Object(body))).into_response();
-        if let Some(ms) = retry {
-            if let Ok(v) = http::HeaderValue::from_str(&ms.div_ceil(1000).to_string()) {
-                resp.headers_mut().insert(http::header::RETRY_AFTER, v);
-            }
+        if let Some(ms) = retry
+            && let Ok(v) = http::HeaderValue::from_str(&ms.div_ceil(1000).to_string())
+        {
+            resp.headers_mut().insert(http::header::RETRY_AFTER, v);
         }
         resp
     }

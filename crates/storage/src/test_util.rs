@@ -57,12 +57,11 @@ impl TestDb {
     /// Closes the pool and drops the PostgreSQL database.
     pub async fn cleanup(self) {
         self.db.close().await;
-        if let (Some(admin), Some(name)) = (self.admin_url, self.name) {
-            if let Ok(admin_db) = Db::connect(&admin, 1).await {
-                let _ =
-                    sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(admin_db.pool()).await;
-                admin_db.close().await;
-            }
+        if let (Some(admin), Some(name)) = (self.admin_url, self.name)
+            && let Ok(admin_db) = Db::connect(&admin, 1).await
+        {
+            let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(admin_db.pool()).await;
+            admin_db.close().await;
         }
     }
 }

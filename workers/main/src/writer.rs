@@ -171,11 +171,11 @@ impl EventWriter {
         origin: &WriteOrigin,
     ) -> Result<Written, WriteError> {
         let mut last = self.last_position.lock().await;
-        if let Some((device, txn)) = &origin.txn {
-            if let Some(existing) = self.events.event_for_txn(sender, device, txn).await? {
-                let position = self.events.event(existing.as_str()).await?.map_or(0, |e| e.stream_ordering);
-                return Ok(Written { event_id: existing, room_id: room_id.to_owned(), position });
-            }
+        if let Some((device, txn)) = &origin.txn
+            && let Some(existing) = self.events.event_for_txn(sender, device, txn).await?
+        {
+            let position = self.events.event(existing.as_str()).await?.map_or(0, |e| e.stream_ordering);
+            return Ok(Written { event_id: existing, room_id: room_id.to_owned(), position });
         }
         let version = self.events.room_version(room_id).await?.ok_or(WriteError::UnknownRoom)?;
         let version = RoomVersionId::try_from(version.as_str()).map_err(|e| WriteError::Invalid(e.to_string()))?;

@@ -109,10 +109,10 @@ pub(crate) async fn register(
         }
         None => None,
     };
-    if let Some(p) = &body.password {
-        if p.len() > 512 {
-            return Err(MatrixError::invalid_param("Password too long"));
-        }
+    if let Some(p) = &body.password
+        && p.len() > 512
+    {
+        return Err(MatrixError::invalid_param("Password too long"));
     }
 
     let completed = match &body.auth {

@@ -1,0 +1,370 @@
+//! The black-box test harness: starts real `ganglion` processes (and nginx in front of them) on
+//! loopback ports, waits for them to be ready, and kills them when dropped.
+//!
+//! The binary is found beside the test executable (`target/<profile>/ganglion`), or at
+//! `GANGLION_BIN`. Build it first: `cargo build -p ganglion`.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, bail};
+use ganglion_storage::Backend;
+use ganglion_storage::test_util::TestDb;
+use serde_json::{Value, json};
+use tokio::process::{Child, Command};
+
+/// The `ganglion` binary under test.
+pub fn ganglion_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("GANGLION_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> → target/<profile>/ganglion
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let bin = dir.join("ganglion");
+    assert!(bin.exists(), "{} is missing: run `cargo build -p ganglion` before the end-to-end tests", bin.display());
+    bin
+}
+
+/// A free loopback port. The port is released before use; tests retry start-up if it is taken.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
+}
+
+/// A running child process, killed on drop.
+pub struct Proc {
+    /// Name for messages.
+    pub name: String,
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl Proc {
+    /// Kills the process (SIGKILL) and waits for it.
+    pub async fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill().await;
+            let _ = c.wait().await;
+        }
+    }
+
+    /// The process's output so far, for failure messages.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Some(c) = self.child.as_mut() {
+            let _ = c.start_kill();
+        }
+    }
+}
+
+fn spawn(name: &str, mut cmd: Command, dir: &Path) -> Result<Proc> {
+    let log = dir.join(format!("{name}.log"));
+    let out = std::fs::File::create(&log)?;
+    let err = out.try_clone()?;
+    cmd.stdout(Stdio::from(out)).stderr(Stdio::from(err)).stdin(Stdio::null()).kill_on_drop(true);
+    let child = cmd.spawn().with_context(|| format!("spawning {name}"))?;
+    Ok(Proc { name: name.to_owned(), child: Some(child), log })
+}
+
+/// Waits until `url` answers 200, up to `limit`.
+pub async fn wait_ready(url: &str, limit: Duration, proc: &Proc) -> Result<()> {
+    let http = reqwest::Client::new();
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if let Ok(r) = http.get(url).send().await
+            && r.status().is_success()
+        {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            bail!("{} not ready at {url} after {limit:?}; log:\n{}", proc.name, proc.log());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Config shared by every test process: cheap password hashing, quiet logs.
+fn base_config(server_name: &str) -> Value {
+    json!({
+        "server_name": server_name,
+        "password_hashing": { "memory_kib": 64, "iterations": 1, "parallelism": 1 },
+        "telemetry": { "log_level": "info,ganglion=debug" },
+        "registration": { "enabled": true },
+    })
+}
+
+fn write_config(dir: &Path, name: &str, cfg: &Value) -> Result<PathBuf> {
+    let path = dir.join(format!("{name}.yaml"));
+    // JSON is YAML.
+    std::fs::write(&path, serde_json::to_string_pretty(cfg)?)?;
+    Ok(path)
+}
+
+fn listener(port: u16) -> Value {
+    json!([{ "bind": "127.0.0.1", "port": port, "resources": ["client", "federation", "media", "health", "metrics"] }])
+}
+
+/// `ganglion serve` on SQLite: the embedded default.
+pub struct OneProcess {
+    /// Base URL of the client API.
+    pub url: String,
+    /// The process.
+    pub proc: Proc,
+    _dir: tempfile::TempDir,
+}
+
+impl OneProcess {
+    /// Starts `ganglion serve` with a fresh data directory.
+    ///
+    /// # Errors
+    /// When it does not become ready.
+    pub async fn start() -> Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let port = free_port();
+        let mut cfg = base_config("localhost");
+        cfg["data_dir"] = json!(dir.path().join("data"));
+        cfg["listeners"] = listener(port);
+        let path = write_config(dir.path(), "serve", &cfg)?;
+        let mut cmd = Command::new(ganglion_bin());
+        cmd.arg("--config").arg(&path).arg("serve").current_dir(dir.path());
+        let proc = spawn("serve", cmd, dir.path())?;
+        let url = format!("http://127.0.0.1:{port}");
+        wait_ready(&format!("{url}/health/ready"), Duration::from_secs(30), &proc).await?;
+        Ok(Self { url, proc, _dir: dir })
+    }
+}
+
+/// The split deployment: `main`, N `sync` workers and nginx routing between them, on a fresh
+/// PostgreSQL database and a private Redis key prefix.
+pub struct Split {
+    /// nginx's URL: what clients use.
+    pub url: String,
+    /// `main`.
+    pub main: Proc,
+    /// The sync workers.
+    pub syncs: Vec<Proc>,
+    /// nginx.
+    pub nginx: Proc,
+    db: Option<TestDb>,
+    dir: tempfile::TempDir,
+}
+
+/// nginx's path, if installed.
+pub fn nginx_bin() -> Option<PathBuf> {
+    ["/usr/sbin/nginx", "/usr/bin/nginx"].iter().map(PathBuf::from).find(|p| p.exists())
+}
+
+impl Split {
+    /// Starts PostgreSQL database, main, `n_sync` sync workers and nginx.
+    ///
+    /// # Errors
+    /// When anything fails to start.
+    pub async fn start(n_sync: usize) -> Result<Self> {
+        let nginx = nginx_bin().context("nginx is not installed (apt-get install nginx-light); .ci/run installs it")?;
+        let dir = tempfile::tempdir()?;
+        let db = TestDb::new(Backend::Postgres).await;
+        let redis_url = std::env::var("GANGLION_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+        let prefix = format!("ganglion-test-{:016x}", rand::random::<u64>());
+        let rpc_port = free_port();
+        let shared = |port: u16| {
+            let mut cfg = base_config("localhost");
+            cfg["data_dir"] = json!(dir.path().join("data"));
+            cfg["database"] = json!({ "url": db.url, "max_connections": 5 });
+            cfg["redis"] = json!({ "url": redis_url, "key_prefix": prefix });
+            cfg["rpc"] = json!({ "listen": format!("127.0.0.1:{rpc_port}"), "main_url": format!("http://127.0.0.1:{rpc_port}") });
+            cfg["listeners"] = listener(port);
+            cfg
+        };
+        let bin = ganglion_bin();
+        let main_port = free_port();
+        let main_cfg = write_config(dir.path(), "main", &shared(main_port))?;
+        let mut cmd = Command::new(&bin);
+        cmd.arg("--config").arg(&main_cfg).args(["worker", "main"]);
+        let main = spawn("main", cmd, dir.path())?;
+        wait_ready(&format!("http://127.0.0.1:{main_port}/health/ready"), Duration::from_secs(30), &main).await?;
+
+        let mut syncs = Vec::new();
+        let mut sync_addrs = Vec::new();
+        for i in 0..n_sync {
+            let port = free_port();
+            let cfg = write_config(dir.path(), &format!("sync{i}"), &shared(port))?;
+            let mut cmd = Command::new(&bin);
+            cmd.arg("--config").arg(&cfg).args(["worker", "sync"]);
+            let p = spawn(&format!("sync{i}"), cmd, dir.path())?;
+            wait_ready(&format!("http://127.0.0.1:{port}/health/ready"), Duration::from_secs(30), &p).await?;
+            syncs.push(p);
+            sync_addrs.push(format!("127.0.0.1:{port}"));
+        }
+
+        // The proxy config comes from the routing table, through the CLI operators use.
+        let proxy_port = free_port();
+        let ngx_dir = dir.path().join("nginx");
+        std::fs::create_dir_all(&ngx_dir)?;
+        let out = Command::new(&bin)
+            .args(["routes", "--format", "nginx", "--listen", &proxy_port.to_string()])
+            .arg("--prefix")
+            .arg(&ngx_dir)
+            .arg("--upstream")
+            .arg(format!("main=127.0.0.1:{main_port}"))
+            .arg("--upstream")
+            .arg(format!("sync={}", sync_addrs.join(",")))
+            .output()
+            .await?;
+        if !out.status.success() {
+            bail!("ganglion routes failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        let conf = ngx_dir.join("nginx.conf");
+        std::fs::write(&conf, &out.stdout)?;
+        let mut cmd = Command::new(nginx);
+        cmd.arg("-p").arg(&ngx_dir).arg("-c").arg(&conf).args(["-g", "daemon off;"]);
+        let nginx = spawn("nginx", cmd, dir.path())?;
+        let url = format!("http://127.0.0.1:{proxy_port}");
+        wait_ready(&format!("{url}/_matrix/client/versions"), Duration::from_secs(15), &nginx).await?;
+        Ok(Self { url, main, syncs, nginx, db: Some(db), dir })
+    }
+
+    /// Every process's log, for failure messages.
+    pub fn logs(&self) -> String {
+        let mut s = format!("--- main\n{}", self.main.log());
+        for p in &self.syncs {
+            s.push_str(&format!("\n--- {}\n{}", p.name, p.log()));
+        }
+        s.push_str(&format!(
+            "\n--- nginx error.log\n{}",
+            std::fs::read_to_string(self.dir.path().join("nginx/error.log")).unwrap_or_default()
+        ));
+        s
+    }
+
+    /// Stops everything and drops the database.
+    pub async fn stop(mut self) {
+        self.nginx.kill().await;
+        for p in &mut self.syncs {
+            p.kill().await;
+        }
+        self.main.kill().await;
+        if let Some(db) = self.db.take() {
+            db.cleanup().await;
+        }
+    }
+}
+
+/// A minimal raw-HTTP Matrix client for tests.
+#[derive(Clone)]
+pub struct RawClient {
+    /// Base URL.
+    pub url: String,
+    /// Access token, once logged in.
+    pub token: String,
+    /// The user ID.
+    pub user_id: String,
+    http: reqwest::Client,
+}
+
+/// A response's status and JSON body.
+#[derive(Debug)]
+pub struct Reply {
+    /// HTTP status.
+    pub status: u16,
+    /// Body (Null when not JSON).
+    pub body: Value,
+}
+
+impl RawClient {
+    /// An anonymous client.
+    pub fn new(url: &str) -> Self {
+        Self { url: url.to_owned(), token: String::new(), user_id: String::new(), http: reqwest::Client::new() }
+    }
+
+    /// Sends a request; `body` is sent as JSON when given.
+    ///
+    /// # Errors
+    /// On transport failure.
+    pub async fn call(&self, method: &str, path: &str, body: Option<&Value>) -> Result<Reply> {
+        let method = reqwest::Method::from_bytes(method.as_bytes())?;
+        let mut req = self.http.request(method, format!("{}{}", self.url, path)).timeout(Duration::from_secs(90));
+        if !self.token.is_empty() {
+            req = req.bearer_auth(&self.token);
+        }
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        let resp = req.send().await?;
+        let status = resp.status().as_u16();
+        let text = resp.text().await?;
+        Ok(Reply { status, body: serde_json::from_str(&text).unwrap_or(Value::Null) })
+    }
+
+    /// Registers `username` through User-Interactive Auth and keeps its token.
+    ///
+    /// # Errors
+    /// When registration fails.
+    pub async fn register(url: &str, username: &str) -> Result<Self> {
+        let mut c = Self::new(url);
+        let first = c
+            .call("POST", "/_matrix/client/v3/register", Some(&json!({ "username": username, "password": "secret" })))
+            .await?;
+        if first.status != 401 {
+            bail!("expected a UIA challenge, got {first:?}");
+        }
+        let session = first.body["session"].as_str().context("session")?.to_owned();
+        let done = c
+            .call(
+                "POST",
+                "/_matrix/client/v3/register",
+                Some(&json!({ "username": username, "password": "secret", "auth": { "type": "m.login.dummy", "session": session } })),
+            )
+            .await?;
+        if done.status != 200 {
+            bail!("registration failed: {done:?}");
+        }
+        c.token = done.body["access_token"].as_str().context("token")?.to_owned();
+        c.user_id = done.body["user_id"].as_str().context("user_id")?.to_owned();
+        Ok(c)
+    }
+
+    /// `/sync` with `since` and a long-poll timeout, retrying 502/503 answers (a worker going
+    /// away behind the proxy) and transport errors.
+    ///
+    /// # Errors
+    /// When it keeps failing for 60 seconds.
+    pub async fn sync(&self, since: Option<&str>, timeout_ms: u64) -> Result<Value> {
+        let mut path = format!("/_matrix/client/v3/sync?timeout={timeout_ms}");
+        if let Some(s) = since {
+            path.push_str(&format!("&since={s}"));
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            match self.call("GET", &path, None).await {
+                Ok(r) if r.status == 200 => return Ok(r.body),
+                Ok(r)
+                    if tokio::time::Instant::now() < deadline
+                        && (r.status == 502 || r.status == 503 || r.status == 504) => {}
+                Err(_) if tokio::time::Instant::now() < deadline => {}
+                Ok(r) => bail!("sync failed: {r:?}"),
+                Err(e) => return Err(e),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// The bodies of `m.room.message` events in a sync response's room timeline, in order.
+pub fn message_bodies(sync: &Value, room_id: &str) -> Vec<String> {
+    sync["rooms"]["join"][room_id]["timeline"]["events"]
+        .as_array()
+        .map(|evs| {
+            evs.iter()
+                .filter(|e| e["type"] == "m.room.message")
+                .filter_map(|e| e["content"]["body"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}

@@ -1,0 +1,162 @@
+//! `ganglion serve` (every role in one process, SQLite, in-process bus) driven by a real client
+//! (matrix-sdk) and by raw HTTP.
+
+use std::time::{Duration, Instant};
+
+use ganglion_e2e::{OneProcess, RawClient, message_bodies};
+use matrix_sdk::config::SyncSettings;
+use matrix_sdk::ruma::api::client::account::register::v3::Request as RegistrationRequest;
+use matrix_sdk::ruma::api::client::room::create_room::v3::{Request as CreateRoomRequest, RoomPreset};
+use matrix_sdk::ruma::api::client::uiaa;
+use matrix_sdk::ruma::events::room::message::RoomMessageEventContent;
+use serde_json::{Value, json};
+
+/// Registers with matrix-sdk through the User-Interactive Auth dance.
+async fn sdk_register(url: &str, username: &str) -> matrix_sdk::Client {
+    let client = matrix_sdk::Client::builder().homeserver_url(url).build().await.expect("client");
+    let mut req = RegistrationRequest::new();
+    req.username = Some(username.to_owned());
+    req.password = Some("secret".to_owned());
+    let err = client.matrix_auth().register(req.clone()).await.expect_err("first call is a UIA challenge");
+    let info = err.as_uiaa_response().expect("UIA response");
+    assert!(info.flows.iter().any(|f| f.stages.iter().any(|s| s.as_str() == "m.login.dummy")));
+    let mut dummy = uiaa::Dummy::new();
+    dummy.session = info.session.clone();
+    req.auth = Some(uiaa::AuthData::Dummy(dummy));
+    client.matrix_auth().register(req).await.expect("registration");
+    assert!(client.user_id().is_some(), "registering logs the client in");
+    client
+}
+
+/// The message bodies in a matrix-sdk sync response for one room.
+fn sdk_bodies(resp: &matrix_sdk::sync::SyncResponse, room_id: &matrix_sdk::ruma::RoomId) -> Vec<String> {
+    let Some(update) = resp.rooms.joined.get(room_id) else { return Vec::new() };
+    update
+        .timeline
+        .events
+        .iter()
+        .filter_map(|e| serde_json::from_str::<Value>(e.raw().json().get()).ok())
+        .filter(|v| v["type"] == "m.room.message")
+        .filter_map(|v| v["content"]["body"].as_str().map(str::to_owned))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_client_registers_creates_a_room_sends_and_syncs() {
+    let server = OneProcess::start().await.expect("server starts");
+    let alice = sdk_register(&server.url, "alice").await;
+    let whoami = alice.whoami().await.expect("whoami");
+    assert_eq!(whoami.user_id.as_str(), "@alice:localhost");
+
+    let mut req = CreateRoomRequest::new();
+    req.preset = Some(RoomPreset::PublicChat);
+    req.name = Some("Lobby".to_owned());
+    let room = alice.create_room(req).await.expect("createRoom");
+    let room_id = room.room_id().to_owned();
+
+    let bob = RawClient::register(&server.url, "bob").await.expect("bob registers");
+    let joined = bob.call("POST", &format!("/_matrix/client/v3/join/{room_id}"), Some(&json!({}))).await.unwrap();
+    assert_eq!(joined.status, 200, "{joined:?}");
+    let initial = bob.sync(None, 0).await.unwrap();
+    let since = initial["next_batch"].as_str().unwrap().to_owned();
+    let state = &initial["rooms"]["join"][room_id.as_str()];
+    assert!(state.is_object(), "bob's initial sync has the room: {initial}");
+
+    // Bob long-polls; alice's message must wake him well before the timeout.
+    let waiter = {
+        let bob = bob.clone();
+        let since = since.clone();
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let resp = bob.sync(Some(&since), 20_000).await.unwrap();
+            (resp, started.elapsed())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    room.send(RoomMessageEventContent::text_plain("hello from the sdk")).await.expect("sdk send");
+    let (resp, waited) = waiter.await.unwrap();
+    assert_eq!(message_bodies(&resp, room_id.as_str()), vec!["hello from the sdk".to_owned()]);
+    assert!(waited < Duration::from_secs(10), "long-poll woke on the new event, after {waited:?}");
+
+    let sent = bob
+        .call(
+            "PUT",
+            &format!("/_matrix/client/v3/rooms/{room_id}/send/m.room.message/b1"),
+            Some(&json!({"msgtype": "m.text", "body": "hi alice"})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(sent.status, 200, "{sent:?}");
+
+    // The sdk sees both messages, once each, in order.
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while seen.len() < 2 && Instant::now() < deadline {
+        let resp = alice.sync_once(SyncSettings::default().timeout(Duration::from_secs(5))).await.expect("sdk sync");
+        seen.extend(sdk_bodies(&resp, &room_id));
+    }
+    assert_eq!(seen, vec!["hello from the sdk".to_owned(), "hi alice".to_owned()]);
+
+    // /messages pages backwards through the same history.
+    let page =
+        bob.call("GET", &format!("/_matrix/client/v3/rooms/{room_id}/messages?dir=b&limit=2"), None).await.unwrap();
+    assert_eq!(page.status, 200);
+    let bodies: Vec<&str> =
+        page.body["chunk"].as_array().unwrap().iter().filter_map(|e| e["content"]["body"].as_str()).collect();
+    assert_eq!(bodies, vec!["hi alice", "hello from the sdk"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_get_matrix_errors() {
+    let server = OneProcess::start().await.expect("server starts");
+    let anon = RawClient::new(&server.url);
+    let r = anon.call("GET", "/_matrix/client/v3/no/such/endpoint", None).await.unwrap();
+    assert_eq!((r.status, r.body["errcode"].as_str()), (404, Some("M_UNRECOGNIZED")));
+    let r = anon.call("DELETE", "/_matrix/client/versions", None).await.unwrap();
+    assert_eq!((r.status, r.body["errcode"].as_str()), (405, Some("M_UNRECOGNIZED")));
+    let r = anon.call("GET", "/_matrix/client/v3/account/whoami", None).await.unwrap();
+    assert_eq!((r.status, r.body["errcode"].as_str()), (401, Some("M_MISSING_TOKEN")));
+    let mut bogus = RawClient::new(&server.url);
+    bogus.token = "not-a-token".into();
+    let r = bogus.call("GET", "/_matrix/client/v3/sync", None).await.unwrap();
+    assert_eq!(
+        (r.status, r.body["errcode"].as_str()),
+        (401, Some("M_UNKNOWN_TOKEN")),
+        "the sync role checks tokens too"
+    );
+
+    let carol = RawClient::register(&server.url, "carol").await.unwrap();
+    let http = reqwest::Client::new();
+    let resp = http
+        .post(format!("{}/_matrix/client/v3/createRoom", server.url))
+        .bearer_auth(&carol.token)
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    assert_eq!(resp.json::<Value>().await.unwrap()["errcode"], "M_NOT_JSON");
+    let r = carol.call("POST", "/_matrix/client/v3/createRoom", Some(&json!({"invite": "not-a-list"}))).await.unwrap();
+    assert_eq!((r.status, r.body["errcode"].as_str()), (400, Some("M_BAD_JSON")));
+    let r = carol.call("GET", "/_matrix/client/v3/sync?since=garbage", None).await.unwrap();
+    assert_eq!((r.status, r.body["errcode"].as_str()), (400, Some("M_INVALID_PARAM")));
+
+    // A private room refuses strangers and their messages.
+    let room =
+        carol.call("POST", "/_matrix/client/v3/createRoom", Some(&json!({"preset": "private_chat"}))).await.unwrap();
+    let room_id = room.body["room_id"].as_str().unwrap().to_owned();
+    let dave = RawClient::register(&server.url, "dave").await.unwrap();
+    let r = dave.call("POST", &format!("/_matrix/client/v3/rooms/{room_id}/join"), Some(&json!({}))).await.unwrap();
+    assert_eq!((r.status, r.body["errcode"].as_str()), (403, Some("M_FORBIDDEN")), "{r:?}");
+    let r = dave
+        .call("PUT", &format!("/_matrix/client/v3/rooms/{room_id}/send/m.room.message/x"), Some(&json!({"body": "x"})))
+        .await
+        .unwrap();
+    assert_eq!((r.status, r.body["errcode"].as_str()), (403, Some("M_FORBIDDEN")));
+    let r = dave.call("GET", &format!("/_matrix/client/v3/rooms/{room_id}/messages?dir=b"), None).await.unwrap();
+    assert_eq!((r.status, r.body["errcode"].as_str()), (403, Some("M_FORBIDDEN")));
+
+    // CORS on every response, errors included.
+    let resp = http.get(format!("{}/_matrix/client/v3/nope", server.url)).send().await.unwrap();
+    assert_eq!(resp.headers()["access-control-allow-origin"], "*");
+}
