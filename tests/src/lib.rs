@@ -42,6 +42,11 @@ pub struct Proc {
 }
 
 impl Proc {
+    /// Wraps a child started elsewhere, whose output goes to `log`.
+    pub fn from_child(name: &str, child: Child, log: PathBuf) -> Self {
+        Self { name: name.to_owned(), child: Some(child), log }
+    }
+
     /// Kills the process (SIGKILL) and waits for it.
     pub async fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
@@ -95,7 +100,7 @@ fn base_config(server_name: &str) -> Value {
     json!({
         "server_name": server_name,
         "password_hashing": { "memory_kib": 64, "iterations": 1, "parallelism": 1 },
-        "telemetry": { "log_level": "info,ganglion=debug" },
+        "telemetry": { "log_level": "info,ganglion=debug,ruma_state_res=warn" },
         "registration": { "enabled": true },
     })
 }
@@ -152,6 +157,8 @@ pub struct Split {
     pub syncs: Vec<Proc>,
     /// nginx.
     pub nginx: Proc,
+    /// `main`'s gRPC write API, `http://127.0.0.1:port`.
+    pub rpc_url: String,
     db: Option<TestDb>,
     dir: tempfile::TempDir,
 }
@@ -227,7 +234,7 @@ impl Split {
         let nginx = spawn("nginx", cmd, dir.path())?;
         let url = format!("http://127.0.0.1:{proxy_port}");
         wait_ready(&format!("{url}/_matrix/client/versions"), Duration::from_secs(15), &nginx).await?;
-        Ok(Self { url, main, syncs, nginx, db: Some(db), dir })
+        Ok(Self { url, main, syncs, nginx, rpc_url: format!("http://127.0.0.1:{rpc_port}"), db: Some(db), dir })
     }
 
     /// Every process's log, for failure messages.

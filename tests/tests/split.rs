@@ -129,5 +129,47 @@ async fn two_users_exchange_200_messages_through_nginx_while_a_sync_worker_dies(
 
     let alice_got = alice_collector.await.unwrap();
     assert_eq!(alice_got, expected, "the sdk sees every message once, in order");
+
+    // A write through main's gRPC API, as a worker makes it, carries its request id into main's
+    // logs and reaches the sync workers like any other event.
+    let since = bob.sync(None, 0).await.unwrap()["next_batch"].as_str().unwrap().to_owned();
+    let rpc = ganglion_rpc::MainClient::new(&split.rpc_url).unwrap();
+    let req = ganglion_rpc::v1::SendEventRequest {
+        room_id: room_id.to_string(),
+        sender: bob.user_id.clone(),
+        device_id: "RPC".into(),
+        txn_id: "rpc1".into(),
+        event_type: "m.room.message".into(),
+        state_key: None,
+        content_json: json!({"msgtype": "m.text", "body": "via grpc"}).to_string(),
+    };
+    let sent = rpc.send_event(req.clone(), "rpc-request-7f3a").await.expect("SendEvent");
+    let again = rpc.send_event(req, "rpc-request-7f3a").await.expect("SendEvent retried");
+    assert_eq!(sent.event_id, again.event_id, "txn ids make gRPC retries idempotent too");
+    let resp = bob.sync(Some(&since), 10_000).await.unwrap();
+    assert_eq!(message_bodies(&resp, room_id.as_str()), vec!["via grpc".to_owned()]);
+    let mut bad = ganglion_rpc::v1::SendEventRequest {
+        room_id: room_id.to_string(),
+        sender: bob.user_id.clone(),
+        ..Default::default()
+    };
+    bad.content_json = "not json".into();
+    assert!(rpc.send_event(bad, "").await.is_err(), "bad content is refused");
+
+    // A request id set at the proxy edge is logged by the process that served it.
+    let http = reqwest::Client::new();
+    let resp = http
+        .get(format!("{url}/_matrix/client/v3/joined_rooms"))
+        .bearer_auth(&bob.token)
+        .header("x-request-id", "edge-request-91c2")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.headers()["x-request-id"], "edge-request-91c2");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !(split.main.log().contains("edge-request-91c2") && split.main.log().contains("rpc-request-7f3a")) {
+        assert!(Instant::now() < deadline, "request ids missing from main's log:\n{}", split.main.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     split.stop().await;
 }

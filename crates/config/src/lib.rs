@@ -190,7 +190,7 @@ pub enum LogFormat {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct TelemetryConfig {
-    /// A `tracing` filter directive. Default: `info`.
+    /// A `tracing` filter directive. Default: `info,ruma_state_res=warn` (ruma logs every auth check at info).
     pub log_level: String,
     /// Default: `text`.
     pub log_format: LogFormat,
@@ -286,7 +286,7 @@ impl Default for RoomsConfig {
 
 impl Default for TelemetryConfig {
     fn default() -> Self {
-        Self { log_level: "info".to_owned(), log_format: LogFormat::Text, otlp_endpoint: None }
+        Self { log_level: "info,ruma_state_res=warn".to_owned(), log_format: LogFormat::Text, otlp_endpoint: None }
     }
 }
 

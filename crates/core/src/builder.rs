@@ -176,11 +176,11 @@ pub fn build_event(
     };
     let pdu = Pdu::from_json(event_id, &json).map_err(|e| BuildError::Invalid(e.to_string()))?;
 
-    // The same rules a remote server will apply when it receives this event.
-    let auth_map: std::collections::HashMap<&OwnedEventId, &Pdu> =
-        ctx.state.values().filter(|p| auth_events.contains(&p.event_id)).map(|p| (&p.event_id, p)).collect();
+    // The same rules a remote server will apply when it receives this event. From room v12 the
+    // create event is not among the auth events but is still looked up, by the room ID.
+    let by_id: std::collections::HashMap<&OwnedEventId, &Pdu> = ctx.state.values().map(|p| (&p.event_id, p)).collect();
     ruma::state_res::check_state_independent_auth_rules(&rules.authorization, &pdu, |id| {
-        auth_map.get(&id.to_owned()).map(|p| (*p).clone())
+        by_id.get(&id.to_owned()).map(|p| (*p).clone())
     })
     .map_err(BuildError::Forbidden)?;
     ruma::state_res::check_state_dependent_auth_rules(&rules.authorization, &pdu, |ty, key| {

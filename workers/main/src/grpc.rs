@@ -6,6 +6,7 @@ use ganglion_rpc::v1::{SendEventRequest, SendEventResponse, ServerInfoRequest, S
 use ganglion_rpc::{REQUEST_ID_METADATA, WriteApi, WriteApiServer};
 use ruma::{OwnedRoomId, OwnedUserId};
 use tonic::{Request, Response, Status};
+use tracing::Instrument as _;
 
 use crate::MainState;
 use crate::writer::{WriteError, WriteOrigin};
@@ -50,7 +51,6 @@ impl WriteApi for WriteApiService {
             req.metadata().get(REQUEST_ID_METADATA).and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
         let r = req.into_inner();
         let span = tracing::info_span!("rpc.send_event", request_id = %request_id, room_id = %r.room_id);
-        let _enter = span.enter();
         let room_id =
             OwnedRoomId::try_from(r.room_id.as_str()).map_err(|e| Status::invalid_argument(format!("room_id: {e}")))?;
         let sender =
@@ -66,8 +66,14 @@ impl WriteApi for WriteApiService {
         let txn = (!r.txn_id.is_empty()).then(|| (r.device_id.clone(), r.txn_id.clone()));
         let origin = WriteOrigin { txn, request_id: request_id.clone() };
         let template = EventTemplate { event_type: r.event_type, state_key: r.state_key, content };
-        drop(_enter);
-        let written = self.state.rooms.writer.send(&room_id, &sender, template, &origin).await.map_err(status)?;
+        let written = self
+            .state
+            .rooms
+            .writer
+            .send(&room_id, &sender, template, &origin)
+            .instrument(span)
+            .await
+            .map_err(status)?;
         Ok(Response::new(SendEventResponse {
             event_id: written.event_id.to_string(),
             position: written.position.max(0) as u64,

@@ -186,3 +186,6 @@ pub async fn register_user(
     })?;
     Ok(user_id)
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,358 @@
+//! `main`'s endpoints through its router (no socket), on SQLite and on PostgreSQL.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use ganglion_config::Config;
+use ganglion_replication::InProcessBus;
+use ganglion_storage::Backend;
+use ganglion_storage::test_util::TestDb;
+use http::{Request, StatusCode};
+use http_body_util::BodyExt as _;
+use serde_json::{Value, json};
+use tower::ServiceExt as _;
+
+use crate::{MainState, router};
+
+struct App {
+    router: Router,
+    db: TestDb,
+}
+
+async fn app(backend: Backend, tweak: impl FnOnce(&mut Config)) -> App {
+    let db = TestDb::new(backend).await;
+    let mut cfg = Config::default();
+    cfg.password_hashing.memory_kib = 64;
+    cfg.password_hashing.iterations = 1;
+    tweak(&mut cfg);
+    let state = MainState::new(&cfg, db.db.clone(), Arc::new(InProcessBus::new(64))).await.expect("state");
+    App { router: ganglion_http::matrix_fallbacks(router(state)), db }
+}
+
+impl App {
+    async fn call(&self, method: &str, path: &str, token: Option<&str>, body: Option<Value>) -> (StatusCode, Value) {
+        let mut req = Request::builder().method(method).uri(path);
+        if let Some(t) = token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        let body = body.map_or_else(Body::empty, |b| Body::from(b.to_string()));
+        let resp = self.router.clone().oneshot(req.body(body).unwrap()).await.unwrap();
+        let status = resp.status();
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+    }
+
+    async fn register(&self, username: &str) -> String {
+        let (s, b) = self
+            .call("POST", "/_matrix/client/v3/register", None, Some(json!({"username": username, "password": "pw"})))
+            .await;
+        assert_eq!(s, StatusCode::UNAUTHORIZED, "{b}");
+        let session = b["session"].as_str().unwrap().to_owned();
+        let (s, b) = self
+            .call(
+                "POST",
+                "/_matrix/client/v3/register",
+                None,
+                Some(json!({"username": username, "password": "pw", "auth": {"type": "m.login.dummy", "session": session}})),
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{b}");
+        b["access_token"].as_str().unwrap().to_owned()
+    }
+}
+
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite { $(#[tokio::test] async fn $name() { super::$name(super::Backend::Sqlite).await; })* }
+        mod postgres { $(#[tokio::test] async fn $name() { super::$name(super::Backend::Postgres).await; })* }
+    };
+}
+
+on_both_backends!(
+    registration_follows_uia_and_validates_usernames,
+    closed_registration_and_guests_are_refused,
+    login_logout_and_whoami,
+    create_room_presets_and_errors,
+    sends_are_idempotent_per_device_and_checked,
+    messages_paginate_both_ways,
+    room_version_12_derives_the_room_id,
+);
+
+async fn registration_follows_uia_and_validates_usernames(backend: Backend) {
+    let app = app(backend, |_| {}).await;
+    let (s, b) = app
+        .call("POST", "/_matrix/client/v3/register", None, Some(json!({"username": "alice", "password": "pw"})))
+        .await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    assert_eq!(b["flows"], json!([{"stages": ["m.login.dummy"]}]));
+    assert!(b["session"].is_string());
+    app.register("alice").await;
+    let (s, b) = app.call("POST", "/_matrix/client/v3/register", None, Some(json!({"username": "alice"}))).await;
+    assert_eq!((s, b["errcode"].as_str()), (StatusCode::BAD_REQUEST, Some("M_USER_IN_USE")));
+    let (s, b) = app.call("POST", "/_matrix/client/v3/register", None, Some(json!({"username": "Bad Name!"}))).await;
+    assert_eq!((s, b["errcode"].as_str()), (StatusCode::BAD_REQUEST, Some("M_INVALID_USERNAME")));
+    let (s, b) = app.call("GET", "/_matrix/client/v3/register/available?username=alice", None, None).await;
+    assert_eq!((s, b["errcode"].as_str()), (StatusCode::BAD_REQUEST, Some("M_USER_IN_USE")));
+    let (s, b) = app.call("GET", "/_matrix/client/v3/register/available?username=bob", None, None).await;
+    assert_eq!((s, b["available"].as_bool()), (StatusCode::OK, Some(true)));
+    let (s, b) = app.call("GET", "/_matrix/client/v3/register/available", None, None).await;
+    assert_eq!((s, b["errcode"].as_str()), (StatusCode::BAD_REQUEST, Some("M_MISSING_PARAM")));
+    let (s, b) = app
+        .call(
+            "POST",
+            "/_matrix/client/v3/register",
+            None,
+            Some(json!({"username": "carol", "auth": {"type": "m.login.dummy", "session": "nope"}})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "an unknown UIA session is refused: {b}");
+    app.db.cleanup().await;
+}
+
+async fn closed_registration_and_guests_are_refused(backend: Backend) {
+    let app = app(backend, |c| c.registration.enabled = Some(false)).await;
+    let (s, b) = app.call("POST", "/_matrix/client/v3/register", None, Some(json!({"username": "alice"}))).await;
+    assert_eq!((s, b["errcode"].as_str()), (StatusCode::FORBIDDEN, Some("M_FORBIDDEN")));
+    let (s, b) = app.call("POST", "/_matrix/client/v3/register?kind=guest", None, Some(json!({}))).await;
+    assert_eq!((s, b["errcode"].as_str()), (StatusCode::FORBIDDEN, Some("M_FORBIDDEN")));
+    app.db.cleanup().await;
+}
+
+async fn login_logout_and_whoami(backend: Backend) {
+    let app = app(backend, |_| {}).await;
+    app.register("alice").await;
+    let (s, b) = app.call("GET", "/_matrix/client/v3/login", None, None).await;
+    assert_eq!((s, b["flows"][0]["type"].as_str()), (StatusCode::OK, Some("m.login.password")));
+    let login = json!({"type": "m.login.password", "identifier": {"type": "m.id.user", "user": "alice"}, "password": "pw", "device_id": "PHONE"});
+    let (s, b) = app.call("POST", "/_matrix/client/v3/login", None, Some(login.clone())).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    assert_eq!((b["user_id"].as_str(), b["device_id"].as_str()), (Some("@alice:localhost"), Some("PHONE")));
+    let token = b["access_token"].as_str().unwrap().to_owned();
+    let (s, b) = app.call("GET", "/_matrix/client/v3/account/whoami", Some(&token), None).await;
+    assert_eq!(
+        (s, b["user_id"].as_str(), b["device_id"].as_str()),
+        (StatusCode::OK, Some("@alice:localhost"), Some("PHONE"))
+    );
+
+    let mut wrong = login.clone();
+    wrong["password"] = json!("nope");
+    let (s, b) = app.call("POST", "/_matrix/client/v3/login", None, Some(wrong)).await;
+    assert_eq!((s, b["errcode"].as_str()), (StatusCode::FORBIDDEN, Some("M_FORBIDDEN")));
+    let (s, b) =
+        app.call("POST", "/_matrix/client/v3/login", None, Some(json!({"type": "m.login.token", "token": "x"}))).await;
+    assert_eq!((s, b["errcode"].as_str()), (StatusCode::BAD_REQUEST, Some("M_UNKNOWN")));
+    let (s, b) = app
+        .call(
+            "POST",
+            "/_matrix/client/v3/login",
+            None,
+            Some(json!({"type": "m.login.password", "user": "@alice:localhost", "password": "pw"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "the deprecated user field with a full user ID works: {b}");
+
+    let (s, _) = app.call("POST", "/_matrix/client/v3/logout", Some(&token), Some(json!({}))).await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, b) = app.call("GET", "/_matrix/client/v3/account/whoami", Some(&token), None).await;
+    assert_eq!((s, b["errcode"].as_str()), (StatusCode::UNAUTHORIZED, Some("M_UNKNOWN_TOKEN")));
+    assert_eq!(b["soft_logout"], json!(false));
+    app.db.cleanup().await;
+}
+
+async fn state_of(app: &App, token: &str, room_id: &str) -> Vec<(String, String, Value)> {
+    // Read the room's state through /messages from the start, as a client would.
+    let (s, b) = app
+        .call("GET", &format!("/_matrix/client/v3/rooms/{room_id}/messages?dir=f&limit=100"), Some(token), None)
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    b["chunk"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e.get("state_key").is_some())
+        .map(|e| {
+            (e["type"].as_str().unwrap().to_owned(), e["state_key"].as_str().unwrap().to_owned(), e["content"].clone())
+        })
+        .collect()
+}
+
+async fn create_room_presets_and_errors(backend: Backend) {
+    let app = app(backend, |_| {}).await;
+    let alice = app.register("alice").await;
+    let (s, b) = app
+        .call(
+            "POST",
+            "/_matrix/client/v3/createRoom",
+            Some(&alice),
+            Some(json!({"preset": "public_chat", "name": "Lobby", "topic": "hi", "room_alias_name": "lobby", "invite": ["@bob:localhost"]})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let room_id = b["room_id"].as_str().unwrap().to_owned();
+    let state = state_of(&app, &alice, &room_id).await;
+    let types: Vec<&str> = state.iter().map(|(t, _, _)| t.as_str()).collect();
+    assert_eq!(
+        types,
+        vec![
+            "m.room.create",
+            "m.room.member",
+            "m.room.power_levels",
+            "m.room.canonical_alias",
+            "m.room.join_rules",
+            "m.room.history_visibility",
+            "m.room.name",
+            "m.room.topic",
+            "m.room.member"
+        ],
+        "the spec's order"
+    );
+    assert_eq!(state[0].2["room_version"], "11");
+    assert_eq!(state[2].2["users"]["@alice:localhost"], 100);
+    assert_eq!(state[3].2["alias"], "#lobby:localhost");
+    assert_eq!(state[4].2["join_rule"], "public");
+    assert_eq!((state[8].1.as_str(), &state[8].2["membership"]), ("@bob:localhost", &json!("invite")));
+
+    let (s, b) = app
+        .call("POST", "/_matrix/client/v3/createRoom", Some(&alice), Some(json!({"room_alias_name": "lobby"})))
+        .await;
+    assert_eq!((s, b["errcode"].as_str()), (StatusCode::BAD_REQUEST, Some("M_ROOM_IN_USE")));
+    let (s, b) =
+        app.call("POST", "/_matrix/client/v3/createRoom", Some(&alice), Some(json!({"room_version": "99"}))).await;
+    assert_eq!((s, b["errcode"].as_str()), (StatusCode::BAD_REQUEST, Some("M_UNSUPPORTED_ROOM_VERSION")));
+    let (s, b) =
+        app.call("POST", "/_matrix/client/v3/createRoom", Some(&alice), Some(json!({"preset": "party"}))).await;
+    assert_eq!((s, b["errcode"].as_str()), (StatusCode::BAD_REQUEST, Some("M_INVALID_PARAM")));
+    let (s, b) = app.call("POST", "/_matrix/client/v3/createRoom", None, Some(json!({}))).await;
+    assert_eq!((s, b["errcode"].as_str()), (StatusCode::UNAUTHORIZED, Some("M_MISSING_TOKEN")));
+
+    // The private preset: invite-only, guests may join; a stranger cannot.
+    let (_, b) = app.call("POST", "/_matrix/client/v3/createRoom", Some(&alice), Some(json!({}))).await;
+    let private = b["room_id"].as_str().unwrap().to_owned();
+    let state = state_of(&app, &alice, &private).await;
+    assert!(state.iter().any(|(t, _, c)| t == "m.room.join_rules" && c["join_rule"] == "invite"));
+    assert!(state.iter().any(|(t, _, c)| t == "m.room.guest_access" && c["guest_access"] == "can_join"));
+    let bob = app.register("bob").await;
+    let (s, b) = app.call("POST", &format!("/_matrix/client/v3/join/{private}"), Some(&bob), Some(json!({}))).await;
+    assert_eq!((s, b["errcode"].as_str()), (StatusCode::FORBIDDEN, Some("M_FORBIDDEN")));
+    // Bob was invited to the public room: joining by alias works.
+    let (s, b) = app.call("POST", "/_matrix/client/v3/join/%23lobby:localhost", Some(&bob), Some(json!({}))).await;
+    assert_eq!((s, b["room_id"].as_str()), (StatusCode::OK, Some(room_id.as_str())), "{b}");
+    let (_, b) = app.call("GET", "/_matrix/client/v3/joined_rooms", Some(&bob), None).await;
+    assert_eq!(b["joined_rooms"], json!([room_id]));
+    let (s, b) = app.call("POST", "/_matrix/client/v3/join/%23nowhere:localhost", Some(&bob), Some(json!({}))).await;
+    assert_eq!((s, b["errcode"].as_str()), (StatusCode::NOT_FOUND, Some("M_NOT_FOUND")));
+    app.db.cleanup().await;
+}
+
+async fn sends_are_idempotent_per_device_and_checked(backend: Backend) {
+    let app = app(backend, |_| {}).await;
+    let alice = app.register("alice").await;
+    let (_, b) =
+        app.call("POST", "/_matrix/client/v3/createRoom", Some(&alice), Some(json!({"preset": "public_chat"}))).await;
+    let room = b["room_id"].as_str().unwrap().to_owned();
+    let path = format!("/_matrix/client/v3/rooms/{room}/send/m.room.message/txn1");
+    let (s1, b1) = app.call("PUT", &path, Some(&alice), Some(json!({"msgtype": "m.text", "body": "one"}))).await;
+    let (s2, b2) = app.call("PUT", &path, Some(&alice), Some(json!({"msgtype": "m.text", "body": "one"}))).await;
+    assert_eq!((s1, s2), (StatusCode::OK, StatusCode::OK));
+    assert_eq!(b1["event_id"], b2["event_id"], "a retried transaction returns the same event");
+    let (_, page) =
+        app.call("GET", &format!("/_matrix/client/v3/rooms/{room}/messages?dir=b&limit=50"), Some(&alice), None).await;
+    let messages = page["chunk"].as_array().unwrap().iter().filter(|e| e["type"] == "m.room.message").count();
+    assert_eq!(messages, 1);
+
+    let bob = app.register("bob").await;
+    let (s, b) = app.call("PUT", &path, Some(&bob), Some(json!({"body": "x"}))).await;
+    assert_eq!((s, b["errcode"].as_str()), (StatusCode::FORBIDDEN, Some("M_FORBIDDEN")), "non-members cannot send");
+    let big = "x".repeat(70_000);
+    let (s, b) = app
+        .call(
+            "PUT",
+            &format!("/_matrix/client/v3/rooms/{room}/send/m.room.message/big"),
+            Some(&alice),
+            Some(json!({"body": big})),
+        )
+        .await;
+    assert_eq!((s, b["errcode"].as_str()), (StatusCode::PAYLOAD_TOO_LARGE, Some("M_TOO_LARGE")));
+    let (s, b) = app
+        .call("PUT", "/_matrix/client/v3/rooms/not-a-room/send/m.room.message/t", Some(&alice), Some(json!({})))
+        .await;
+    assert_eq!((s, b["errcode"].as_str()), (StatusCode::BAD_REQUEST, Some("M_INVALID_PARAM")));
+    app.db.cleanup().await;
+}
+
+async fn messages_paginate_both_ways(backend: Backend) {
+    let app = app(backend, |_| {}).await;
+    let alice = app.register("alice").await;
+    let (_, b) = app.call("POST", "/_matrix/client/v3/createRoom", Some(&alice), Some(json!({}))).await;
+    let room = b["room_id"].as_str().unwrap().to_owned();
+    for i in 0..5 {
+        app.call(
+            "PUT",
+            &format!("/_matrix/client/v3/rooms/{room}/send/m.room.message/t{i}"),
+            Some(&alice),
+            Some(json!({"body": format!("m{i}")})),
+        )
+        .await;
+    }
+    let body = |b: &Value| -> Vec<String> {
+        b["chunk"].as_array().unwrap().iter().filter_map(|e| e["content"]["body"].as_str().map(str::to_owned)).collect()
+    };
+    let (s, p1) =
+        app.call("GET", &format!("/_matrix/client/v3/rooms/{room}/messages?dir=b&limit=2"), Some(&alice), None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(body(&p1), vec!["m4", "m3"]);
+    let end = p1["end"].as_str().unwrap();
+    let (_, p2) = app
+        .call("GET", &format!("/_matrix/client/v3/rooms/{room}/messages?dir=b&limit=2&from={end}"), Some(&alice), None)
+        .await;
+    assert_eq!(body(&p2), vec!["m2", "m1"]);
+    let end2 = p2["end"].as_str().unwrap();
+    let (_, fwd) = app
+        .call(
+            "GET",
+            &format!("/_matrix/client/v3/rooms/{room}/messages?dir=f&limit=10&from={end2}"),
+            Some(&alice),
+            None,
+        )
+        .await;
+    assert_eq!(body(&fwd), vec!["m2", "m3", "m4"], "forward from a token resumes after it");
+    assert!(fwd.get("end").is_none(), "no end when the room is exhausted");
+    let (s, b) = app
+        .call("GET", &format!("/_matrix/client/v3/rooms/{room}/messages?dir=b&from=garbage"), Some(&alice), None)
+        .await;
+    assert_eq!((s, b["errcode"].as_str()), (StatusCode::BAD_REQUEST, Some("M_INVALID_PARAM")));
+    let (s, b) =
+        app.call("GET", &format!("/_matrix/client/v3/rooms/{room}/messages?dir=sideways"), Some(&alice), None).await;
+    assert_eq!((s, b["errcode"].as_str()), (StatusCode::BAD_REQUEST, Some("M_INVALID_PARAM")));
+    let (s, b) =
+        app.call("GET", &format!("/_matrix/client/v3/rooms/{room}/messages?dir=b&limit=-1"), Some(&alice), None).await;
+    assert_eq!((s, b["errcode"].as_str()), (StatusCode::BAD_REQUEST, Some("M_INVALID_PARAM")));
+    app.db.cleanup().await;
+}
+
+async fn room_version_12_derives_the_room_id(backend: Backend) {
+    let app = app(backend, |_| {}).await;
+    let alice = app.register("alice").await;
+    let (s, b) = app
+        .call("POST", "/_matrix/client/v3/createRoom", Some(&alice), Some(json!({"room_version": "12", "name": "v12"})))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let room_id = b["room_id"].as_str().unwrap().to_owned();
+    assert!(!room_id.contains(':'), "v12 room IDs are the create event's hash: {room_id}");
+    let state = state_of(&app, &alice, &room_id).await;
+    let create = state.iter().find(|(t, _, _)| t == "m.room.create").unwrap();
+    assert_eq!(create.2["room_version"], "12");
+    let pl = state.iter().find(|(t, _, _)| t == "m.room.power_levels").unwrap();
+    assert!(pl.2["users"].get("@alice:localhost").is_none(), "v12 creators are not listed in power levels");
+    let (s, _) = app
+        .call(
+            "PUT",
+            &format!("/_matrix/client/v3/rooms/{room_id}/send/m.room.message/t"),
+            Some(&alice),
+            Some(json!({"body": "hi"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    app.db.cleanup().await;
+}
