@@ -2,7 +2,7 @@
 //! loopback ports, waits for them to be ready, and kills them when dropped.
 //!
 //! The binary is found beside the test executable (`target/<profile>/ganglion`), or at
-//! `GANGLION_BIN`. Build it first: `cargo build -p ganglion`.
+//! `TEST_GANGLION_BIN`. Build it first: `cargo build -p ganglion`.
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -17,7 +17,7 @@ use tokio::process::{Child, Command};
 
 /// The `ganglion` binary under test.
 pub fn ganglion_bin() -> PathBuf {
-    if let Ok(p) = std::env::var("GANGLION_BIN") {
+    if let Ok(p) = std::env::var("TEST_GANGLION_BIN") {
         return PathBuf::from(p);
     }
     let exe = std::env::current_exe().expect("test executable path");
@@ -74,6 +74,12 @@ fn spawn(name: &str, mut cmd: Command, dir: &Path) -> Result<Proc> {
     let out = std::fs::File::create(&log)?;
     let err = out.try_clone()?;
     cmd.stdout(Stdio::from(out)).stderr(Stdio::from(err)).stdin(Stdio::null()).kill_on_drop(true);
+    // Each process gets its config from its file: nothing from the test's own environment.
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("GANGLION_") {
+            cmd.env_remove(key);
+        }
+    }
     let child = cmd.spawn().with_context(|| format!("spawning {name}"))?;
     Ok(Proc { name: name.to_owned(), child: Some(child), log })
 }
@@ -177,7 +183,7 @@ impl Split {
         let nginx = nginx_bin().context("nginx is not installed (apt-get install nginx-light); .ci/run installs it")?;
         let dir = tempfile::tempdir()?;
         let db = TestDb::new(Backend::Postgres).await;
-        let redis_url = std::env::var("GANGLION_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+        let redis_url = std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
         let prefix = format!("ganglion-test-{:016x}", rand::random::<u64>());
         let rpc_port = free_port();
         let shared = |port: u16| {

@@ -160,3 +160,82 @@ async fn bad_requests_get_matrix_errors() {
     let resp = http.get(format!("{}/_matrix/client/v3/nope", server.url)).send().await.unwrap();
     assert_eq!(resp.headers()["access-control-allow-origin"], "*");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_sections_follow_membership_and_limits() {
+    let server = OneProcess::start().await.expect("server starts");
+    let alice = RawClient::register(&server.url, "alice").await.unwrap();
+    let bob = RawClient::register(&server.url, "bob").await.unwrap();
+    let room = alice
+        .call("POST", "/_matrix/client/v3/createRoom", Some(&json!({"name": "Secret", "invite": ["@bob:localhost"]})))
+        .await
+        .unwrap();
+    let room_id = room.body["room_id"].as_str().unwrap().to_owned();
+
+    // An invite shows stripped state, with the invite itself.
+    let s0 = bob.sync(None, 0).await.unwrap();
+    let invite = &s0["rooms"]["invite"][room_id.as_str()]["invite_state"]["events"];
+    let types: Vec<&str> = invite.as_array().unwrap().iter().filter_map(|e| e["type"].as_str()).collect();
+    assert!(types.contains(&"m.room.name") && types.contains(&"m.room.create"), "{invite}");
+    assert_eq!(types.last(), Some(&"m.room.member"));
+    assert!(s0["rooms"]["join"].get(room_id.as_str()).is_none());
+
+    // Joining moves it to join, with the state before the timeline and the join in the timeline.
+    let since = s0["next_batch"].as_str().unwrap().to_owned();
+    bob.call("POST", &format!("/_matrix/client/v3/rooms/{room_id}/join"), Some(&json!({}))).await.unwrap();
+    let s1 = bob.sync(Some(&since), 5_000).await.unwrap();
+    let joined = &s1["rooms"]["join"][room_id.as_str()];
+    assert!(joined.is_object(), "{s1}");
+    let timeline_ids: Vec<&str> =
+        joined["timeline"]["events"].as_array().unwrap().iter().filter_map(|e| e["event_id"].as_str()).collect();
+    for e in joined["state"]["events"].as_array().unwrap() {
+        assert!(!timeline_ids.contains(&e["event_id"].as_str().unwrap()), "state and timeline do not overlap");
+    }
+
+    // 15 messages with a limit of 5: limited, and prev_batch pages back to the rest.
+    let since = s1["next_batch"].as_str().unwrap().to_owned();
+    for i in 0..15 {
+        alice
+            .call(
+                "PUT",
+                &format!("/_matrix/client/v3/rooms/{room_id}/send/m.room.message/l{i}"),
+                Some(&json!({"msgtype": "m.text", "body": format!("m{i}")})),
+            )
+            .await
+            .unwrap();
+    }
+    let filter = r#"{"room":{"timeline":{"limit":5}}}"#;
+    let path = format!("/_matrix/client/v3/sync?since={since}&filter={}", urlencode(filter));
+    let s2 = bob.call("GET", &path, None).await.unwrap().body;
+    let t = &s2["rooms"]["join"][room_id.as_str()]["timeline"];
+    assert_eq!(t["limited"], json!(true));
+    assert_eq!(message_bodies(&s2, &room_id), vec!["m10", "m11", "m12", "m13", "m14"]);
+    let prev = t["prev_batch"].as_str().unwrap();
+    let page = bob
+        .call("GET", &format!("/_matrix/client/v3/rooms/{room_id}/messages?dir=b&limit=3&from={prev}"), None)
+        .await
+        .unwrap();
+    let older: Vec<&str> =
+        page.body["chunk"].as_array().unwrap().iter().filter_map(|e| e["content"]["body"].as_str()).collect();
+    assert_eq!(older, vec!["m9", "m8", "m7"]);
+
+    // Leaving shows the room under leave, once.
+    let since = s2["next_batch"].as_str().unwrap().to_owned();
+    bob.call("POST", &format!("/_matrix/client/v3/rooms/{room_id}/leave"), Some(&json!({}))).await.unwrap();
+    let s3 = bob.sync(Some(&since), 5_000).await.unwrap();
+    assert!(s3["rooms"]["leave"][room_id.as_str()].is_object(), "{s3}");
+    let s4 = bob.sync(Some(s3["next_batch"].as_str().unwrap()), 0).await.unwrap();
+    assert!(s4["rooms"]["leave"].get(room_id.as_str()).is_none());
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}

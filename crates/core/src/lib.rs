@@ -6,9 +6,11 @@
 mod builder;
 mod client_format;
 mod pdu;
+mod power;
 mod signing;
 
 pub use builder::{BuildError, EventTemplate, RoomContext, build_event, room_version_rules};
 pub use client_format::{client_event, strip_to_sync_format};
 pub use pdu::{Pdu, PduError, StateMap};
+pub use power::{CREATOR_POWER, required_level, state_event_level, user_power_level};
 pub use signing::{ServerSigningKey, SigningKeyError};

@@ -41,6 +41,9 @@ pub struct NewEvent {
     pub request_id: String,
     /// `Some((room_version, creator))` when this event creates the room.
     pub creates_room: Option<(String, OwnedUserId)>,
+    /// `Some((target event ID, its redacted JSON))` when this is an allowed redaction: the target's
+    /// stored JSON is replaced in the same transaction.
+    pub redacts: Option<(OwnedEventId, String)>,
 }
 
 /// A stored event.
@@ -223,8 +226,125 @@ impl EventStore {
             .execute(&mut *tx)
             .await?;
         }
+        if let Some((target, redacted_json)) = &ev.redacts {
+            sqlx::query("UPDATE events SET json = $1 WHERE event_id = $2 AND room_id = $3")
+                .bind(redacted_json)
+                .bind(target.as_str())
+                .bind(ev.room_id.as_str())
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query(
+                "INSERT INTO redactions (event_id, redacted_by, redacted_ts) VALUES ($1, $2, $3)
+                 ON CONFLICT (event_id) DO NOTHING",
+            )
+            .bind(target.as_str())
+            .bind(ev.event_id.as_str())
+            .bind(now_ms())
+            .execute(&mut *tx)
+            .await?;
+        }
         tx.commit().await?;
         Ok(())
+    }
+
+    /// The event that redacted `event_id`, if it was redacted.
+    ///
+    /// # Errors
+    /// On database failure.
+    pub async fn redacted_by(&self, event_id: &str) -> Result<Option<String>> {
+        Ok(sqlx::query_scalar("SELECT redacted_by FROM redactions WHERE event_id = $1")
+            .bind(event_id)
+            .fetch_optional(self.db.pool())
+            .await?)
+    }
+
+    /// A room's state as of stream position `upto`: the latest event of each (type, state key) at
+    /// or below it. Exact for rooms whose history is linear (every room created here, until
+    /// federation brings forks and state resolution).
+    ///
+    /// # Errors
+    /// On database failure.
+    pub async fn state_at(&self, room_id: &RoomId, upto: i64) -> Result<Vec<PersistedEvent>> {
+        let sql = format!(
+            "SELECT {EVENT_COLUMNS} FROM events e WHERE e.room_id = $1 AND e.state_key IS NOT NULL
+             AND e.stream_ordering = (SELECT MAX(e2.stream_ordering) FROM events e2
+                 WHERE e2.room_id = e.room_id AND e2.event_type = e.event_type
+                 AND e2.state_key = e.state_key AND e2.stream_ordering <= $2)
+             ORDER BY e.stream_ordering"
+        );
+        decode_all(sqlx::query(&sql).bind(room_id.as_str()).bind(upto).fetch_all(self.db.pool()).await?)
+    }
+
+    /// Records that a user forgot a room.
+    ///
+    /// # Errors
+    /// On database failure.
+    pub async fn forget_room(&self, user_id: &UserId, room_id: &RoomId) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO room_forgotten (user_id, room_id, forgotten_ts) VALUES ($1, $2, $3)
+             ON CONFLICT (user_id, room_id) DO NOTHING",
+        )
+        .bind(user_id.as_str())
+        .bind(room_id.as_str())
+        .bind(now_ms())
+        .execute(self.db.pool())
+        .await?;
+        Ok(())
+    }
+
+    /// Un-forgets a room (the user joined, was invited or knocked again).
+    ///
+    /// # Errors
+    /// On database failure.
+    pub async fn unforget_room(&self, user_id: &UserId, room_id: &RoomId) -> Result<()> {
+        sqlx::query("DELETE FROM room_forgotten WHERE user_id = $1 AND room_id = $2")
+            .bind(user_id.as_str())
+            .bind(room_id.as_str())
+            .execute(self.db.pool())
+            .await?;
+        Ok(())
+    }
+
+    /// The rooms a user has forgotten.
+    ///
+    /// # Errors
+    /// On database failure.
+    pub async fn forgotten_rooms(&self, user_id: &UserId) -> Result<Vec<String>> {
+        Ok(sqlx::query_scalar("SELECT room_id FROM room_forgotten WHERE user_id = $1")
+            .bind(user_id.as_str())
+            .fetch_all(self.db.pool())
+            .await?)
+    }
+
+    /// Deletes an alias. Returns whether it existed.
+    ///
+    /// # Errors
+    /// On database failure.
+    pub async fn delete_alias(&self, alias: &str) -> Result<bool> {
+        let res = sqlx::query("DELETE FROM room_aliases WHERE alias = $1").bind(alias).execute(self.db.pool()).await?;
+        Ok(res.rows_affected() > 0)
+    }
+
+    /// Who created an alias.
+    ///
+    /// # Errors
+    /// On database failure.
+    pub async fn alias_creator(&self, alias: &str) -> Result<Option<String>> {
+        Ok(sqlx::query_scalar("SELECT creator FROM room_aliases WHERE alias = $1")
+            .bind(alias)
+            .fetch_optional(self.db.pool())
+            .await?)
+    }
+
+    /// The local aliases of a room.
+    ///
+    /// # Errors
+    /// On database failure.
+    pub async fn room_aliases(&self, room_id: &RoomId) -> Result<Vec<String>> {
+        Ok(sqlx::query_scalar("SELECT alias FROM room_aliases WHERE room_id = $1 ORDER BY alias")
+            .bind(room_id.as_str())
+            .fetch_all(self.db.pool())
+            .await?)
     }
 
     /// The event a client transaction created, if any.

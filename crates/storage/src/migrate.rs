@@ -11,15 +11,23 @@ struct Migration {
     sqlite: &'static str,
 }
 
-const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "initial",
-    postgres: include_str!("../../../migrations/postgres/0001_initial.sql"),
-    sqlite: include_str!("../../../migrations/sqlite/0001_initial.sql"),
-}];
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "initial",
+        postgres: include_str!("../../../migrations/postgres/0001_initial.sql"),
+        sqlite: include_str!("../../../migrations/sqlite/0001_initial.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "rooms",
+        postgres: include_str!("../../../migrations/postgres/0002_rooms.sql"),
+        sqlite: include_str!("../../../migrations/sqlite/0002_rooms.sql"),
+    },
+];
 
-/// The schema version this build reads and writes.
-pub const SCHEMA_VERSION: i64 = 1;
+/// The schema version this build reads and writes: the highest migration's version.
+pub const SCHEMA_VERSION: i64 = 2;
 
 /// How the database's schema compares with this build's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,8 +53,11 @@ impl Db {
                 "database schema is version {current}, newer than this build's {SCHEMA_VERSION}"
             )));
         }
+        let done: Vec<i64> = sqlx::query_scalar("SELECT version FROM schema_migrations").fetch_all(self.pool()).await?;
         let mut applied = Vec::new();
-        for m in MIGRATIONS.iter().filter(|m| m.version > current) {
+        // Every migration not yet recorded, in version order: a version merged late (after a higher
+        // one was applied) still runs.
+        for m in MIGRATIONS.iter().filter(|m| !done.contains(&m.version)) {
             let sql = match self.backend() {
                 Backend::Postgres => m.postgres,
                 Backend::Sqlite => m.sqlite,
@@ -95,5 +106,20 @@ impl Db {
             .fetch_one(self.pool())
             .await?;
         Ok(v)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schema_version_is_the_highest_migration_and_versions_are_unique() {
+        let versions: Vec<i64> = MIGRATIONS.iter().map(|m| m.version).collect();
+        assert_eq!(versions.iter().max().copied(), Some(SCHEMA_VERSION));
+        let mut sorted = versions.clone();
+        sorted.sort_unstable();
+        sorted.dedup();
+        assert_eq!(sorted, versions, "MIGRATIONS is in version order without duplicates");
     }
 }

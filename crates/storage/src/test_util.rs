@@ -1,6 +1,6 @@
 //! Throwaway databases for tests: a fresh SQLite file or a fresh PostgreSQL database, dropped after.
 //!
-//! PostgreSQL is reached at `GANGLION_TEST_POSTGRES_URL` (default
+//! PostgreSQL is reached at `TEST_POSTGRES_URL` (default
 //! `postgres://postgres@127.0.0.1:5432/postgres`, trust auth); each test gets its own database.
 
 use crate::{Backend, Db};
@@ -18,7 +18,7 @@ pub struct TestDb {
 
 /// The admin URL used to create test databases on PostgreSQL.
 pub fn postgres_admin_url() -> String {
-    std::env::var("GANGLION_TEST_POSTGRES_URL")
+    std::env::var("TEST_POSTGRES_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
 }
 

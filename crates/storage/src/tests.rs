@@ -24,7 +24,46 @@ on_both_backends!(
     pagination_and_ranges,
     signing_keys_first_writer_wins,
     aliases_are_unique,
+    state_at_a_position_and_redactions,
+    forgotten_rooms,
 );
+
+async fn state_at_a_position_and_redactions(t: &TestDb) {
+    let events = EventStore::new(t.db.clone());
+    let room = owned_room_id!("!r:example.org");
+    let alice = owned_user_id!("@alice:example.org");
+    events.persist(&event(1, &room, &alice, "m.room.create", Some(""), &[])).await.unwrap();
+    events.persist(&event(2, &room, &alice, "m.room.name", Some(""), &["$e1"])).await.unwrap();
+    events.persist(&event(3, &room, &alice, "m.room.message", None, &["$e2"])).await.unwrap();
+    events.persist(&event(4, &room, &alice, "m.room.name", Some(""), &["$e3"])).await.unwrap();
+    let at = |v: Vec<crate::PersistedEvent>| v.iter().map(|e| e.stream_ordering).collect::<Vec<_>>();
+    assert_eq!(at(events.state_at(&room, 3).await.unwrap()), vec![1, 2]);
+    assert_eq!(at(events.state_at(&room, 4).await.unwrap()), vec![1, 4]);
+    assert_eq!(at(events.state_at(&room, 0).await.unwrap()), Vec::<i64>::new());
+
+    let mut redaction = event(5, &room, &alice, "m.room.redaction", None, &["$e4"]);
+    redaction.redacts = Some((OwnedEventId::try_from("$e3").unwrap(), "{\"redacted\":true}".to_owned()));
+    events.persist(&redaction).await.unwrap();
+    assert_eq!(events.event("$e3").await.unwrap().unwrap().json, "{\"redacted\":true}");
+    assert_eq!(events.redacted_by("$e3").await.unwrap().as_deref(), Some("$e5"));
+    assert!(events.redacted_by("$e2").await.unwrap().is_none());
+}
+
+async fn forgotten_rooms(t: &TestDb) {
+    let events = EventStore::new(t.db.clone());
+    let room = owned_room_id!("!r:example.org");
+    let alice = owned_user_id!("@alice:example.org");
+    events.forget_room(&alice, &room).await.unwrap();
+    events.forget_room(&alice, &room).await.unwrap();
+    assert_eq!(events.forgotten_rooms(&alice).await.unwrap(), vec![room.to_string()]);
+    events.unforget_room(&alice, &room).await.unwrap();
+    assert!(events.forgotten_rooms(&alice).await.unwrap().is_empty());
+    events.create_alias("#a:example.org", &room, &alice).await.unwrap();
+    assert_eq!(events.alias_creator("#a:example.org").await.unwrap().as_deref(), Some("@alice:example.org"));
+    assert_eq!(events.room_aliases(&room).await.unwrap(), vec!["#a:example.org".to_owned()]);
+    assert!(events.delete_alias("#a:example.org").await.unwrap());
+    assert!(!events.delete_alias("#a:example.org").await.unwrap());
+}
 
 async fn migrations_are_idempotent_and_current(t: &TestDb) {
     assert_eq!(t.db.schema_status().await.unwrap(), SchemaStatus::Current);
@@ -92,6 +131,7 @@ fn event(
         txn: None,
         request_id: format!("req{pos}"),
         creates_room: (pos == 1).then(|| ("11".to_owned(), sender.clone())),
+        redacts: None,
     }
 }
 

@@ -1,13 +1,40 @@
 //! Client-Server API handlers served by `main`, one module per area of the spec.
 
 mod account;
+mod directory;
 mod discovery;
+mod membership;
+mod room_state;
 mod rooms;
 
 use axum::Router;
 use axum::routing::{get, post, put};
+use ganglion_http::MatrixError;
+use ruma::{OwnedRoomId, RoomId, UserId};
 
-use crate::MainState;
+use crate::{MainState, Rooms};
+
+/// A room ID from a path, or `M_INVALID_PARAM`.
+pub(crate) fn parse_room_id(s: &str) -> Result<OwnedRoomId, MatrixError> {
+    OwnedRoomId::try_from(s).map_err(|e| MatrixError::invalid_param(format!("Invalid room ID {s}: {e}")))
+}
+
+/// How far into a room's history a user may see: members everything up to now, former members up
+/// to their departure (unless they forgot the room). Others get `M_FORBIDDEN`.
+pub(crate) async fn visible_upto(rooms: &Rooms, user: &UserId, room_id: &RoomId) -> Result<i64, MatrixError> {
+    let memberships = rooms.events.rooms_for_user(user).await?;
+    let forbidden = || MatrixError::forbidden(format!("User {user} not in room {room_id}"));
+    match memberships.iter().find(|m| m.room_id == room_id) {
+        Some(m) if m.membership == "join" => Ok(i64::MAX),
+        Some(m) if m.membership == "leave" || m.membership == "ban" => {
+            if rooms.events.forgotten_rooms(user).await?.iter().any(|r| r == room_id.as_str()) {
+                return Err(forbidden());
+            }
+            Ok(m.stream_ordering)
+        }
+        _ => Err(forbidden()),
+    }
+}
 
 /// Every route `main` serves. The binary adds the Matrix 404/405 fallbacks once per listener, after
 /// merging the routers of the roles that listener serves.
@@ -33,7 +60,41 @@ pub(crate) fn routes() -> Router<MainState> {
                 put(rooms::send_message),
             )
             .route(&format!("/_matrix/client/{v}/rooms/{{room_id}}/messages"), get(rooms::messages))
-            .route(&format!("/_matrix/client/{v}/joined_rooms"), get(rooms::joined_rooms));
+            .route(&format!("/_matrix/client/{v}/joined_rooms"), get(rooms::joined_rooms))
+            .route(&format!("/_matrix/client/{v}/rooms/{{room_id}}/invite"), post(membership::invite))
+            .route(&format!("/_matrix/client/{v}/rooms/{{room_id}}/leave"), post(membership::leave))
+            .route(&format!("/_matrix/client/{v}/rooms/{{room_id}}/kick"), post(membership::kick))
+            .route(&format!("/_matrix/client/{v}/rooms/{{room_id}}/ban"), post(membership::ban))
+            .route(&format!("/_matrix/client/{v}/rooms/{{room_id}}/unban"), post(membership::unban))
+            .route(&format!("/_matrix/client/{v}/rooms/{{room_id}}/forget"), post(membership::forget))
+            .route(&format!("/_matrix/client/{v}/knock/{{room_id_or_alias}}"), post(membership::knock))
+            .route(&format!("/_matrix/client/{v}/rooms/{{room_id}}/state"), get(room_state::get_state))
+            .route(
+                &format!("/_matrix/client/{v}/rooms/{{room_id}}/state/{{event_type}}"),
+                get(room_state::get_state_event_empty_key).put(room_state::put_state_event_empty_key),
+            )
+            // An empty state key may come with a trailing slash.
+            .route(
+                &format!("/_matrix/client/{v}/rooms/{{room_id}}/state/{{event_type}}/"),
+                get(room_state::get_state_event_empty_key).put(room_state::put_state_event_empty_key),
+            )
+            .route(
+                &format!("/_matrix/client/{v}/rooms/{{room_id}}/state/{{event_type}}/{{state_key}}"),
+                get(room_state::get_state_event).put(room_state::put_state_event),
+            )
+            .route(&format!("/_matrix/client/{v}/rooms/{{room_id}}/event/{{event_id}}"), get(room_state::get_event))
+            .route(&format!("/_matrix/client/{v}/rooms/{{room_id}}/members"), get(room_state::members))
+            .route(&format!("/_matrix/client/{v}/rooms/{{room_id}}/joined_members"), get(room_state::joined_members))
+            .route(&format!("/_matrix/client/{v}/rooms/{{room_id}}/context/{{event_id}}"), get(room_state::context))
+            .route(
+                &format!("/_matrix/client/{v}/rooms/{{room_id}}/redact/{{event_id}}/{{txn_id}}"),
+                put(room_state::redact).post(room_state::redact),
+            )
+            .route(
+                &format!("/_matrix/client/{v}/directory/room/{{room_alias}}"),
+                get(directory::get_alias).put(directory::create_alias).delete(directory::delete_alias),
+            )
+            .route(&format!("/_matrix/client/{v}/rooms/{{room_id}}/aliases"), get(directory::room_aliases));
     }
     r
 }

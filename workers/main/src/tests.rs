@@ -77,6 +77,10 @@ on_both_backends!(
     sends_are_idempotent_per_device_and_checked,
     messages_paginate_both_ways,
     room_version_12_derives_the_room_id,
+    membership_changes_follow_the_auth_rules,
+    state_events_and_single_events,
+    redactions_strip_content_and_need_power,
+    aliases_in_the_directory,
 );
 
 async fn registration_follows_uia_and_validates_usernames(backend: Backend) {
@@ -354,5 +358,305 @@ async fn room_version_12_derives_the_room_id(backend: Backend) {
         )
         .await;
     assert_eq!(s, StatusCode::OK);
+    app.db.cleanup().await;
+}
+
+async fn create(app: &App, token: &str, body: Value) -> String {
+    let (s, b) = app.call("POST", "/_matrix/client/v3/createRoom", Some(token), Some(body)).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    b["room_id"].as_str().unwrap().to_owned()
+}
+
+async fn membership_of(app: &App, token: &str, room: &str, user: &str) -> Option<String> {
+    let (_, b) = app
+        .call("GET", &format!("/_matrix/client/v3/rooms/{room}/state/m.room.member/{user}"), Some(token), None)
+        .await;
+    b["membership"].as_str().map(str::to_owned)
+}
+
+async fn membership_changes_follow_the_auth_rules(backend: Backend) {
+    let app = app(backend, |_| {}).await;
+    let alice = app.register("alice").await;
+    let bob = app.register("bob").await;
+    let room = create(&app, &alice, json!({})).await;
+    let post = |token: &str, what: &str, body: Value| {
+        let path = format!("/_matrix/client/v3/rooms/{room}/{what}");
+        let token = token.to_owned();
+        let app = &app;
+        async move { app.call("POST", &path, Some(&token), Some(body)).await }
+    };
+    // Bob may not invite himself, nor join uninvited.
+    let (s, _) = post(&bob, "invite", json!({"user_id": "@bob:localhost"})).await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    let (s, b) = post(&alice, "invite", json!({"user_id": "not a user"})).await;
+    assert_eq!((s, b["errcode"].as_str()), (StatusCode::BAD_REQUEST, Some("M_INVALID_PARAM")));
+    let (s, b) = post(&alice, "invite", json!({"user_id": "@bob:localhost", "reason": "come"})).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let (s, _) = post(&bob, "join", json!({})).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(membership_of(&app, &alice, &room, "@bob:localhost").await.as_deref(), Some("join"));
+    // Bob (power 0) may not kick alice (100); alice kicks bob.
+    let (s, _) = post(&bob, "kick", json!({"user_id": "@alice:localhost"})).await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    let (s, _) = post(&alice, "kick", json!({"user_id": "@bob:localhost", "reason": "bye"})).await;
+    assert_eq!(s, StatusCode::OK);
+    let (_, ev) = app
+        .call(
+            "GET",
+            &format!("/_matrix/client/v3/rooms/{room}/state/m.room.member/@bob:localhost?format=event"),
+            Some(&alice),
+            None,
+        )
+        .await;
+    assert_eq!((ev["content"]["membership"].as_str(), ev["content"]["reason"].as_str()), (Some("leave"), Some("bye")));
+    assert_eq!(ev["sender"], "@alice:localhost");
+    // Kicked bob sees history up to his kick, not after.
+    let (s, _) = app.call("GET", &format!("/_matrix/client/v3/rooms/{room}/messages?dir=b"), Some(&bob), None).await;
+    assert_eq!(s, StatusCode::OK);
+    // Ban, then unban; a banned user cannot rejoin.
+    let (s, _) = post(&alice, "ban", json!({"user_id": "@bob:localhost"})).await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, _) = post(&alice, "invite", json!({"user_id": "@bob:localhost"})).await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "banned users cannot be invited");
+    let (s, _) = post(&alice, "unban", json!({"user_id": "@bob:localhost"})).await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, _) = post(&alice, "unban", json!({"user_id": "@bob:localhost"})).await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "not banned any more");
+    assert_eq!(membership_of(&app, &alice, &room, "@bob:localhost").await.as_deref(), Some("leave"));
+    // Forget: only once out of the room; then the history is gone for bob.
+    let (s, _) = post(&alice, "forget", json!({})).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "alice is still in the room");
+    let (s, _) = post(&bob, "forget", json!({})).await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, _) = app.call("GET", &format!("/_matrix/client/v3/rooms/{room}/messages?dir=b"), Some(&bob), None).await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    // Leave: alice leaves; leaving twice is harmless; a stranger gets 404.
+    let carol = app.register("carol").await;
+    let (s, _) = post(&carol, "leave", json!({})).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    // Knocking needs a knock join rule.
+    let (s, _) = app.call("POST", &format!("/_matrix/client/v3/knock/{room}"), Some(&carol), Some(json!({}))).await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    let knockable = create(
+        &app,
+        &alice,
+        json!({"initial_state": [{"type": "m.room.join_rules", "state_key": "", "content": {"join_rule": "knock"}}]}),
+    )
+    .await;
+    let (s, b) = app
+        .call(
+            "POST",
+            &format!("/_matrix/client/v3/knock/{knockable}"),
+            Some(&carol),
+            Some(json!({"reason": "let me in"})),
+        )
+        .await;
+    assert_eq!((s, b["room_id"].as_str()), (StatusCode::OK, Some(knockable.as_str())), "{b}");
+    assert_eq!(membership_of(&app, &alice, &knockable, "@carol:localhost").await.as_deref(), Some("knock"));
+    let (s, _) = post(&alice, "leave", json!({})).await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, _) = post(&alice, "leave", json!({})).await;
+    assert_eq!(s, StatusCode::OK);
+    app.db.cleanup().await;
+}
+
+async fn state_events_and_single_events(backend: Backend) {
+    let app = app(backend, |_| {}).await;
+    let alice = app.register("alice").await;
+    let bob = app.register("bob").await;
+    let room = create(&app, &alice, json!({"preset": "public_chat", "name": "One"})).await;
+    app.call("POST", &format!("/_matrix/client/v3/rooms/{room}/join"), Some(&bob), Some(json!({}))).await;
+    let (s, b) = app.call("GET", &format!("/_matrix/client/v3/rooms/{room}/state/m.room.name"), Some(&bob), None).await;
+    assert_eq!((s, b["name"].as_str()), (StatusCode::OK, Some("One")));
+    let (s, b) =
+        app.call("GET", &format!("/_matrix/client/v3/rooms/{room}/state/m.room.topic"), Some(&bob), None).await;
+    assert_eq!((s, b["errcode"].as_str()), (StatusCode::NOT_FOUND, Some("M_NOT_FOUND")));
+    // Bob has power 0; the name needs 50.
+    let (s, b) = app
+        .call(
+            "PUT",
+            &format!("/_matrix/client/v3/rooms/{room}/state/m.room.name"),
+            Some(&bob),
+            Some(json!({"name": "Two"})),
+        )
+        .await;
+    assert_eq!((s, b["errcode"].as_str()), (StatusCode::FORBIDDEN, Some("M_FORBIDDEN")));
+    let (s, b) = app
+        .call(
+            "PUT",
+            &format!("/_matrix/client/v3/rooms/{room}/state/m.room.name/"),
+            Some(&alice),
+            Some(json!({"name": "Two"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let first = b["event_id"].as_str().unwrap().to_owned();
+    let (_, again) = app
+        .call(
+            "PUT",
+            &format!("/_matrix/client/v3/rooms/{room}/state/m.room.name"),
+            Some(&alice),
+            Some(json!({"name": "Two"})),
+        )
+        .await;
+    assert_eq!(again["event_id"].as_str(), Some(first.as_str()), "unchanged state is not sent twice");
+    let (_, all) = app.call("GET", &format!("/_matrix/client/v3/rooms/{room}/state"), Some(&bob), None).await;
+    let names: Vec<&Value> = all.as_array().unwrap().iter().filter(|e| e["type"] == "m.room.name").collect();
+    assert_eq!(names.len(), 1);
+    assert_eq!(names[0]["content"]["name"], "Two");
+    let (s, ev) = app.call("GET", &format!("/_matrix/client/v3/rooms/{room}/event/{first}"), Some(&bob), None).await;
+    assert_eq!((s, ev["event_id"].as_str()), (StatusCode::OK, Some(first.as_str())));
+    let stranger = app.register("carol").await;
+    let (s, _) =
+        app.call("GET", &format!("/_matrix/client/v3/rooms/{room}/event/{first}"), Some(&stranger), None).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (s, _) = app.call("GET", &format!("/_matrix/client/v3/rooms/{room}/state"), Some(&stranger), None).await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+
+    let (_, m) = app.call("GET", &format!("/_matrix/client/v3/rooms/{room}/members"), Some(&bob), None).await;
+    assert_eq!(m["chunk"].as_array().unwrap().len(), 2);
+    let (_, m) = app
+        .call("GET", &format!("/_matrix/client/v3/rooms/{room}/members?not_membership=join"), Some(&bob), None)
+        .await;
+    assert_eq!(m["chunk"].as_array().unwrap().len(), 0);
+    let (s, _) =
+        app.call("GET", &format!("/_matrix/client/v3/rooms/{room}/members?membership=dancing"), Some(&bob), None).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    let (_, j) = app.call("GET", &format!("/_matrix/client/v3/rooms/{room}/joined_members"), Some(&bob), None).await;
+    assert_eq!(j["joined"].as_object().unwrap().len(), 2);
+    assert!(j["joined"]["@alice:localhost"].is_object());
+
+    for i in 0..6 {
+        app.call(
+            "PUT",
+            &format!("/_matrix/client/v3/rooms/{room}/send/m.room.message/c{i}"),
+            Some(&alice),
+            Some(json!({"body": format!("c{i}")})),
+        )
+        .await;
+    }
+    let (_, page) =
+        app.call("GET", &format!("/_matrix/client/v3/rooms/{room}/messages?dir=b&limit=6"), Some(&alice), None).await;
+    let mid = page["chunk"][3]["event_id"].as_str().unwrap().to_owned();
+    let (s, ctx) =
+        app.call("GET", &format!("/_matrix/client/v3/rooms/{room}/context/{mid}?limit=4"), Some(&bob), None).await;
+    assert_eq!(s, StatusCode::OK, "{ctx}");
+    assert_eq!(ctx["event"]["content"]["body"], "c2");
+    let bodies = |v: &Value| {
+        v.as_array().unwrap().iter().map(|e| e["content"]["body"].as_str().unwrap_or("").to_owned()).collect::<Vec<_>>()
+    };
+    assert_eq!(bodies(&ctx["events_before"]), vec!["c1", "c0"]);
+    assert_eq!(bodies(&ctx["events_after"]), vec!["c3", "c4"]);
+    assert!(ctx["state"].as_array().unwrap().iter().any(|e| e["type"] == "m.room.create"));
+    app.db.cleanup().await;
+}
+
+async fn redactions_strip_content_and_need_power(backend: Backend) {
+    let app = app(backend, |_| {}).await;
+    let alice = app.register("alice").await;
+    let bob = app.register("bob").await;
+    let room = create(&app, &alice, json!({"preset": "public_chat"})).await;
+    app.call("POST", &format!("/_matrix/client/v3/rooms/{room}/join"), Some(&bob), Some(json!({}))).await;
+    let (_, a) = app
+        .call(
+            "PUT",
+            &format!("/_matrix/client/v3/rooms/{room}/send/m.room.message/a"),
+            Some(&alice),
+            Some(json!({"msgtype": "m.text", "body": "secret"})),
+        )
+        .await;
+    let (_, b) = app
+        .call(
+            "PUT",
+            &format!("/_matrix/client/v3/rooms/{room}/send/m.room.message/b"),
+            Some(&bob),
+            Some(json!({"msgtype": "m.text", "body": "oops"})),
+        )
+        .await;
+    let (a, b) = (a["event_id"].as_str().unwrap().to_owned(), b["event_id"].as_str().unwrap().to_owned());
+    let (s, _) =
+        app.call("PUT", &format!("/_matrix/client/v3/rooms/{room}/redact/{a}/r1"), Some(&bob), Some(json!({}))).await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "bob may not redact alice's message");
+    let (s, r) = app
+        .call(
+            "PUT",
+            &format!("/_matrix/client/v3/rooms/{room}/redact/{b}/r2"),
+            Some(&bob),
+            Some(json!({"reason": "typo"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{r}");
+    let (s, r2) = app
+        .call(
+            "PUT",
+            &format!("/_matrix/client/v3/rooms/{room}/redact/{b}/r2"),
+            Some(&bob),
+            Some(json!({"reason": "typo"})),
+        )
+        .await;
+    assert_eq!((s, &r2["event_id"]), (StatusCode::OK, &r["event_id"]), "txn ids make redactions idempotent");
+    let (_, ev) = app.call("GET", &format!("/_matrix/client/v3/rooms/{room}/event/{b}"), Some(&alice), None).await;
+    assert_eq!(ev["content"], json!({}), "the redacted event lost its content");
+    let (s, _) =
+        app.call("PUT", &format!("/_matrix/client/v3/rooms/{room}/redact/{a}/r3"), Some(&alice), Some(json!({}))).await;
+    assert_eq!(s, StatusCode::OK);
+    let (_, ev) = app.call("GET", &format!("/_matrix/client/v3/rooms/{room}/event/{a}"), Some(&bob), None).await;
+    assert_eq!(ev["content"], json!({}));
+    app.db.cleanup().await;
+}
+
+async fn aliases_in_the_directory(backend: Backend) {
+    let app = app(backend, |_| {}).await;
+    let alice = app.register("alice").await;
+    let bob = app.register("bob").await;
+    let room = create(&app, &alice, json!({"preset": "public_chat"})).await;
+    let path = "/_matrix/client/v3/directory/room/%23hall:localhost";
+    let (s, _) = app.call("PUT", path, Some(&bob), Some(json!({"room_id": room}))).await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "not in the room");
+    let (s, b) = app.call("PUT", path, Some(&alice), Some(json!({"room_id": room}))).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let (s, b) = app.call("PUT", path, Some(&alice), Some(json!({"room_id": room}))).await;
+    assert_eq!((s, b["errcode"].as_str()), (StatusCode::CONFLICT, Some("M_UNKNOWN")));
+    let (s, b) = app
+        .call(
+            "PUT",
+            "/_matrix/client/v3/directory/room/%23x:elsewhere.org",
+            Some(&alice),
+            Some(json!({"room_id": room})),
+        )
+        .await;
+    assert_eq!((s, b["errcode"].as_str()), (StatusCode::BAD_REQUEST, Some("M_INVALID_PARAM")));
+    let (s, b) = app.call("GET", path, None, None).await;
+    assert_eq!((s, b["room_id"].as_str()), (StatusCode::OK, Some(room.as_str())));
+    assert_eq!(b["servers"], json!(["localhost"]));
+    let (_, b) = app.call("GET", &format!("/_matrix/client/v3/rooms/{room}/aliases"), Some(&alice), None).await;
+    assert_eq!(b["aliases"], json!(["#hall:localhost"]));
+    let (s, _) = app.call("GET", &format!("/_matrix/client/v3/rooms/{room}/aliases"), Some(&bob), None).await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    // The canonical alias must point at the room.
+    let (s, b) = app
+        .call(
+            "PUT",
+            &format!("/_matrix/client/v3/rooms/{room}/state/m.room.canonical_alias"),
+            Some(&alice),
+            Some(json!({"alias": "#nope:localhost"})),
+        )
+        .await;
+    assert_eq!((s, b["errcode"].as_str()), (StatusCode::BAD_REQUEST, Some("M_BAD_ALIAS")));
+    let (s, _) = app
+        .call(
+            "PUT",
+            &format!("/_matrix/client/v3/rooms/{room}/state/m.room.canonical_alias"),
+            Some(&alice),
+            Some(json!({"alias": "#hall:localhost"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, _) = app.call("DELETE", path, Some(&bob), None).await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    let (s, _) = app.call("DELETE", path, Some(&alice), None).await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, b) = app.call("GET", path, None, None).await;
+    assert_eq!((s, b["errcode"].as_str()), (StatusCode::NOT_FOUND, Some("M_NOT_FOUND")));
     app.db.cleanup().await;
 }

@@ -159,7 +159,7 @@ impl EventWriter {
         let mut last = self.last_position.lock().await;
         let ctx = RoomContext { room_id, version, state: &state, prev_events: Vec::new(), max_prev_depth: 0 };
         let (pdu, room_id) = build_event(&template, creator, &ctx, &self.server_name, &self.key, now_ms())?;
-        self.persist(&mut last, pdu, room_id, Some(version.to_string()), origin).await
+        self.persist(&mut last, pdu, room_id, Some(version.to_string()), None, origin).await
     }
 
     /// Sends an event into an existing room. A retried transaction returns the first event.
@@ -187,7 +187,50 @@ impl EventWriter {
         let prev_events: Vec<OwnedEventId> = extremities.into_iter().take(10).map(|(id, _)| id).collect();
         let ctx = RoomContext { room_id: Some(room_id), version: &version, state: &state, prev_events, max_prev_depth };
         let (pdu, room_id) = build_event(&template, sender, &ctx, &self.server_name, &self.key, now_ms())?;
-        self.persist(&mut last, pdu, room_id, None, origin).await
+        let redacts = match &pdu.redacts {
+            Some(target) if pdu.event_type == ruma::events::TimelineEventType::RoomRedaction => {
+                self.redaction_of(&room_id, &version, &state, sender, target).await?
+            }
+            _ => None,
+        };
+        self.persist(&mut last, pdu, room_id, None, redacts, origin).await
+    }
+
+    /// The redacted form of `target` when `sender` may redact it: their own event, or anyone's
+    /// with the room's `redact` power. The auth rules only check the event itself; this check is
+    /// the server's, done before the redaction is applied.
+    async fn redaction_of(
+        &self,
+        room_id: &RoomId,
+        version: &RoomVersionId,
+        state: &StateMap,
+        sender: &UserId,
+        target: &OwnedEventId,
+    ) -> Result<Option<(OwnedEventId, String)>, WriteError> {
+        let rules = version.rules().ok_or_else(|| WriteError::UnsupportedVersion(version.to_string()))?;
+        let Some(original) = self.events.event(target.as_str()).await? else {
+            // Redacting an unknown event is allowed and does nothing (it may arrive later).
+            return Ok(None);
+        };
+        if original.room_id != room_id {
+            return Err(WriteError::Invalid("the event to redact is in another room".into()));
+        }
+        let own = original.sender == sender;
+        let power = ganglion_core::user_power_level(state, sender, &rules);
+        if !own && power < ganglion_core::required_level(state, "redact", 50) {
+            return Err(WriteError::Forbidden("You don't have permission to redact events".into()));
+        }
+        let obj: ruma::CanonicalJsonObject =
+            serde_json::from_str(&original.json).map_err(|e| WriteError::Invalid(format!("stored event: {e}")))?;
+        let redacted = ruma::canonical_json::redact(obj, &rules.redaction, None)
+            .map_err(|e| WriteError::Invalid(format!("redaction: {e}")))?;
+        let json = serde_json::to_string(&redacted).map_err(|e| WriteError::Invalid(e.to_string()))?;
+        Ok(Some((target.clone(), json)))
+    }
+
+    /// A room's current state, as the auth rules see it.
+    pub(crate) async fn room_state(&self, room_id: &RoomId) -> Result<StateMap, WriteError> {
+        self.load_state(room_id).await
     }
 
     async fn persist(
@@ -196,6 +239,7 @@ impl EventWriter {
         pdu: Pdu,
         room_id: OwnedRoomId,
         creates_room: Option<String>,
+        redacts: Option<(OwnedEventId, String)>,
         origin: &WriteOrigin,
     ) -> Result<Written, WriteError> {
         let position = *last + 1;
@@ -214,6 +258,7 @@ impl EventWriter {
             txn: origin.txn.clone(),
             request_id: origin.request_id.clone(),
             creates_room: creates_room.map(|v| (v, pdu.sender.clone())),
+            redacts,
         };
         self.events.persist(&new).await?;
         *last = position;

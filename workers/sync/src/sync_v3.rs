@@ -46,6 +46,15 @@ fn timeline_limit(filter: Option<&str>) -> Result<usize, MatrixError> {
     }
 }
 
+/// `room.include_leave` of an inline filter (left rooms on an initial sync).
+fn include_leave(filter: Option<&str>) -> bool {
+    filter
+        .filter(|f| f.trim_start().starts_with('{'))
+        .and_then(|f| serde_json::from_str::<Value>(f).ok())
+        .and_then(|v| v.pointer("/room/include_leave").and_then(Value::as_bool))
+        .unwrap_or(false)
+}
+
 /// `GET /_matrix/client/v3/sync`: initial, incremental and long-polling sync.
 pub(crate) async fn sync(
     State(ctx): State<SyncContext>,
@@ -69,6 +78,7 @@ pub(crate) async fn sync(
         Some(_) => return Err(MatrixError::invalid_param("set_presence must be online, offline or unavailable")),
     }
     let limit = timeline_limit(q.filter.as_deref())?;
+    let include_leave = include_leave(q.filter.as_deref());
     let since = q
         .since
         .as_deref()
@@ -90,7 +100,7 @@ pub(crate) async fn sync(
     loop {
         let now = position.borrow_and_update().0;
         let upto = since.map_or(now, |s| now.max(s.events));
-        let (rooms, has_data) = build_rooms(&ctx, &user.user_id, since, upto, full_state, limit).await?;
+        let (rooms, has_data) = build_rooms(&ctx, &user.user_id, since, upto, full_state, limit, include_leave).await?;
         if since.is_none() || full_state || has_data || Instant::now() >= deadline {
             return Ok(Json(response(rooms, SyncToken { events: upto })));
         }
@@ -140,6 +150,7 @@ async fn build_rooms(
     upto: u64,
     full_state: bool,
     limit: usize,
+    include_leave: bool,
 ) -> Result<(Value, bool), MatrixError> {
     let upto_i = upto as i64;
     let since_i = since.map(|s| s.events as i64);
@@ -147,6 +158,8 @@ async fn build_rooms(
     let mut join = Map::new();
     let mut invite = Map::new();
     let mut leave = Map::new();
+    let mut knock = Map::new();
+    let forgotten: HashSet<String> = ctx.events.forgotten_rooms(user_id).await?.into_iter().collect();
 
     // Rooms the client already knows, whose new events one range query finds.
     let known_joined: Vec<OwnedRoomId> = memberships
@@ -178,15 +191,9 @@ async fn build_rooms(
                 if limited {
                     timeline.remove(0);
                 }
-                let in_timeline: HashSet<&str> = timeline.iter().map(|e| e.event_id.as_str()).collect();
-                let state: Vec<Value> = ctx
-                    .events
-                    .current_state_events(&m.room_id)
-                    .await?
-                    .iter()
-                    .filter(|e| e.stream_ordering <= upto_i && !in_timeline.contains(e.event_id.as_str()))
-                    .map(sync_event)
-                    .collect();
+                // The state before the timeline starts; the timeline carries the rest.
+                let before = timeline.first().map_or(upto_i, |e| e.stream_ordering - 1);
+                let state: Vec<Value> = ctx.events.state_at(&m.room_id, before).await?.iter().map(sync_event).collect();
                 join.insert(m.room_id.to_string(), joined_room(&timeline, limited, state));
             }
             "join" => {
@@ -208,7 +215,7 @@ async fn build_rooms(
                 let state: Vec<Value> = gap.iter().filter(|e| e.state_key.is_some()).map(sync_event).collect();
                 join.insert(m.room_id.to_string(), joined_room(timeline, limited, state));
             }
-            "invite" if is_new => {
+            "invite" | "knock" if is_new => {
                 let mut stripped_state: Vec<Value> = ctx
                     .events
                     .current_state_events(&m.room_id)
@@ -228,9 +235,16 @@ async fn build_rooms(
                     .filter_map(stripped)
                     .collect();
                 stripped_state.sort_by_key(|v| v["type"] == "m.room.member");
-                invite.insert(m.room_id.to_string(), json!({ "invite_state": { "events": stripped_state } }));
+                if m.membership == "invite" {
+                    invite.insert(m.room_id.to_string(), json!({ "invite_state": { "events": stripped_state } }));
+                } else {
+                    knock.insert(m.room_id.to_string(), json!({ "knock_state": { "events": stripped_state } }));
+                }
             }
-            "leave" | "ban" if since_i.is_some_and(|s| m.stream_ordering > s) => {
+            "leave" | "ban"
+                if (since_i.is_some_and(|s| m.stream_ordering > s) || (since_i.is_none() && include_leave))
+                    && !forgotten.contains(m.room_id.as_str()) =>
+            {
                 let s = since_i.unwrap_or_default();
                 let mut timeline =
                     ctx.events.latest_room_events(&m.room_id, m.stream_ordering, limit as i64 + 1).await?;
@@ -251,8 +265,8 @@ async fn build_rooms(
             _ => {}
         }
     }
-    let has_data = !(join.is_empty() && invite.is_empty() && leave.is_empty());
-    Ok((json!({ "join": join, "invite": invite, "leave": leave, "knock": {} }), has_data))
+    let has_data = !(join.is_empty() && invite.is_empty() && leave.is_empty() && knock.is_empty());
+    Ok((json!({ "join": join, "invite": invite, "leave": leave, "knock": knock }), has_data))
 }
 
 fn timeline_json(timeline: &[PersistedEvent], limited: bool) -> Value {

@@ -1,4 +1,4 @@
-//! Against a real Redis (`GANGLION_TEST_REDIS_URL`, default `redis://127.0.0.1:6379`). Each test
+//! Against a real Redis (`TEST_REDIS_URL`, default `redis://127.0.0.1:6379`). Each test
 //! uses its own random key prefix and deletes its keys when it ends, even on failure.
 
 use std::{sync::Arc, time::Duration};
@@ -9,7 +9,7 @@ use super::*;
 use crate::{EventRow, Follower, FollowerConfig, test_util::MemorySource, testing::*};
 
 fn redis_url() -> String {
-    std::env::var("GANGLION_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
+    std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
 }
 
 /// A [`RedisBus`] under a fresh key prefix, whose keys are deleted on drop.

@@ -317,7 +317,7 @@ pub(crate) struct MessagesQuery {
 
 /// A `/messages` position: `t{depth}_{stream}` (topological), or a sync token `g1_…` which pages
 /// from the newest event it covers.
-fn parse_pagination_token(token: &str) -> Option<(i64, i64)> {
+pub(crate) fn parse_pagination_token(token: &str) -> Option<(i64, i64)> {
     if let Some(rest) = token.strip_prefix('t') {
         let (d, s) = rest.split_once('_')?;
         return Some((d.parse().ok()?, s.parse().ok()?));
@@ -358,14 +358,7 @@ pub(crate) async fn messages(
     if let Some(f) = &q.filter {
         let _: Value = serde_json::from_str(f).map_err(|_| MatrixError::invalid_param("filter is not valid JSON"))?;
     }
-    // Visibility: members see everything up to now; former members up to their departure.
-    let memberships = rooms.events.rooms_for_user(&user.user_id).await?;
-    let mine = memberships.iter().find(|m| m.room_id == room_id);
-    let upto = match mine {
-        Some(m) if m.membership == "join" => i64::MAX,
-        Some(m) if m.membership == "leave" || m.membership == "ban" => m.stream_ordering,
-        _ => return Err(MatrixError::forbidden(format!("User {} not in room {room_id}", user.user_id))),
-    };
+    let upto = super::visible_upto(&rooms, &user.user_id, &room_id).await?;
     let from = match q.from.as_deref() {
         Some(t) => parse_pagination_token(t).ok_or_else(|| MatrixError::invalid_param("Invalid from token"))?,
         None if backwards => (i64::MAX, i64::MAX),
