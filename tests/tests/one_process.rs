@@ -239,3 +239,54 @@ fn urlencode(s: &str) -> String {
         })
         .collect()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn account_data_and_stored_filters_reach_sync() {
+    let server = OneProcess::start().await.expect("server starts");
+    let alice = RawClient::register(&server.url, "alice").await.unwrap();
+    let room = alice.call("POST", "/_matrix/client/v3/createRoom", Some(&json!({}))).await.unwrap();
+    let room_id = room.body["room_id"].as_str().unwrap().to_owned();
+    let initial = alice.sync(None, 0).await.unwrap();
+    let types: Vec<&str> =
+        initial["account_data"]["events"].as_array().unwrap().iter().filter_map(|e| e["type"].as_str()).collect();
+    assert!(types.contains(&"m.push_rules"), "an initial sync carries the default push rules: {types:?}");
+
+    // A long-poll wakes for account data alone.
+    let since = initial["next_batch"].as_str().unwrap().to_owned();
+    let waiter = {
+        let alice = alice.clone();
+        tokio::spawn(async move { alice.sync(Some(&since), 20_000).await.unwrap() })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = Instant::now();
+    alice
+        .call(
+            "PUT",
+            &format!("/_matrix/client/v3/user/@alice:localhost/rooms/{room_id}/tags/m.favourite"),
+            Some(&json!({"order": 1})),
+        )
+        .await
+        .unwrap();
+    let resp = waiter.await.unwrap();
+    assert!(started.elapsed() < Duration::from_secs(10));
+    let room_data = &resp["rooms"]["join"][room_id.as_str()]["account_data"]["events"];
+    assert_eq!(room_data[0]["type"], "m.tag", "{resp}");
+    assert_eq!(room_data[0]["content"]["tags"]["m.favourite"]["order"], 1);
+
+    // A stored filter applies by ID.
+    let f = alice
+        .call(
+            "POST",
+            "/_matrix/client/v3/user/@alice:localhost/filter",
+            Some(&json!({"room": {"timeline": {"limit": 1}}})),
+        )
+        .await
+        .unwrap();
+    let filter_id = f.body["filter_id"].as_str().unwrap().to_owned();
+    let r = alice.call("GET", &format!("/_matrix/client/v3/sync?filter={filter_id}"), None).await.unwrap();
+    let timeline = r.body["rooms"]["join"][room_id.as_str()]["timeline"].clone();
+    assert_eq!(timeline["events"].as_array().unwrap().len(), 1);
+    assert_eq!(timeline["limited"], json!(true));
+    let r = alice.call("GET", "/_matrix/client/v3/sync?filter=unknown", None).await.unwrap();
+    assert_eq!((r.status, r.body["errcode"].as_str()), (400, Some("M_INVALID_PARAM")));
+}

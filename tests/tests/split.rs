@@ -171,5 +171,16 @@ async fn two_users_exchange_200_messages_through_nginx_while_a_sync_worker_dies(
         assert!(Instant::now() < deadline, "request ids missing from main's log:\n{}", split.main.log());
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+
+    // Account data travels on its own stream: written on main, seen by a sync worker.
+    let since = bob.sync(None, 0).await.unwrap()["next_batch"].as_str().unwrap().to_owned();
+    let r = bob
+        .call("PUT", "/_matrix/client/v3/user/@bob:localhost/account_data/org.example.split", Some(&json!({"n": 1})))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{r:?}");
+    let resp = bob.sync(Some(&since), 10_000).await.unwrap();
+    let events = resp["account_data"]["events"].as_array().unwrap();
+    assert!(events.iter().any(|e| e["type"] == "org.example.split" && e["content"]["n"] == 1), "{resp}");
     split.stop().await;
 }

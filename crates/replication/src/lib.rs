@@ -47,5 +47,5 @@ pub use error::ReplicationError;
 pub use follower::{Follower, FollowerConfig};
 pub use in_process::InProcessBus;
 pub use redis_bus::RedisBus;
-pub use rows::EventRow;
+pub use rows::{AccountDataRow, EventRow};
 pub use stream::{StreamName, StreamPosition, StreamRow};

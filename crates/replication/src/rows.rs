@@ -78,6 +78,53 @@ impl EventRow {
     }
 }
 
+/// An account-data write, published on [`StreamName::AccountData`].
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct AccountDataRow {
+    /// Format version of this row (1).
+    #[prost(uint32, tag = "1")]
+    pub version: u32,
+    /// The row's position on the `account_data` stream.
+    #[prost(uint64, tag = "2")]
+    pub position: u64,
+    /// Whose account data.
+    #[prost(string, tag = "3")]
+    pub user_id: String,
+    /// The room, or empty for global account data.
+    #[prost(string, tag = "4")]
+    pub room_id: String,
+    /// The account-data type, e.g. `m.push_rules`.
+    #[prost(string, tag = "5")]
+    pub data_type: String,
+    /// The content, JSON.
+    #[prost(string, tag = "6")]
+    pub content_json: String,
+}
+
+impl AccountDataRow {
+    /// Encodes the row for a [`StreamRow`] payload.
+    pub fn encode_to_bytes(&self) -> Bytes {
+        Bytes::from(self.encode_to_vec())
+    }
+
+    /// Decodes a payload.
+    ///
+    /// # Errors
+    /// When the bytes are not an `AccountDataRow`.
+    pub fn decode_bytes(bytes: &[u8]) -> Result<Self, ReplicationError> {
+        Ok(Self::decode(bytes)?)
+    }
+
+    /// The transport row for this account-data write.
+    pub fn to_stream_row(&self) -> StreamRow {
+        StreamRow {
+            stream: StreamName::AccountData,
+            position: StreamPosition(self.position),
+            payload: self.encode_to_bytes(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -69,6 +69,8 @@ stream_names! {
     Events => "events",
     /// Cache invalidations.
     Caches => "caches",
+    /// Users' global and per-room account data, payload [`AccountDataRow`](crate::AccountDataRow).
+    AccountData => "account_data",
 }
 
 impl fmt::Display for StreamName {

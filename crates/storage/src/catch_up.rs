@@ -5,11 +5,25 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use ganglion_replication::{
-    Bus, CatchUpSource, EventRow, Follower, ReplicationError, StreamName, StreamPosition, StreamRow,
+    AccountDataRow, Bus, CatchUpSource, EventRow, Follower, ReplicationError, StreamName, StreamPosition, StreamRow,
 };
 use tokio::sync::watch;
 
-use crate::{EventStore, PersistedEvent};
+use crate::{AccountDataEntry, AccountDataStore, EventStore, PersistedEvent};
+
+/// The `account_data` stream row for a write; like [`event_row`], the same bytes whether published
+/// live or rebuilt by catch-up.
+pub fn account_data_row(e: &AccountDataEntry) -> StreamRow {
+    AccountDataRow {
+        version: 1,
+        position: e.position as u64,
+        user_id: e.user_id.clone(),
+        room_id: e.room_id.clone(),
+        data_type: e.data_type.clone(),
+        content_json: e.content.clone(),
+    }
+    .to_stream_row()
+}
 
 /// The `events` stream row for a stored event. `main` publishes exactly this after commit, and
 /// catch-up rebuilds it from the database, so both paths deliver the same bytes.
@@ -37,12 +51,14 @@ pub fn event_row(ev: &PersistedEvent) -> StreamRow {
 #[derive(Debug, Clone)]
 pub struct DbCatchUp {
     events: EventStore,
+    account_data: AccountDataStore,
 }
 
 impl DbCatchUp {
     /// A source over `events`.
     pub fn new(events: EventStore) -> Arc<Self> {
-        Arc::new(Self { events })
+        let account_data = AccountDataStore::new(events.db().clone());
+        Arc::new(Self { events, account_data })
     }
 }
 
@@ -63,6 +79,14 @@ impl CatchUpSource for DbCatchUp {
                     .map_err(|e| ReplicationError::Source(e.to_string()))?;
                 Ok(events.iter().map(event_row).collect())
             }
+            StreamName::AccountData => {
+                let entries = self
+                    .account_data
+                    .log_after(after.0 as i64, limit as i64)
+                    .await
+                    .map_err(|e| ReplicationError::Source(e.to_string()))?;
+                Ok(entries.iter().map(account_data_row).collect())
+            }
             // Nothing writes these streams durably yet.
             _ => Ok(Vec::new()),
         }
@@ -76,24 +100,32 @@ impl CatchUpSource for DbCatchUp {
                 .await
                 .map(|p| StreamPosition(p as u64))
                 .map_err(|e| ReplicationError::Source(e.to_string())),
+            StreamName::AccountData => self
+                .account_data
+                .max_position()
+                .await
+                .map(|p| StreamPosition(p as u64))
+                .map_err(|e| ReplicationError::Source(e.to_string())),
             _ => Ok(StreamPosition(0)),
         }
     }
 }
 
-/// Follows the `events` stream from the database's current position, the way every role that does
-/// not need the rows themselves does: the rows are drained, and the returned position is where this
-/// process stands (for long-poll wake-ups and readiness). Positions are only published once the
-/// row is handed on, so a reader of the position can query the database up to it.
+/// Follows `stream` from the database's current position, the way every role that does not need
+/// the rows themselves does: the rows are drained, and the returned position is where this process
+/// stands (for long-poll wake-ups and readiness). A position is published once its row is handed
+/// on, so a reader of the position can query the database up to it.
 ///
 /// # Errors
 /// When the database cannot be read.
-pub async fn follow_events(
+pub async fn follow_stream(
     events: &EventStore,
     bus: Arc<dyn Bus>,
+    stream: StreamName,
 ) -> crate::Result<(Follower, watch::Receiver<StreamPosition>)> {
-    let start = StreamPosition(events.max_stream_ordering().await?.max(0) as u64);
-    let (follower, mut rows) = Follower::spawn(bus, DbCatchUp::new(events.clone()), StreamName::Events, start);
+    let source = DbCatchUp::new(events.clone());
+    let start = source.max_position(stream).await.map_err(|e| crate::Error::Decode(e.to_string()))?;
+    let (follower, mut rows) = Follower::spawn(bus, source, stream, start);
     let (tx, rx) = watch::channel(start);
     tokio::spawn(async move {
         while let Some(row) = rows.recv().await {
@@ -101,4 +133,15 @@ pub async fn follow_events(
         }
     });
     Ok((follower, rx))
+}
+
+/// [`follow_stream`] for the `events` stream.
+///
+/// # Errors
+/// When the database cannot be read.
+pub async fn follow_events(
+    events: &EventStore,
+    bus: Arc<dyn Bus>,
+) -> crate::Result<(Follower, watch::Receiver<StreamPosition>)> {
+    follow_stream(events, bus, StreamName::Events).await
 }

@@ -139,6 +139,11 @@ impl EventStore {
         Self { db }
     }
 
+    /// The database this store reads.
+    pub fn db(&self) -> &Db {
+        &self.db
+    }
+
     /// The highest stream position written, 0 when there is none.
     ///
     /// # Errors

@@ -8,6 +8,7 @@
 //! Depends on: `ganglion-replication` (to serve catch-up reads of stream rows). Must never depend on
 //! a worker crate or on `ganglion-http`.
 
+mod account_data;
 mod catch_up;
 mod events;
 mod keys;
@@ -20,7 +21,8 @@ use std::time::Duration;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, ConnectOptions};
 
-pub use catch_up::{DbCatchUp, event_row, follow_events};
+pub use account_data::{AccountDataEntry, AccountDataStore};
+pub use catch_up::{DbCatchUp, account_data_row, event_row, follow_events, follow_stream};
 pub use events::{EventStore, NewEvent, PersistedEvent, RoomMembership, StateEntry};
 pub use keys::{KeyStore, StoredSigningKey};
 pub use migrate::{SCHEMA_VERSION, SchemaStatus};

@@ -24,10 +24,16 @@ const MIGRATIONS: &[Migration] = &[
         postgres: include_str!("../../../migrations/postgres/0002_rooms.sql"),
         sqlite: include_str!("../../../migrations/sqlite/0002_rooms.sql"),
     },
+    Migration {
+        version: 4,
+        name: "account_data",
+        postgres: include_str!("../../../migrations/postgres/0004_account_data.sql"),
+        sqlite: include_str!("../../../migrations/sqlite/0004_account_data.sql"),
+    },
 ];
 
 /// The schema version this build reads and writes: the highest migration's version.
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 4;
 
 /// How the database's schema compares with this build's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -26,7 +26,50 @@ on_both_backends!(
     aliases_are_unique,
     state_at_a_position_and_redactions,
     forgotten_rooms,
+    account_data_log_and_current,
+    filters_and_profiles,
 );
+
+async fn account_data_log_and_current(t: &TestDb) {
+    use crate::{AccountDataEntry, AccountDataStore};
+    let store = AccountDataStore::new(t.db.clone());
+    let alice = owned_user_id!("@alice:example.org");
+    assert_eq!(store.max_position().await.unwrap(), 0);
+    let entry = |pos: i64, room: &str, ty: &str, content: &str| AccountDataEntry {
+        position: pos,
+        user_id: alice.to_string(),
+        room_id: room.to_owned(),
+        data_type: ty.to_owned(),
+        content: content.to_owned(),
+    };
+    store.write(&entry(1, "", "a", "{\"v\":1}")).await.unwrap();
+    store.write(&entry(2, "!r:x", "a", "{\"v\":2}")).await.unwrap();
+    store.write(&entry(3, "", "a", "{\"v\":3}")).await.unwrap();
+    assert_eq!(store.max_position().await.unwrap(), 3);
+    assert_eq!(store.get(&alice, "", "a").await.unwrap().as_deref(), Some("{\"v\":3}"));
+    assert_eq!(store.get(&alice, "!r:x", "a").await.unwrap().as_deref(), Some("{\"v\":2}"));
+    let log: Vec<i64> = store.log_after(0, 10).await.unwrap().iter().map(|e| e.position).collect();
+    assert_eq!(log, vec![1, 2, 3], "the log keeps every write, contiguous");
+    let changed: Vec<i64> = store.changed_for_user(&alice, 1, 3).await.unwrap().iter().map(|e| e.position).collect();
+    assert_eq!(changed, vec![2, 3], "only the latest of each entry");
+    assert!(store.write(&entry(3, "", "b", "{}")).await.is_err(), "a position is written once");
+}
+
+async fn filters_and_profiles(t: &TestDb) {
+    let users = UserStore::new(t.db.clone());
+    let alice = owned_user_id!("@alice:example.org");
+    users.create_user(&alice, None, false).await.unwrap();
+    users.create_filter(&alice, "f1", "{}").await.unwrap();
+    assert!(matches!(users.create_filter(&alice, "f1", "{}").await, Err(Error::Conflict(_))));
+    assert_eq!(users.filter(&alice, "f1").await.unwrap().as_deref(), Some("{}"));
+    assert!(users.filter(&alice, "f2").await.unwrap().is_none());
+    assert_eq!(users.profile(&alice).await.unwrap(), Some((None, None)));
+    users.set_profile_field(&alice, "displayname", Some("Alice")).await.unwrap();
+    users.set_profile_field(&alice, "avatar_url", Some("mxc://x/y")).await.unwrap();
+    users.set_profile_field(&alice, "displayname", None).await.unwrap();
+    assert_eq!(users.profile(&alice).await.unwrap(), Some((None, Some("mxc://x/y".to_owned()))));
+    assert!(users.profile(&owned_user_id!("@bob:example.org")).await.unwrap().is_none());
+}
 
 async fn state_at_a_position_and_redactions(t: &TestDb) {
     let events = EventStore::new(t.db.clone());

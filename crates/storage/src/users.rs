@@ -246,4 +246,73 @@ impl UserStore {
         sqlx::query("DELETE FROM uia_sessions WHERE session_id = $1").bind(session_id).execute(self.db.pool()).await?;
         Ok(())
     }
+
+    /// Stores a filter under a new ID.
+    ///
+    /// # Errors
+    /// On database failure ([`Error::Conflict`] if the ID is taken).
+    pub async fn create_filter(&self, user_id: &UserId, filter_id: &str, json: &str) -> Result<()> {
+        let res = sqlx::query(
+            "INSERT INTO user_filters (user_id, filter_id, filter_json) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+        )
+        .bind(user_id.as_str())
+        .bind(filter_id)
+        .bind(json)
+        .execute(self.db.pool())
+        .await?;
+        if res.rows_affected() == 0 {
+            return Err(Error::Conflict(format!("filter {filter_id} exists")));
+        }
+        Ok(())
+    }
+
+    /// A stored filter's JSON.
+    ///
+    /// # Errors
+    /// On database failure.
+    pub async fn filter(&self, user_id: &UserId, filter_id: &str) -> Result<Option<String>> {
+        Ok(sqlx::query_scalar("SELECT filter_json FROM user_filters WHERE user_id = $1 AND filter_id = $2")
+            .bind(user_id.as_str())
+            .bind(filter_id)
+            .fetch_optional(self.db.pool())
+            .await?)
+    }
+
+    /// A user's global profile: `(displayname, avatar_url)`, `None` when the user is unknown.
+    ///
+    /// # Errors
+    /// On database failure.
+    pub async fn profile(&self, user_id: &UserId) -> Result<Option<(Option<String>, Option<String>)>> {
+        if !self.user_exists(user_id).await? {
+            return Ok(None);
+        }
+        let row = sqlx::query("SELECT displayname, avatar_url FROM profiles WHERE user_id = $1")
+            .bind(user_id.as_str())
+            .fetch_optional(self.db.pool())
+            .await?;
+        Ok(Some(match row {
+            Some(r) => (r.try_get(0)?, r.try_get(1)?),
+            None => (None, None),
+        }))
+    }
+
+    /// Sets one profile field (`displayname` or `avatar_url`); `None` clears it.
+    ///
+    /// # Errors
+    /// On database failure; an unknown field is a programming error reported as [`Error::Decode`].
+    pub async fn set_profile_field(&self, user_id: &UserId, field: &str, value: Option<&str>) -> Result<()> {
+        let sql = match field {
+            "displayname" => {
+                "INSERT INTO profiles (user_id, displayname) VALUES ($1, $2)
+                 ON CONFLICT (user_id) DO UPDATE SET displayname = excluded.displayname"
+            }
+            "avatar_url" => {
+                "INSERT INTO profiles (user_id, avatar_url) VALUES ($1, $2)
+                 ON CONFLICT (user_id) DO UPDATE SET avatar_url = excluded.avatar_url"
+            }
+            other => return Err(Error::Decode(format!("unknown profile field {other}"))),
+        };
+        sqlx::query(sql).bind(user_id.as_str()).bind(value).execute(self.db.pool()).await?;
+        Ok(())
+    }
 }

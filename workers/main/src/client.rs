@@ -1,14 +1,17 @@
 //! Client-Server API handlers served by `main`, one module per area of the spec.
 
 mod account;
+mod account_data;
 mod directory;
 mod discovery;
 mod membership;
+mod profile;
 mod room_state;
 mod rooms;
 
 use axum::Router;
 use axum::routing::{get, post, put};
+
 use ganglion_http::MatrixError;
 use ruma::{OwnedRoomId, RoomId, UserId};
 
@@ -94,7 +97,30 @@ pub(crate) fn routes() -> Router<MainState> {
                 &format!("/_matrix/client/{v}/directory/room/{{room_alias}}"),
                 get(directory::get_alias).put(directory::create_alias).delete(directory::delete_alias),
             )
-            .route(&format!("/_matrix/client/{v}/rooms/{{room_id}}/aliases"), get(directory::room_aliases));
+            .route(&format!("/_matrix/client/{v}/rooms/{{room_id}}/aliases"), get(directory::room_aliases))
+            .route(
+                &format!("/_matrix/client/{v}/user/{{user_id}}/account_data/{{data_type}}"),
+                get(account_data::get_global).put(account_data::put_global),
+            )
+            .route(
+                &format!("/_matrix/client/{v}/user/{{user_id}}/rooms/{{room_id}}/account_data/{{data_type}}"),
+                get(account_data::get_room).put(account_data::put_room),
+            )
+            .route(&format!("/_matrix/client/{v}/user/{{user_id}}/rooms/{{room_id}}/tags"), get(account_data::get_tags))
+            .route(
+                &format!("/_matrix/client/{v}/user/{{user_id}}/rooms/{{room_id}}/tags/{{tag}}"),
+                put(account_data::put_tag).delete(account_data::delete_tag),
+            )
+            .route(&format!("/_matrix/client/{v}/user/{{user_id}}/filter"), post(account_data::create_filter))
+            .route(&format!("/_matrix/client/{v}/user/{{user_id}}/filter/{{filter_id}}"), get(account_data::get_filter))
+            .route(&format!("/_matrix/client/{v}/pushrules/"), get(account_data::get_push_rules))
+            .route(&format!("/_matrix/client/{v}/pushrules"), get(account_data::get_push_rules))
+            .route(&format!("/_matrix/client/{v}/pushrules/global/"), get(account_data::get_global_push_rules))
+            .route(&format!("/_matrix/client/{v}/profile/{{user_id}}"), get(profile::get_profile))
+            .route(
+                &format!("/_matrix/client/{v}/profile/{{user_id}}/{{field}}"),
+                get(profile::get_field).put(profile::put_field),
+            );
     }
     r
 }

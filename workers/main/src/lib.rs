@@ -4,6 +4,7 @@
 //! Depends on the shared crates (`ganglion-{config,core,storage,replication,rpc,http,telemetry}`);
 //! never on another worker crate, and no worker crate depends on it.
 
+mod account_data_writer;
 mod client;
 mod grpc;
 mod password;
@@ -51,6 +52,15 @@ pub(crate) struct Rooms {
     default_version: ruma::RoomVersionId,
 }
 
+/// What account-data, filter, push-rule and profile endpoints need.
+#[derive(Debug, Clone)]
+pub(crate) struct UserData {
+    users: UserStore,
+    store: ganglion_storage::AccountDataStore,
+    writer: Arc<account_data_writer::AccountDataWriter>,
+    server_name: OwnedServerName,
+}
+
 /// The state of the `main` role's router: small substates, one per area.
 #[derive(Debug, Clone)]
 pub struct MainState {
@@ -58,6 +68,13 @@ pub struct MainState {
     accounts: Accounts,
     discovery: Discovery,
     rooms: Rooms,
+    user_data: UserData,
+}
+
+impl FromRef<MainState> for UserData {
+    fn from_ref(s: &MainState) -> Self {
+        s.user_data.clone()
+    }
 }
 
 impl FromRef<MainState> for Authenticator {
@@ -120,7 +137,14 @@ impl MainState {
         let users = UserStore::new(db.clone());
         let events = EventStore::new(db.clone());
         let key = Arc::new(signing_key(&KeyStore::new(db.clone())).await?);
-        let writer = Arc::new(EventWriter::new(events.clone(), bus, key, server_name.clone()).await?);
+        let writer = Arc::new(EventWriter::new(events.clone(), bus.clone(), key, server_name.clone()).await?);
+        let account_data = ganglion_storage::AccountDataStore::new(db.clone());
+        let user_data = UserData {
+            users: users.clone(),
+            store: account_data.clone(),
+            writer: Arc::new(account_data_writer::AccountDataWriter::new(account_data, bus).await?),
+            server_name: server_name.clone(),
+        };
         let hasher = PasswordHasherConfig::new(&config.password_hashing).map_err(StartError::Config)?;
         let default_version = ruma::RoomVersionId::try_from(config.rooms.default_version.as_str())
             .map_err(|e| StartError::Config(format!("rooms.default_version: {e}")))?;
@@ -151,6 +175,7 @@ impl MainState {
                 default_room_version: config.rooms.default_version.clone(),
             },
             rooms: Rooms { events, writer, default_version },
+            user_data,
         })
     }
 

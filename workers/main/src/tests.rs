@@ -81,6 +81,8 @@ on_both_backends!(
     state_events_and_single_events,
     redactions_strip_content_and_need_power,
     aliases_in_the_directory,
+    account_data_tags_filters_and_push_rules,
+    profiles_are_stored_and_copied_into_rooms,
 );
 
 async fn registration_follows_uia_and_validates_usernames(backend: Backend) {
@@ -658,5 +660,155 @@ async fn aliases_in_the_directory(backend: Backend) {
     assert_eq!(s, StatusCode::OK);
     let (s, b) = app.call("GET", path, None, None).await;
     assert_eq!((s, b["errcode"].as_str()), (StatusCode::NOT_FOUND, Some("M_NOT_FOUND")));
+    app.db.cleanup().await;
+}
+
+async fn account_data_tags_filters_and_push_rules(backend: Backend) {
+    let app = app(backend, |_| {}).await;
+    let alice = app.register("alice").await;
+    let bob = app.register("bob").await;
+    let room = create(&app, &alice, json!({})).await;
+    let global = "/_matrix/client/v3/user/@alice:localhost/account_data/org.example.settings";
+    let (s, b) = app.call("GET", global, Some(&alice), None).await;
+    assert_eq!((s, b["errcode"].as_str()), (StatusCode::NOT_FOUND, Some("M_NOT_FOUND")));
+    let (s, _) = app.call("PUT", global, Some(&alice), Some(json!({"theme": "dark"}))).await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, b) = app.call("GET", global, Some(&alice), None).await;
+    assert_eq!((s, b), (StatusCode::OK, json!({"theme": "dark"})));
+    let (s, b) = app.call("GET", global, Some(&bob), None).await;
+    assert_eq!(
+        (s, b["errcode"].as_str()),
+        (StatusCode::FORBIDDEN, Some("M_FORBIDDEN")),
+        "other users' data is private"
+    );
+    let (s, b) = app
+        .call(
+            "PUT",
+            "/_matrix/client/v3/user/@alice:localhost/account_data/m.push_rules",
+            Some(&alice),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!((s, b["errcode"].as_str()), (StatusCode::METHOD_NOT_ALLOWED, Some("M_BAD_JSON")));
+    let per_room = format!("/_matrix/client/v3/user/@alice:localhost/rooms/{room}/account_data/org.example.draft");
+    let (s, _) = app.call("PUT", &per_room, Some(&alice), Some(json!({"text": "hi"}))).await;
+    assert_eq!(s, StatusCode::OK);
+    let (_, b) = app.call("GET", &per_room, Some(&alice), None).await;
+    assert_eq!(b["text"], "hi");
+    let (s, _) =
+        app.call("GET", "/_matrix/client/v3/user/@alice:localhost/rooms/bad/account_data/x", Some(&alice), None).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+
+    let tags = format!("/_matrix/client/v3/user/@alice:localhost/rooms/{room}/tags");
+    let (s, _) = app.call("PUT", &format!("{tags}/m.favourite"), Some(&alice), Some(json!({"order": 0.5}))).await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, _) = app.call("PUT", &format!("{tags}/u.work"), Some(&alice), Some(json!({}))).await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, b) = app.call("PUT", &format!("{tags}/u.bad"), Some(&alice), Some(json!({"order": "first"}))).await;
+    assert_eq!((s, b["errcode"].as_str()), (StatusCode::BAD_REQUEST, Some("M_BAD_JSON")));
+    app.call("DELETE", &format!("{tags}/u.work"), Some(&alice), None).await;
+    let (_, b) = app.call("GET", &tags, Some(&alice), None).await;
+    assert_eq!(b, json!({"tags": {"m.favourite": {"order": 0.5}}}));
+
+    let (s, b) = app
+        .call(
+            "POST",
+            "/_matrix/client/v3/user/@alice:localhost/filter",
+            Some(&alice),
+            Some(json!({"room": {"timeline": {"limit": 5}}})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let id = b["filter_id"].as_str().unwrap().to_owned();
+    let (s, b) =
+        app.call("GET", &format!("/_matrix/client/v3/user/@alice:localhost/filter/{id}"), Some(&alice), None).await;
+    assert_eq!((s, b["room"]["timeline"]["limit"].as_u64()), (StatusCode::OK, Some(5)));
+    let (s, _) =
+        app.call("GET", &format!("/_matrix/client/v3/user/@bob:localhost/filter/{id}"), Some(&alice), None).await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    let (s, _) = app.call("GET", "/_matrix/client/v3/user/@alice:localhost/filter/nope", Some(&alice), None).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (s, b) = app
+        .call(
+            "POST",
+            "/_matrix/client/v3/user/@alice:localhost/filter",
+            Some(&alice),
+            Some(json!({"room": {"timeline": {"limit": "x"}}})),
+        )
+        .await;
+    assert_eq!((s, b["errcode"].as_str()), (StatusCode::BAD_REQUEST, Some("M_BAD_JSON")));
+
+    let (s, b) = app.call("GET", "/_matrix/client/v3/pushrules/", Some(&alice), None).await;
+    assert_eq!(s, StatusCode::OK);
+    let ids: Vec<&str> =
+        b["global"]["override"].as_array().unwrap().iter().filter_map(|r| r["rule_id"].as_str()).collect();
+    assert!(ids.contains(&".m.rule.master") && ids.contains(&".m.rule.suppress_notices"), "{ids:?}");
+    let (s, b) =
+        app.call("GET", "/_matrix/client/v3/user/@alice:localhost/account_data/m.push_rules", Some(&alice), None).await;
+    assert_eq!(s, StatusCode::OK, "push rules read as account data too: {b}");
+    app.db.cleanup().await;
+}
+
+async fn profiles_are_stored_and_copied_into_rooms(backend: Backend) {
+    let app = app(backend, |_| {}).await;
+    let alice = app.register("alice").await;
+    let bob = app.register("bob").await;
+    let room = create(&app, &alice, json!({})).await;
+    let (s, b) = app.call("GET", "/_matrix/client/v3/profile/@alice:localhost", None, None).await;
+    assert_eq!((s, b), (StatusCode::OK, json!({})));
+    let (s, _) = app.call("GET", "/_matrix/client/v3/profile/@alice:localhost/displayname", None, None).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (s, b) = app.call("GET", "/_matrix/client/v3/profile/@nobody:localhost", None, None).await;
+    assert_eq!((s, b["errcode"].as_str()), (StatusCode::NOT_FOUND, Some("M_NOT_FOUND")));
+    let (s, _) = app
+        .call(
+            "PUT",
+            "/_matrix/client/v3/profile/@alice:localhost/displayname",
+            Some(&bob),
+            Some(json!({"displayname": "Eve"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    let (s, _) = app
+        .call(
+            "PUT",
+            "/_matrix/client/v3/profile/@alice:localhost/avatar_url",
+            Some(&alice),
+            Some(json!({"avatar_url": "https://x"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    let (s, _) = app
+        .call(
+            "PUT",
+            "/_matrix/client/v3/profile/@alice:localhost/displayname",
+            Some(&alice),
+            Some(json!({"displayname": "Alice"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, _) = app
+        .call(
+            "PUT",
+            "/_matrix/client/v3/profile/@alice:localhost/avatar_url",
+            Some(&alice),
+            Some(json!({"avatar_url": "mxc://localhost/abc"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let (_, b) = app.call("GET", "/_matrix/client/v3/profile/@alice:localhost", None, None).await;
+    assert_eq!(b, json!({"displayname": "Alice", "avatar_url": "mxc://localhost/abc"}));
+    // The member event follows, in the background.
+    let path = format!("/_matrix/client/v3/rooms/{room}/state/m.room.member/@alice:localhost");
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let (_, m) = app.call("GET", &path, Some(&alice), None).await;
+        if m["displayname"] == "Alice" && m["avatar_url"] == "mxc://localhost/abc" {
+            assert_eq!(m["membership"], "join");
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "member event not updated: {m}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     app.db.cleanup().await;
 }

@@ -18,8 +18,8 @@ use axum::Router;
 use axum::extract::FromRef;
 use axum::routing::get;
 use ganglion_http::Authenticator;
-use ganglion_replication::{Bus, Follower, StreamPosition};
-use ganglion_storage::{Db, EventStore, UserStore, follow_events};
+use ganglion_replication::{Bus, Follower, StreamName, StreamPosition};
+use ganglion_storage::{AccountDataStore, Db, EventStore, UserStore, follow_stream};
 use tokio::sync::watch;
 
 pub use token::SyncToken;
@@ -28,7 +28,10 @@ pub use token::SyncToken;
 #[derive(Clone)]
 pub(crate) struct SyncContext {
     events: EventStore,
+    account_data: AccountDataStore,
+    users: UserStore,
     position: watch::Receiver<StreamPosition>,
+    account_data_position: watch::Receiver<StreamPosition>,
     max_timeout: Duration,
 }
 
@@ -37,8 +40,8 @@ pub(crate) struct SyncContext {
 pub struct SyncState {
     auth: Authenticator,
     sync: SyncContext,
-    // Keeps the stream follower alive as long as any router clone lives.
-    _follower: Arc<Follower>,
+    // Keeps the stream followers alive as long as any router clone lives.
+    _followers: Arc<[Follower; 2]>,
 }
 
 impl std::fmt::Debug for SyncState {
@@ -65,11 +68,21 @@ impl SyncState {
     /// When the database cannot be read.
     pub async fn start(db: Db, bus: Arc<dyn Bus>, max_timeout: Duration) -> Result<Self, ganglion_storage::Error> {
         let events = EventStore::new(db.clone());
-        let (follower, position) = follow_events(&events, bus).await?;
+        let (events_follower, position) = follow_stream(&events, bus.clone(), StreamName::Events).await?;
+        let (account_data_follower, account_data_position) =
+            follow_stream(&events, bus, StreamName::AccountData).await?;
+        let users = UserStore::new(db.clone());
         Ok(Self {
-            auth: Authenticator::new(UserStore::new(db)),
-            sync: SyncContext { events, position, max_timeout },
-            _follower: Arc::new(follower),
+            auth: Authenticator::new(users.clone()),
+            sync: SyncContext {
+                events,
+                account_data: AccountDataStore::new(db),
+                users,
+                position,
+                account_data_position,
+                max_timeout,
+            },
+            _followers: Arc::new([events_follower, account_data_follower]),
         })
     }
 

@@ -29,16 +29,21 @@ const DEFAULT_TIMELINE_LIMIT: usize = 10;
 /// How many events one incremental sync reads across all rooms before falling back to per-room reads.
 const INCREMENTAL_SCAN_CAP: i64 = 5000;
 
-/// The timeline limit of an inline filter. Stored filter IDs arrive with the filter API; until then
-/// they get the default.
-fn timeline_limit(filter: Option<&str>) -> Result<usize, MatrixError> {
-    let Some(f) = filter else { return Ok(DEFAULT_TIMELINE_LIMIT) };
-    if !f.trim_start().starts_with('{') {
-        return Ok(DEFAULT_TIMELINE_LIMIT);
+/// The filter of a request: inline JSON, or the ID of one stored with the filter API.
+async fn load_filter(ctx: &SyncContext, user: &UserId, filter: Option<&str>) -> Result<Value, MatrixError> {
+    let Some(f) = filter else { return Ok(json!({})) };
+    if f.trim_start().starts_with('{') {
+        return serde_json::from_str(f).map_err(|_| MatrixError::invalid_param("filter is not valid JSON"));
     }
-    let v: Value = serde_json::from_str(f).map_err(|_| MatrixError::invalid_param("filter is not valid JSON"))?;
-    match v.pointer("/room/timeline/limit") {
-        None => Ok(DEFAULT_TIMELINE_LIMIT),
+    let stored =
+        ctx.users.filter(user, f).await?.ok_or_else(|| MatrixError::invalid_param(format!("No filter {f}")))?;
+    serde_json::from_str(&stored).map_err(MatrixError::internal)
+}
+
+/// `room.timeline.limit` of a filter.
+fn timeline_limit(filter: &Value) -> Result<usize, MatrixError> {
+    match filter.pointer("/room/timeline/limit") {
+        None | Some(Value::Null) => Ok(DEFAULT_TIMELINE_LIMIT),
         Some(l) => l
             .as_u64()
             .map(|l| l.clamp(1, 1000) as usize)
@@ -46,13 +51,9 @@ fn timeline_limit(filter: Option<&str>) -> Result<usize, MatrixError> {
     }
 }
 
-/// `room.include_leave` of an inline filter (left rooms on an initial sync).
-fn include_leave(filter: Option<&str>) -> bool {
-    filter
-        .filter(|f| f.trim_start().starts_with('{'))
-        .and_then(|f| serde_json::from_str::<Value>(f).ok())
-        .and_then(|v| v.pointer("/room/include_leave").and_then(Value::as_bool))
-        .unwrap_or(false)
+/// `room.include_leave` of a filter (left rooms on an initial sync).
+fn include_leave(filter: &Value) -> bool {
+    filter.pointer("/room/include_leave").and_then(Value::as_bool).unwrap_or(false)
 }
 
 /// `GET /_matrix/client/v3/sync`: initial, incremental and long-polling sync.
@@ -77,8 +78,9 @@ pub(crate) async fn sync(
         None | Some("online" | "offline" | "unavailable") => {}
         Some(_) => return Err(MatrixError::invalid_param("set_presence must be online, offline or unavailable")),
     }
-    let limit = timeline_limit(q.filter.as_deref())?;
-    let include_leave = include_leave(q.filter.as_deref());
+    let filter = load_filter(&ctx, &user.user_id, q.filter.as_deref()).await?;
+    let limit = timeline_limit(&filter)?;
+    let include_leave = include_leave(&filter);
     let since = q
         .since
         .as_deref()
@@ -87,36 +89,105 @@ pub(crate) async fn sync(
 
     let deadline = Instant::now() + timeout;
     let mut position = ctx.position.clone();
+    let mut ad_position = ctx.account_data_position.clone();
     // A token from an instance further along: wait until this one has caught up, so the client never
     // sees time run backwards.
     if let Some(s) = since {
         let catch_up_deadline = deadline.max(Instant::now() + Duration::from_secs(10));
-        while position.borrow_and_update().0 < s.events {
-            if tokio::time::timeout_at(catch_up_deadline, position.changed()).await.is_err() {
+        while position.borrow_and_update().0 < s.events || ad_position.borrow_and_update().0 < s.account_data {
+            let changed = async {
+                tokio::select! {
+                    r = position.changed() => r,
+                    r = ad_position.changed() => r,
+                }
+            };
+            if !matches!(tokio::time::timeout_at(catch_up_deadline, changed).await, Ok(Ok(()))) {
                 break;
             }
         }
     }
     loop {
-        let now = position.borrow_and_update().0;
-        let upto = since.map_or(now, |s| now.max(s.events));
-        let (rooms, has_data) = build_rooms(&ctx, &user.user_id, since, upto, full_state, limit, include_leave).await?;
+        let next = SyncToken {
+            events: since.map_or(0, |s| s.events).max(position.borrow_and_update().0),
+            account_data: since.map_or(0, |s| s.account_data).max(ad_position.borrow_and_update().0),
+        };
+        let (mut rooms, mut has_data) =
+            build_rooms(&ctx, &user.user_id, since, next.events, full_state, limit, include_leave).await?;
+        let global = account_data(&ctx, &user.user_id, since, next, full_state, &mut rooms, &mut has_data).await?;
         if since.is_none() || full_state || has_data || Instant::now() >= deadline {
-            return Ok(Json(response(rooms, SyncToken { events: upto })));
+            return Ok(Json(response(rooms, global, next)));
         }
-        match tokio::time::timeout_at(deadline, position.changed()).await {
+        let changed = async {
+            tokio::select! {
+                r = position.changed() => r,
+                r = ad_position.changed() => r,
+            }
+        };
+        match tokio::time::timeout_at(deadline, changed).await {
             Ok(Ok(())) => continue,
-            // Timed out, or the follower stopped (shutdown): answer with what we have.
-            _ => return Ok(Json(response(rooms, SyncToken { events: upto }))),
+            // Timed out, or the followers stopped (shutdown): answer with what we have.
+            _ => return Ok(Json(response(rooms, global, next))),
         }
     }
 }
 
-fn response(rooms: Value, next: SyncToken) -> Value {
+/// Account data changed since the token: global entries are returned (for the top level), room
+/// entries go into `rooms.join.{room}.account_data` (adding the room when only that changed).
+/// An initial sync with no stored push rules gets the spec's defaults.
+async fn account_data(
+    ctx: &SyncContext,
+    user_id: &UserId,
+    since: Option<SyncToken>,
+    next: SyncToken,
+    full_state: bool,
+    rooms: &mut Value,
+    has_data: &mut bool,
+) -> Result<Vec<Value>, MatrixError> {
+    let after = if full_state { 0 } else { since.map_or(0, |s| s.account_data as i64) };
+    let entries = ctx.account_data.changed_for_user(user_id, after, next.account_data as i64).await?;
+    let mut global = Vec::new();
+    for e in entries {
+        let event =
+            json!({ "type": e.data_type, "content": serde_json::from_str::<Value>(&e.content).unwrap_or_default() });
+        if e.room_id.is_empty() {
+            global.push(event);
+            continue;
+        }
+        // Only rooms the user is in; account data of other rooms waits until they join.
+        if ctx
+            .events
+            .membership(<&ruma::RoomId>::try_from(e.room_id.as_str()).map_err(MatrixError::internal)?, user_id)
+            .await?
+            .as_deref()
+            != Some("join")
+        {
+            continue;
+        }
+        let room = &mut rooms["join"][e.room_id.as_str()];
+        if room.is_null() {
+            *room = joined_room(&[], false, Vec::new());
+        }
+        if let Some(list) = room["account_data"]["events"].as_array_mut() {
+            list.push(event);
+        }
+        *has_data = true;
+    }
+    if !global.is_empty() {
+        *has_data = true;
+    }
+    if since.is_none() && !global.iter().any(|e| e["type"] == "m.push_rules") {
+        global.push(
+            json!({ "type": "m.push_rules", "content": { "global": ruma::push::Ruleset::server_default(user_id) } }),
+        );
+    }
+    Ok(global)
+}
+
+fn response(rooms: Value, account_data: Vec<Value>, next: SyncToken) -> Value {
     json!({
         "next_batch": next.to_string(),
         "rooms": rooms,
-        "account_data": { "events": [] },
+        "account_data": { "events": account_data },
         "presence": { "events": [] },
         "to_device": { "events": [] },
         "device_lists": { "changed": [], "left": [] },
@@ -293,10 +364,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn timeline_limit_comes_from_inline_filters() {
-        assert_eq!(timeline_limit(None).unwrap(), DEFAULT_TIMELINE_LIMIT);
-        assert_eq!(timeline_limit(Some("{\"room\":{\"timeline\":{\"limit\":3}}}")).unwrap(), 3);
-        assert_eq!(timeline_limit(Some("5")).unwrap(), DEFAULT_TIMELINE_LIMIT, "stored filter ids use the default");
-        assert_eq!(timeline_limit(Some("{bad")).unwrap_err().errcode, "M_INVALID_PARAM");
+    fn timeline_limit_and_include_leave_come_from_the_filter() {
+        assert_eq!(timeline_limit(&json!({})).unwrap(), DEFAULT_TIMELINE_LIMIT);
+        assert_eq!(timeline_limit(&json!({"room": {"timeline": {"limit": 3}}})).unwrap(), 3);
+        assert_eq!(
+            timeline_limit(&json!({"room": {"timeline": {"limit": "x"}}})).unwrap_err().errcode,
+            "M_INVALID_PARAM"
+        );
+        assert!(include_leave(&json!({"room": {"include_leave": true}})));
+        assert!(!include_leave(&json!({})));
     }
 }
