@@ -290,3 +290,71 @@ async fn account_data_and_stored_filters_reach_sync() {
     let r = alice.call("GET", "/_matrix/client/v3/sync?filter=unknown", None).await.unwrap();
     assert_eq!((r.status, r.body["errcode"].as_str()), (400, Some("M_INVALID_PARAM")));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn to_device_messages_and_device_lists_reach_sync() {
+    let server = OneProcess::start().await.expect("server starts");
+    let alice = RawClient::register(&server.url, "alice").await.unwrap();
+    let bob = RawClient::register(&server.url, "bob").await.unwrap();
+    let room =
+        alice.call("POST", "/_matrix/client/v3/createRoom", Some(&json!({"preset": "public_chat"}))).await.unwrap();
+    let room_id = room.body["room_id"].as_str().unwrap().to_owned();
+    bob.call("POST", &format!("/_matrix/client/v3/rooms/{room_id}/join"), Some(&json!({}))).await.unwrap();
+    let s0 = alice.sync(None, 0).await.unwrap();
+    assert!(s0["device_one_time_keys_count"].is_object());
+    let since = s0["next_batch"].as_str().unwrap().to_owned();
+
+    // Bob's keys change: alice, who shares a room with him, hears of it; with them a message for
+    // every one of alice's devices.
+    let up = bob
+        .call(
+            "POST",
+            "/_matrix/client/v3/keys/upload",
+            Some(&json!({"one_time_keys": {"signed_curve25519:K1": {"key": "k"}}})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(up.body["one_time_key_counts"]["signed_curve25519"], 1);
+    let r = bob
+        .call(
+            "PUT",
+            "/_matrix/client/v3/sendToDevice/m.room_key_request/t1",
+            Some(&json!({"messages": {"@alice:localhost": {"*": {"n": 1}}}})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+    let s1 = alice.sync(Some(&since), 10_000).await.unwrap();
+    let td = s1["to_device"]["events"].as_array().unwrap();
+    assert_eq!(td.len(), 1, "{s1}");
+    assert_eq!(
+        (td[0]["sender"].as_str(), td[0]["type"].as_str()),
+        (Some("@bob:localhost"), Some("m.room_key_request"))
+    );
+
+    // The same `since` gets the message again (not acknowledged); the next token does not.
+    let again = alice.sync(Some(&since), 0).await.unwrap();
+    assert_eq!(again["to_device"]["events"].as_array().unwrap().len(), 1, "redelivered until acknowledged");
+    let next = s1["next_batch"].as_str().unwrap().to_owned();
+    let s2 = alice.sync(Some(&next), 0).await.unwrap();
+    assert!(s2["to_device"]["events"].as_array().unwrap().is_empty(), "{s2}");
+
+    // Device-list changes: bob's device rename reaches alice.
+    let next = s2["next_batch"].as_str().unwrap().to_owned();
+    let whoami = bob.call("GET", "/_matrix/client/v3/account/whoami", None).await.unwrap();
+    let bob_device = whoami.body["device_id"].as_str().unwrap().to_owned();
+    bob.call("PUT", &format!("/_matrix/client/v3/devices/{bob_device}"), Some(&json!({"display_name": "phone"})))
+        .await
+        .unwrap();
+    let s3 = alice.sync(Some(&next), 10_000).await.unwrap();
+    assert_eq!(s3["device_lists"]["changed"], json!(["@bob:localhost"]), "{s3}");
+    let changes = alice
+        .call(
+            "GET",
+            &format!("/_matrix/client/v3/keys/changes?from={next}&to={}", s3["next_batch"].as_str().unwrap()),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(changes.body["changed"], json!(["@bob:localhost"]));
+}

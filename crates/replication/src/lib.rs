@@ -41,11 +41,13 @@ mod stream;
 pub mod test_util;
 #[cfg(test)]
 mod testing;
+mod token;
 
 pub use bus::{Bus, CatchUpSource};
 pub use error::ReplicationError;
 pub use follower::{Follower, FollowerConfig};
 pub use in_process::InProcessBus;
 pub use redis_bus::RedisBus;
-pub use rows::{AccountDataRow, EventRow};
+pub use rows::{AccountDataRow, EventRow, UserRow};
 pub use stream::{StreamName, StreamPosition, StreamRow};
+pub use token::{InvalidToken, SyncToken};

@@ -125,6 +125,39 @@ impl AccountDataRow {
     }
 }
 
+/// A thin row naming a user (and device) whose data changed at a position, published on
+/// [`StreamName::ToDevice`] and [`StreamName::DeviceLists`]; readers fetch the data itself.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct UserRow {
+    /// Format version of this row (1).
+    #[prost(uint32, tag = "1")]
+    pub version: u32,
+    /// The row's position on its stream.
+    #[prost(uint64, tag = "2")]
+    pub position: u64,
+    /// The user concerned.
+    #[prost(string, tag = "3")]
+    pub user_id: String,
+    /// The device concerned, when the stream is per device.
+    #[prost(string, tag = "4")]
+    pub device_id: String,
+}
+
+impl UserRow {
+    /// The transport row for `stream`.
+    pub fn to_stream_row(&self, stream: StreamName) -> StreamRow {
+        StreamRow { stream, position: StreamPosition(self.position), payload: Bytes::from(self.encode_to_vec()) }
+    }
+
+    /// Decodes a payload.
+    ///
+    /// # Errors
+    /// When the bytes are not a `UserRow`.
+    pub fn decode_bytes(bytes: &[u8]) -> Result<Self, ReplicationError> {
+        Ok(Self::decode(bytes)?)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -71,6 +71,10 @@ stream_names! {
     Caches => "caches",
     /// Users' global and per-room account data, payload [`AccountDataRow`](crate::AccountDataRow).
     AccountData => "account_data",
+    /// To-device messages, payload [`UserRow`](crate::UserRow) naming the recipient device.
+    ToDevice => "to_device",
+    /// Changes to a user's devices or keys, payload [`UserRow`](crate::UserRow).
+    DeviceLists => "device_lists",
 }
 
 impl fmt::Display for StreamName {

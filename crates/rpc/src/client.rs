@@ -5,7 +5,7 @@ use std::time::Duration;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::v1::write_api_client::WriteApiClient;
-use crate::v1::{SendEventRequest, SendEventResponse, ServerInfoRequest, ServerInfoResponse};
+use crate::v1::{AckToDeviceRequest, SendEventRequest, SendEventResponse, ServerInfoRequest, ServerInfoResponse};
 
 /// The metadata key carrying the originating request id.
 pub const REQUEST_ID_METADATA: &str = "x-request-id";
@@ -86,5 +86,13 @@ impl MainClient {
     /// When `main` refuses the event or is unreachable.
     pub async fn send_event(&self, req: SendEventRequest, request_id: &str) -> Result<SendEventResponse, RpcError> {
         Ok(self.inner.clone().send_event(Self::request(req, request_id)).await?.into_inner())
+    }
+
+    /// `AckToDevice`: deletes a device's acknowledged to-device messages.
+    ///
+    /// # Errors
+    /// When `main` is unreachable or refuses.
+    pub async fn ack_to_device(&self, req: AckToDeviceRequest, request_id: &str) -> Result<u64, RpcError> {
+        Ok(self.inner.clone().ack_to_device(Self::request(req, request_id)).await?.into_inner().deleted)
     }
 }

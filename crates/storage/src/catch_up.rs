@@ -6,10 +6,17 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use ganglion_replication::{
     AccountDataRow, Bus, CatchUpSource, EventRow, Follower, ReplicationError, StreamName, StreamPosition, StreamRow,
+    UserRow,
 };
 use tokio::sync::watch;
 
-use crate::{AccountDataEntry, AccountDataStore, EventStore, PersistedEvent};
+use crate::{AccountDataEntry, AccountDataStore, E2eeStore, EventStore, PersistedEvent};
+
+/// A `to_device` or `device_lists` stream row.
+pub fn user_row(stream: StreamName, position: i64, user_id: &str, device_id: &str) -> StreamRow {
+    UserRow { version: 1, position: position as u64, user_id: user_id.to_owned(), device_id: device_id.to_owned() }
+        .to_stream_row(stream)
+}
 
 /// The `account_data` stream row for a write; like [`event_row`], the same bytes whether published
 /// live or rebuilt by catch-up.
@@ -52,13 +59,15 @@ pub fn event_row(ev: &PersistedEvent) -> StreamRow {
 pub struct DbCatchUp {
     events: EventStore,
     account_data: AccountDataStore,
+    e2ee: E2eeStore,
 }
 
 impl DbCatchUp {
     /// A source over `events`.
     pub fn new(events: EventStore) -> Arc<Self> {
         let account_data = AccountDataStore::new(events.db().clone());
-        Arc::new(Self { events, account_data })
+        let e2ee = E2eeStore::new(events.db().clone());
+        Arc::new(Self { events, account_data, e2ee })
     }
 }
 
@@ -87,6 +96,31 @@ impl CatchUpSource for DbCatchUp {
                     .map_err(|e| ReplicationError::Source(e.to_string()))?;
                 Ok(entries.iter().map(account_data_row).collect())
             }
+            StreamName::ToDevice => {
+                let messages = self
+                    .e2ee
+                    .to_device_after(after.0 as i64, limit as i64)
+                    .await
+                    .map_err(|e| ReplicationError::Source(e.to_string()))?;
+                // Acknowledged messages are deleted, which leaves holes; a consumer only needs to
+                // know how far the stream has moved, so the holes are filled with empty rows.
+                Ok(fill_holes(
+                    stream,
+                    after.0 as i64,
+                    messages.iter().map(|m| (m.position, m.user_id.clone(), m.device_id.clone())).collect(),
+                    &self.e2ee,
+                    limit,
+                )
+                .await?)
+            }
+            StreamName::DeviceLists => {
+                let changes = self
+                    .e2ee
+                    .device_changes_after(after.0 as i64, limit as i64)
+                    .await
+                    .map_err(|e| ReplicationError::Source(e.to_string()))?;
+                Ok(changes.iter().map(|(p, u)| user_row(stream, *p, u, "")).collect())
+            }
             // Nothing writes these streams durably yet.
             _ => Ok(Vec::new()),
         }
@@ -103,6 +137,18 @@ impl CatchUpSource for DbCatchUp {
             StreamName::AccountData => self
                 .account_data
                 .max_position()
+                .await
+                .map(|p| StreamPosition(p as u64))
+                .map_err(|e| ReplicationError::Source(e.to_string())),
+            StreamName::ToDevice => self
+                .e2ee
+                .max_to_device_position()
+                .await
+                .map(|p| StreamPosition(p as u64))
+                .map_err(|e| ReplicationError::Source(e.to_string())),
+            StreamName::DeviceLists => self
+                .e2ee
+                .max_device_list_position()
                 .await
                 .map(|p| StreamPosition(p as u64))
                 .map_err(|e| ReplicationError::Source(e.to_string())),
@@ -144,4 +190,35 @@ pub async fn follow_events(
     bus: Arc<dyn Bus>,
 ) -> crate::Result<(Follower, watch::Receiver<StreamPosition>)> {
     follow_stream(events, bus, StreamName::Events).await
+}
+
+/// Rows after `after` for a stream whose acknowledged rows are deleted: every position up to the
+/// last one found (or the stream's maximum, when nothing is left) gets a row, real or empty, so
+/// the follower sees a contiguous stream.
+async fn fill_holes(
+    stream: StreamName,
+    after: i64,
+    found: Vec<(i64, String, String)>,
+    e2ee: &E2eeStore,
+    limit: usize,
+) -> Result<Vec<StreamRow>, ReplicationError> {
+    let top = match found.last() {
+        Some((p, _, _)) => *p,
+        None => e2ee.max_to_device_position().await.map_err(|e| ReplicationError::Source(e.to_string()))?,
+    };
+    let mut rows = Vec::new();
+    let mut found = found.into_iter().peekable();
+    for pos in (after + 1)..=top {
+        if rows.len() >= limit {
+            break;
+        }
+        match found.peek() {
+            Some((p, _, _)) if *p == pos => {
+                let (p, u, d) = found.next().unwrap_or_default();
+                rows.push(user_row(stream, p, &u, &d));
+            }
+            _ => rows.push(user_row(stream, pos, "", "")),
+        }
+    }
+    Ok(rows)
 }

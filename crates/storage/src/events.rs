@@ -528,6 +528,21 @@ impl EventStore {
             .collect()
     }
 
+    /// Everyone who shares a joined room with `user_id` (the user included).
+    ///
+    /// # Errors
+    /// On database failure.
+    pub async fn users_sharing_rooms(&self, user_id: &UserId) -> Result<Vec<String>> {
+        Ok(sqlx::query_scalar(
+            "SELECT DISTINCT b.state_key FROM current_state a JOIN current_state b ON a.room_id = b.room_id
+             WHERE a.event_type = 'm.room.member' AND a.state_key = $1 AND a.membership = 'join'
+               AND b.event_type = 'm.room.member' AND b.membership = 'join' ORDER BY b.state_key",
+        )
+        .bind(user_id.as_str())
+        .fetch_all(self.db.pool())
+        .await?)
+    }
+
     /// The user IDs with `membership` in a room now.
     ///
     /// # Errors

@@ -30,10 +30,16 @@ const MIGRATIONS: &[Migration] = &[
         postgres: include_str!("../../../migrations/postgres/0004_account_data.sql"),
         sqlite: include_str!("../../../migrations/sqlite/0004_account_data.sql"),
     },
+    Migration {
+        version: 5,
+        name: "e2ee",
+        postgres: include_str!("../../../migrations/postgres/0005_e2ee.sql"),
+        sqlite: include_str!("../../../migrations/sqlite/0005_e2ee.sql"),
+    },
 ];
 
 /// The schema version this build reads and writes: the highest migration's version.
-pub const SCHEMA_VERSION: i64 = 4;
+pub const SCHEMA_VERSION: i64 = 5;
 
 /// How the database's schema compares with this build's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -315,4 +315,46 @@ impl UserStore {
         sqlx::query(sql).bind(user_id.as_str()).bind(value).execute(self.db.pool()).await?;
         Ok(())
     }
+
+    /// One device of a user.
+    ///
+    /// # Errors
+    /// On database failure.
+    pub async fn device(&self, user_id: &UserId, device_id: &str) -> Result<Option<DeviceInfo>> {
+        Ok(self.devices(user_id).await?.into_iter().find(|d| d.device_id.as_str() == device_id))
+    }
+
+    /// Renames a device. Returns whether it exists.
+    ///
+    /// # Errors
+    /// On database failure.
+    pub async fn rename_device(&self, user_id: &UserId, device_id: &str, display_name: Option<&str>) -> Result<bool> {
+        let res = sqlx::query("UPDATE devices SET display_name = $1 WHERE user_id = $2 AND device_id = $3")
+            .bind(display_name)
+            .bind(user_id.as_str())
+            .bind(device_id)
+            .execute(self.db.pool())
+            .await?;
+        Ok(res.rows_affected() > 0)
+    }
+
+    /// Deletes a device and logs its access tokens out. Returns whether it existed.
+    ///
+    /// # Errors
+    /// On database failure.
+    pub async fn delete_device(&self, user_id: &UserId, device_id: &str) -> Result<bool> {
+        let mut tx = self.db.pool().begin().await?;
+        sqlx::query("DELETE FROM access_tokens WHERE user_id = $1 AND device_id = $2")
+            .bind(user_id.as_str())
+            .bind(device_id)
+            .execute(&mut *tx)
+            .await?;
+        let res = sqlx::query("DELETE FROM devices WHERE user_id = $1 AND device_id = $2")
+            .bind(user_id.as_str())
+            .bind(device_id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(res.rows_affected() > 0)
+    }
 }

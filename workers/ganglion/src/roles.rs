@@ -114,6 +114,7 @@ async fn start_role(
     cfg: &Config,
     db: Db,
     bus: Arc<dyn Bus>,
+    main: &MainClient,
     health: &Health,
     routers: &mut RoleRouters,
 ) -> Result<(), Fatal> {
@@ -122,7 +123,7 @@ async fn start_role(
         Role::Main => unreachable!("main is started by start_main"),
         Role::Sync => {
             let max = Duration::from_millis(cfg.limits.max_sync_timeout_ms);
-            let state = ganglion_sync::SyncState::start(db, bus, max).await.map_err(&db_err)?;
+            let state = ganglion_sync::SyncState::start(db, bus, main.clone(), max).await.map_err(&db_err)?;
             watch_replication(health, state.position());
             routers.client.push(ganglion_sync::router(state));
         }
@@ -183,7 +184,7 @@ pub(crate) async fn serve(cfg: Config) -> Result<(), Fatal> {
     let mut routers = RoleRouters::default();
     routers.client.push(ganglion_main::router(main_state));
     for role in [Role::Sync, Role::FederationReader, Role::FederationSender, Role::Media, Role::Pusher] {
-        start_role(role, &cfg, db.clone(), bus.clone(), &health, &mut routers).await?;
+        start_role(role, &cfg, db.clone(), bus.clone(), &client, &health, &mut routers).await?;
     }
     announce_registration(&cfg);
     serve_listeners(&cfg, routers, "serve", health, metrics).await
@@ -246,7 +247,7 @@ pub(crate) async fn worker(cfg: Config, role: Role) -> Result<(), Fatal> {
                 cfg.server_name, info.server_name
             )));
         }
-        start_role(role, &cfg, db, bus, &health, &mut routers).await?;
+        start_role(role, &cfg, db, bus, &client, &health, &mut routers).await?;
     }
     tracing::info!(role = role.as_str(), "role started");
     serve_listeners(&cfg, routers, role.as_str(), health, metrics).await

@@ -2,8 +2,10 @@
 
 mod account;
 mod account_data;
+mod devices;
 mod directory;
 mod discovery;
+mod keys;
 mod membership;
 mod profile;
 mod room_state;
@@ -116,6 +118,19 @@ pub(crate) fn routes() -> Router<MainState> {
             .route(&format!("/_matrix/client/{v}/pushrules/"), get(account_data::get_push_rules))
             .route(&format!("/_matrix/client/{v}/pushrules"), get(account_data::get_push_rules))
             .route(&format!("/_matrix/client/{v}/pushrules/global/"), get(account_data::get_global_push_rules))
+            .route(&format!("/_matrix/client/{v}/devices"), get(devices::list))
+            .route(
+                &format!("/_matrix/client/{v}/devices/{{device_id}}"),
+                get(devices::get).put(devices::rename).delete(devices::delete),
+            )
+            .route(&format!("/_matrix/client/{v}/delete_devices"), post(devices::delete_many))
+            .route(&format!("/_matrix/client/{v}/keys/upload"), post(keys::upload))
+            .route(&format!("/_matrix/client/{v}/keys/query"), post(keys::query))
+            .route(&format!("/_matrix/client/{v}/keys/claim"), post(keys::claim))
+            .route(&format!("/_matrix/client/{v}/keys/changes"), get(keys::changes))
+            .route(&format!("/_matrix/client/{v}/keys/device_signing/upload"), post(keys::device_signing_upload))
+            .route(&format!("/_matrix/client/{v}/keys/signatures/upload"), post(keys::signatures_upload))
+            .route(&format!("/_matrix/client/{v}/sendToDevice/{{event_type}}/{{txn_id}}"), put(keys::send_to_device))
             .route(&format!("/_matrix/client/{v}/profile/{{user_id}}"), get(profile::get_profile))
             .route(
                 &format!("/_matrix/client/{v}/profile/{{user_id}}/{{field}}"),

@@ -2,7 +2,9 @@
 //! `main`'s own client endpoints.
 
 use ganglion_core::EventTemplate;
-use ganglion_rpc::v1::{SendEventRequest, SendEventResponse, ServerInfoRequest, ServerInfoResponse};
+use ganglion_rpc::v1::{
+    AckToDeviceRequest, AckToDeviceResponse, SendEventRequest, SendEventResponse, ServerInfoRequest, ServerInfoResponse,
+};
 use ganglion_rpc::{REQUEST_ID_METADATA, WriteApi, WriteApiServer};
 use ruma::{OwnedRoomId, OwnedUserId};
 use tonic::{Request, Response, Status};
@@ -78,5 +80,17 @@ impl WriteApi for WriteApiService {
             event_id: written.event_id.to_string(),
             position: written.position.max(0) as u64,
         }))
+    }
+
+    async fn ack_to_device(&self, req: Request<AckToDeviceRequest>) -> Result<Response<AckToDeviceResponse>, Status> {
+        let r = req.into_inner();
+        let user =
+            OwnedUserId::try_from(r.user_id.as_str()).map_err(|e| Status::invalid_argument(format!("user_id: {e}")))?;
+        let upto = i64::try_from(r.upto).map_err(|_| Status::invalid_argument("upto out of range"))?;
+        let deleted = self.state.keys.writer.ack(&user, &r.device_id, upto).await.map_err(|e| {
+            tracing::error!(error = %e, "storage failure acknowledging to-device messages");
+            Status::internal("storage failure")
+        })?;
+        Ok(Response::new(AckToDeviceResponse { deleted }))
     }
 }

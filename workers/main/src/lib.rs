@@ -6,6 +6,7 @@
 
 mod account_data_writer;
 mod client;
+mod e2ee_writer;
 mod grpc;
 mod password;
 mod writer;
@@ -61,6 +62,23 @@ pub(crate) struct UserData {
     server_name: OwnedServerName,
 }
 
+/// What device, key and to-device endpoints need.
+#[derive(Debug, Clone)]
+pub(crate) struct Keys {
+    users: UserStore,
+    e2ee: ganglion_storage::E2eeStore,
+    events: EventStore,
+    writer: Arc<e2ee_writer::E2eeWriter>,
+    hasher: PasswordHasherConfig,
+    server_name: OwnedServerName,
+}
+
+impl FromRef<MainState> for Keys {
+    fn from_ref(s: &MainState) -> Self {
+        s.keys.clone()
+    }
+}
+
 /// The state of the `main` role's router: small substates, one per area.
 #[derive(Debug, Clone)]
 pub struct MainState {
@@ -69,6 +87,7 @@ pub struct MainState {
     discovery: Discovery,
     rooms: Rooms,
     user_data: UserData,
+    keys: Keys,
 }
 
 impl FromRef<MainState> for UserData {
@@ -138,14 +157,23 @@ impl MainState {
         let events = EventStore::new(db.clone());
         let key = Arc::new(signing_key(&KeyStore::new(db.clone())).await?);
         let writer = Arc::new(EventWriter::new(events.clone(), bus.clone(), key, server_name.clone()).await?);
+        let hasher = PasswordHasherConfig::new(&config.password_hashing).map_err(StartError::Config)?;
         let account_data = ganglion_storage::AccountDataStore::new(db.clone());
         let user_data = UserData {
             users: users.clone(),
             store: account_data.clone(),
-            writer: Arc::new(account_data_writer::AccountDataWriter::new(account_data, bus).await?),
+            writer: Arc::new(account_data_writer::AccountDataWriter::new(account_data, bus.clone()).await?),
             server_name: server_name.clone(),
         };
-        let hasher = PasswordHasherConfig::new(&config.password_hashing).map_err(StartError::Config)?;
+        let e2ee = ganglion_storage::E2eeStore::new(db.clone());
+        let keys = Keys {
+            users: users.clone(),
+            e2ee: e2ee.clone(),
+            events: events.clone(),
+            writer: Arc::new(e2ee_writer::E2eeWriter::new(e2ee, bus).await?),
+            hasher: hasher.clone(),
+            server_name: server_name.clone(),
+        };
         let default_version = ruma::RoomVersionId::try_from(config.rooms.default_version.as_str())
             .map_err(|e| StartError::Config(format!("rooms.default_version: {e}")))?;
         let public_baseurl = config.public_baseurl.clone().unwrap_or_else(|| {
@@ -176,6 +204,7 @@ impl MainState {
             },
             rooms: Rooms { events, writer, default_version },
             user_data,
+            keys,
         })
     }
 

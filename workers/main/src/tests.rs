@@ -83,6 +83,8 @@ on_both_backends!(
     aliases_in_the_directory,
     account_data_tags_filters_and_push_rules,
     profiles_are_stored_and_copied_into_rooms,
+    devices_are_listed_renamed_and_deleted_behind_uia,
+    keys_upload_query_claim_and_to_device,
 );
 
 async fn registration_follows_uia_and_validates_usernames(backend: Backend) {
@@ -810,5 +812,183 @@ async fn profiles_are_stored_and_copied_into_rooms(backend: Backend) {
         assert!(tokio::time::Instant::now() < deadline, "member event not updated: {m}");
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
+    app.db.cleanup().await;
+}
+
+async fn login_device(app: &App, user: &str, device: &str) -> String {
+    let (s, b) = app
+        .call(
+            "POST",
+            "/_matrix/client/v3/login",
+            None,
+            Some(json!({"type": "m.login.password", "identifier": {"type": "m.id.user", "user": user}, "password": "pw", "device_id": device})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    b["access_token"].as_str().unwrap().to_owned()
+}
+
+async fn devices_are_listed_renamed_and_deleted_behind_uia(backend: Backend) {
+    let app = app(backend, |_| {}).await;
+    app.register("alice").await;
+    let phone = login_device(&app, "alice", "PHONE").await;
+    let laptop = login_device(&app, "alice", "LAPTOP").await;
+    let (_, b) = app.call("GET", "/_matrix/client/v3/devices", Some(&phone), None).await;
+    let ids: Vec<&str> = b["devices"].as_array().unwrap().iter().filter_map(|d| d["device_id"].as_str()).collect();
+    assert!(ids.contains(&"PHONE") && ids.contains(&"LAPTOP"), "{ids:?}");
+    let (s, _) = app
+        .call("PUT", "/_matrix/client/v3/devices/LAPTOP", Some(&phone), Some(json!({"display_name": "Work laptop"})))
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let (_, b) = app.call("GET", "/_matrix/client/v3/devices/LAPTOP", Some(&phone), None).await;
+    assert_eq!(b["display_name"], "Work laptop");
+    let (s, _) = app.call("GET", "/_matrix/client/v3/devices/NOPE", Some(&phone), None).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+
+    // Deleting needs the password, through UIA.
+    let (s, b) = app.call("DELETE", "/_matrix/client/v3/devices/LAPTOP", Some(&phone), None).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    assert_eq!(b["flows"][0]["stages"][0], "m.login.password");
+    let session = b["session"].as_str().unwrap().to_owned();
+    let wrong = json!({"auth": {"type": "m.login.password", "identifier": {"type": "m.id.user", "user": "alice"}, "password": "nope", "session": session}});
+    let (s, b) = app.call("DELETE", "/_matrix/client/v3/devices/LAPTOP", Some(&phone), Some(wrong)).await;
+    assert_eq!((s, b["errcode"].as_str()), (StatusCode::UNAUTHORIZED, Some("M_FORBIDDEN")));
+    let right = json!({"auth": {"type": "m.login.password", "identifier": {"type": "m.id.user", "user": "@alice:localhost"}, "password": "pw", "session": session}});
+    let (s, b) = app.call("DELETE", "/_matrix/client/v3/devices/LAPTOP", Some(&phone), Some(right.clone())).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let (s, b) = app.call("GET", "/_matrix/client/v3/account/whoami", Some(&laptop), None).await;
+    assert_eq!(
+        (s, b["errcode"].as_str()),
+        (StatusCode::UNAUTHORIZED, Some("M_UNKNOWN_TOKEN")),
+        "the deleted device is logged out"
+    );
+    let mut many = right;
+    many["devices"] = json!(["PHONE"]);
+    let (s, _) = app.call("POST", "/_matrix/client/v3/delete_devices", Some(&phone), Some(many)).await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, _) = app.call("GET", "/_matrix/client/v3/devices", Some(&phone), None).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    app.db.cleanup().await;
+}
+
+/// Signed device keys as a client makes them.
+fn device_keys(user: &str, device: &str) -> (Value, ruma::signatures::Ed25519KeyPair) {
+    use base64::Engine as _;
+    let pair =
+        ruma::signatures::Ed25519KeyPair::from_der(&ruma::signatures::Ed25519KeyPair::generate(), device.to_owned())
+            .unwrap();
+    let public = base64::engine::general_purpose::STANDARD_NO_PAD.encode(pair.public_key());
+    let mut keys: ruma::CanonicalJsonObject = serde_json::from_value(json!({
+        "user_id": user,
+        "device_id": device,
+        "algorithms": ["m.olm.v1.curve25519-aes-sha2", "m.megolm.v1.aes-sha2"],
+        "keys": { format!("curve25519:{device}"): "Y3VydmU", format!("ed25519:{device}"): public },
+    }))
+    .unwrap();
+    ruma::signatures::sign_json(user, &pair, &mut keys).unwrap();
+    (serde_json::to_value(keys).unwrap(), pair)
+}
+
+async fn keys_upload_query_claim_and_to_device(backend: Backend) {
+    let app = app(backend, |_| {}).await;
+    app.register("alice").await;
+    app.register("bob").await;
+    let alice = login_device(&app, "alice", "ALICEDEV").await;
+    let bob = login_device(&app, "bob", "BOBDEV").await;
+    let (keys, _) = device_keys("@alice:localhost", "ALICEDEV");
+    let upload = json!({
+        "device_keys": keys,
+        "one_time_keys": { "signed_curve25519:AAA": {"key": "a"}, "signed_curve25519:AAB": {"key": "b"} },
+        "fallback_keys": { "signed_curve25519:FFF": {"key": "f", "fallback": true} },
+    });
+    let (s, b) = app.call("POST", "/_matrix/client/v3/keys/upload", Some(&alice), Some(upload)).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    assert_eq!(b["one_time_key_counts"]["signed_curve25519"], 2);
+
+    // A bad signature, or keys for another device, are refused.
+    let (mut forged, _) = device_keys("@alice:localhost", "ALICEDEV");
+    forged["algorithms"] = json!(["tampered"]);
+    let (s, b) =
+        app.call("POST", "/_matrix/client/v3/keys/upload", Some(&alice), Some(json!({"device_keys": forged}))).await;
+    assert_eq!((s, b["errcode"].as_str()), (StatusCode::BAD_REQUEST, Some("M_BAD_JSON")), "{b}");
+    let (other, _) = device_keys("@alice:localhost", "OTHER");
+    let (s, _) =
+        app.call("POST", "/_matrix/client/v3/keys/upload", Some(&alice), Some(json!({"device_keys": other}))).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+
+    let (s, b) = app
+        .call(
+            "POST",
+            "/_matrix/client/v3/keys/query",
+            Some(&bob),
+            Some(json!({"device_keys": {"@alice:localhost": [], "@carol:remote.example": []}})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(b["device_keys"]["@alice:localhost"]["ALICEDEV"]["device_id"], "ALICEDEV");
+    assert!(b["failures"]["remote.example"].is_object(), "remote users are failures until federation: {b}");
+
+    let claim = json!({"one_time_keys": {"@alice:localhost": {"ALICEDEV": "signed_curve25519"}}});
+    let mut claimed = Vec::new();
+    for _ in 0..3 {
+        let (_, b) = app.call("POST", "/_matrix/client/v3/keys/claim", Some(&bob), Some(claim.clone())).await;
+        let keys = b["one_time_keys"]["@alice:localhost"]["ALICEDEV"].as_object().unwrap().clone();
+        claimed.push(keys.keys().next().unwrap().clone());
+    }
+    assert_eq!(
+        claimed,
+        vec!["signed_curve25519:AAA", "signed_curve25519:AAB", "signed_curve25519:FFF"],
+        "one-time keys, then the fallback"
+    );
+
+    // Cross-signing: first upload free, replacement behind UIA.
+    let master = json!({"user_id": "@alice:localhost", "usage": ["master"], "keys": {"ed25519:master1": "bWFzdGVy"}});
+    let (s, b) = app
+        .call(
+            "POST",
+            "/_matrix/client/v3/keys/device_signing/upload",
+            Some(&alice),
+            Some(json!({"master_key": master})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let master2 =
+        json!({"user_id": "@alice:localhost", "usage": ["master"], "keys": {"ed25519:master2": "bWFzdGVyMg"}});
+    let (s, _) = app
+        .call(
+            "POST",
+            "/_matrix/client/v3/keys/device_signing/upload",
+            Some(&alice),
+            Some(json!({"master_key": master2})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    let (_, b) = app
+        .call(
+            "POST",
+            "/_matrix/client/v3/keys/query",
+            Some(&bob),
+            Some(json!({"device_keys": {"@alice:localhost": []}})),
+        )
+        .await;
+    assert_eq!(b["master_keys"]["@alice:localhost"]["keys"]["ed25519:master1"], "bWFzdGVy");
+    let sigs = json!({"@alice:localhost": {"ALICEDEV": {"signatures": {"@alice:localhost": {"ed25519:master1": "c2ln"}}}, "NOPE": {}}});
+    let (s, b) = app.call("POST", "/_matrix/client/v3/keys/signatures/upload", Some(&alice), Some(sigs)).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(b["failures"]["@alice:localhost"]["NOPE"]["errcode"], "M_NOT_FOUND");
+
+    // To-device: idempotent per txn id; * reaches every device.
+    let msg = json!({"messages": {"@alice:localhost": {"*": {"hello": 1}}}});
+    let (s, _) = app.call("PUT", "/_matrix/client/v3/sendToDevice/m.test/t1", Some(&bob), Some(msg.clone())).await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, _) = app.call("PUT", "/_matrix/client/v3/sendToDevice/m.test/t1", Some(&bob), Some(msg)).await;
+    assert_eq!(s, StatusCode::OK);
+    let queued = ganglion_storage::E2eeStore::new(app.db.db.clone());
+    let inbox =
+        queued.to_device_for(&ruma::owned_user_id!("@alice:localhost"), "ALICEDEV", i64::MAX, 100).await.unwrap();
+    assert_eq!(inbox.len(), 1, "the retried transaction queued nothing more");
+    assert_eq!((inbox[0].sender.as_str(), inbox[0].event_type.as_str()), ("@bob:localhost", "m.test"));
+    let (s, _) = app.call("GET", "/_matrix/client/v3/keys/changes?from=g1_e0&to=bad", Some(&bob), None).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
     app.db.cleanup().await;
 }

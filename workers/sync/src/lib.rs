@@ -9,7 +9,6 @@
 //! Depends on the shared crates; never on another worker crate.
 
 mod sync_v3;
-mod token;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,20 +18,53 @@ use axum::extract::FromRef;
 use axum::routing::get;
 use ganglion_http::Authenticator;
 use ganglion_replication::{Bus, Follower, StreamName, StreamPosition};
-use ganglion_storage::{AccountDataStore, Db, EventStore, UserStore, follow_stream};
+use ganglion_rpc::MainClient;
+use ganglion_storage::{AccountDataStore, Db, E2eeStore, EventStore, UserStore, follow_stream};
 use tokio::sync::watch;
 
-pub use token::SyncToken;
+pub use ganglion_replication::SyncToken;
 
 /// What `/sync` handlers need.
 #[derive(Clone)]
 pub(crate) struct SyncContext {
     events: EventStore,
     account_data: AccountDataStore,
+    e2ee: E2eeStore,
     users: UserStore,
-    position: watch::Receiver<StreamPosition>,
-    account_data_position: watch::Receiver<StreamPosition>,
+    positions: Positions,
+    main: MainClient,
     max_timeout: Duration,
+}
+
+/// Where this instance stands on each stream a sync token names.
+#[derive(Clone)]
+pub(crate) struct Positions {
+    events: watch::Receiver<StreamPosition>,
+    account_data: watch::Receiver<StreamPosition>,
+    to_device: watch::Receiver<StreamPosition>,
+    device_lists: watch::Receiver<StreamPosition>,
+}
+
+impl Positions {
+    /// The current positions, marking them seen for [`Positions::changed`].
+    pub(crate) fn current(&mut self) -> SyncToken {
+        SyncToken {
+            events: self.events.borrow_and_update().0,
+            account_data: self.account_data.borrow_and_update().0,
+            to_device: self.to_device.borrow_and_update().0,
+            device_lists: self.device_lists.borrow_and_update().0,
+        }
+    }
+
+    /// Resolves when any stream moves; errors when the followers stopped.
+    pub(crate) async fn changed(&mut self) -> Result<(), watch::error::RecvError> {
+        tokio::select! {
+            r = self.events.changed() => r,
+            r = self.account_data.changed() => r,
+            r = self.to_device.changed() => r,
+            r = self.device_lists.changed() => r,
+        }
+    }
 }
 
 /// The sync role's state.
@@ -41,7 +73,7 @@ pub struct SyncState {
     auth: Authenticator,
     sync: SyncContext,
     // Keeps the stream followers alive as long as any router clone lives.
-    _followers: Arc<[Follower; 2]>,
+    _followers: Arc<Vec<Follower>>,
 }
 
 impl std::fmt::Debug for SyncState {
@@ -66,29 +98,44 @@ impl SyncState {
     ///
     /// # Errors
     /// When the database cannot be read.
-    pub async fn start(db: Db, bus: Arc<dyn Bus>, max_timeout: Duration) -> Result<Self, ganglion_storage::Error> {
+    pub async fn start(
+        db: Db,
+        bus: Arc<dyn Bus>,
+        main: MainClient,
+        max_timeout: Duration,
+    ) -> Result<Self, ganglion_storage::Error> {
         let events = EventStore::new(db.clone());
-        let (events_follower, position) = follow_stream(&events, bus.clone(), StreamName::Events).await?;
-        let (account_data_follower, account_data_position) =
-            follow_stream(&events, bus, StreamName::AccountData).await?;
+        let mut followers = Vec::new();
+        let mut follow = async |stream| -> Result<watch::Receiver<StreamPosition>, ganglion_storage::Error> {
+            let (f, p) = follow_stream(&events, bus.clone(), stream).await?;
+            followers.push(f);
+            Ok(p)
+        };
+        let positions = Positions {
+            events: follow(StreamName::Events).await?,
+            account_data: follow(StreamName::AccountData).await?,
+            to_device: follow(StreamName::ToDevice).await?,
+            device_lists: follow(StreamName::DeviceLists).await?,
+        };
         let users = UserStore::new(db.clone());
         Ok(Self {
             auth: Authenticator::new(users.clone()),
             sync: SyncContext {
                 events,
-                account_data: AccountDataStore::new(db),
+                account_data: AccountDataStore::new(db.clone()),
+                e2ee: E2eeStore::new(db),
                 users,
-                position,
-                account_data_position,
+                positions,
+                main,
                 max_timeout,
             },
-            _followers: Arc::new([events_follower, account_data_follower]),
+            _followers: Arc::new(followers),
         })
     }
 
     /// The position this instance has reached on the `events` stream.
     pub fn position(&self) -> watch::Receiver<StreamPosition> {
-        self.sync.position.clone()
+        self.sync.positions.events.clone()
     }
 }
 

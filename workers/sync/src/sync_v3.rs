@@ -88,47 +88,121 @@ pub(crate) async fn sync(
         .transpose()?;
 
     let deadline = Instant::now() + timeout;
-    let mut position = ctx.position.clone();
-    let mut ad_position = ctx.account_data_position.clone();
+    let mut positions = ctx.positions.clone();
     // A token from an instance further along: wait until this one has caught up, so the client never
     // sees time run backwards.
     if let Some(s) = since {
         let catch_up_deadline = deadline.max(Instant::now() + Duration::from_secs(10));
-        while position.borrow_and_update().0 < s.events || ad_position.borrow_and_update().0 < s.account_data {
-            let changed = async {
-                tokio::select! {
-                    r = position.changed() => r,
-                    r = ad_position.changed() => r,
-                }
-            };
-            if !matches!(tokio::time::timeout_at(catch_up_deadline, changed).await, Ok(Ok(()))) {
+        loop {
+            let now = positions.current();
+            if now.events >= s.events
+                && now.account_data >= s.account_data
+                && now.to_device >= s.to_device
+                && now.device_lists >= s.device_lists
+            {
+                break;
+            }
+            if !matches!(tokio::time::timeout_at(catch_up_deadline, positions.changed()).await, Ok(Ok(()))) {
                 break;
             }
         }
+        // The client has everything up to `since` from its to-device inbox: main may delete it.
+        if s.to_device > 0 {
+            acknowledge_to_device(&ctx, &user, s.to_device);
+        }
     }
     loop {
-        let next = SyncToken {
-            events: since.map_or(0, |s| s.events).max(position.borrow_and_update().0),
-            account_data: since.map_or(0, |s| s.account_data).max(ad_position.borrow_and_update().0),
+        let now = positions.current();
+        let mut next = match since {
+            Some(s) => SyncToken {
+                events: s.events.max(now.events),
+                account_data: s.account_data.max(now.account_data),
+                to_device: s.to_device.max(now.to_device),
+                device_lists: s.device_lists.max(now.device_lists),
+            },
+            None => now,
         };
         let (mut rooms, mut has_data) =
             build_rooms(&ctx, &user.user_id, since, next.events, full_state, limit, include_leave).await?;
         let global = account_data(&ctx, &user.user_id, since, next, full_state, &mut rooms, &mut has_data).await?;
+        let e2ee = e2ee_sections(&ctx, &user, since, &mut next, &mut has_data).await?;
         if since.is_none() || full_state || has_data || Instant::now() >= deadline {
-            return Ok(Json(response(rooms, global, next)));
+            return Ok(Json(response(rooms, global, e2ee, next)));
         }
-        let changed = async {
-            tokio::select! {
-                r = position.changed() => r,
-                r = ad_position.changed() => r,
-            }
-        };
-        match tokio::time::timeout_at(deadline, changed).await {
+        match tokio::time::timeout_at(deadline, positions.changed()).await {
             Ok(Ok(())) => continue,
             // Timed out, or the followers stopped (shutdown): answer with what we have.
-            _ => return Ok(Json(response(rooms, global, next))),
+            _ => return Ok(Json(response(rooms, global, e2ee, next))),
         }
     }
+}
+
+/// Asks main, in the background, to delete to-device messages the client has acknowledged.
+fn acknowledge_to_device(ctx: &SyncContext, user: &AuthUser, upto: u64) {
+    let main = ctx.main.clone();
+    let req = ganglion_rpc::v1::AckToDeviceRequest {
+        user_id: user.user_id.to_string(),
+        device_id: user.device_id.to_string(),
+        upto,
+    };
+    tokio::spawn(async move {
+        // Best effort: unacknowledged messages are simply delivered again.
+        if let Err(e) = main.ack_to_device(req, "").await {
+            tracing::debug!(error = %e, "could not acknowledge to-device messages");
+        }
+    });
+}
+
+/// How many to-device messages one sync delivers; the rest wait for the next.
+const TO_DEVICE_LIMIT: i64 = 100;
+
+/// The end-to-end encryption parts of a sync response: to-device messages for this device (up
+/// to a limit; `next.to_device` then stops at the last one delivered), device-list changes of
+/// users sharing a room, and the device's key counts.
+async fn e2ee_sections(
+    ctx: &SyncContext,
+    user: &AuthUser,
+    since: Option<SyncToken>,
+    next: &mut SyncToken,
+    has_data: &mut bool,
+) -> Result<Value, MatrixError> {
+    let device = user.device_id.as_str();
+    let messages = ctx.e2ee.to_device_for(&user.user_id, device, next.to_device as i64, TO_DEVICE_LIMIT).await?;
+    // Messages at or below `since` were delivered before and are being deleted; send again only
+    // those the client has not acknowledged.
+    let after = since.map_or(0, |s| s.to_device as i64);
+    let fresh: Vec<_> = messages.iter().filter(|m| m.position > after).collect();
+    if messages.len() as i64 >= TO_DEVICE_LIMIT
+        && let Some(last) = messages.last()
+    {
+        next.to_device = last.position as u64;
+    }
+    let to_device: Vec<Value> = fresh
+        .iter()
+        .map(|m| json!({ "sender": m.sender, "type": m.event_type, "content": serde_json::from_str::<Value>(&m.content).unwrap_or_default() }))
+        .collect();
+    let mut changed = Vec::new();
+    if let Some(s) = since
+        && next.device_lists > s.device_lists
+    {
+        let users = ctx.e2ee.users_with_device_changes(s.device_lists as i64, next.device_lists as i64).await?;
+        if !users.is_empty() {
+            let sharing = ctx.events.users_sharing_rooms(&user.user_id).await?;
+            changed = users.into_iter().filter(|u| sharing.contains(u) || u == user.user_id.as_str()).collect();
+        }
+    }
+    if !to_device.is_empty() || !changed.is_empty() {
+        *has_data = true;
+    }
+    let counts: serde_json::Map<String, Value> =
+        ctx.e2ee.one_time_key_counts(&user.user_id, device).await?.into_iter().map(|(a, n)| (a, json!(n))).collect();
+    let fallback = ctx.e2ee.unused_fallback_algorithms(&user.user_id, device).await?;
+    Ok(json!({
+        "to_device": { "events": to_device },
+        "device_lists": { "changed": changed, "left": [] },
+        "device_one_time_keys_count": counts,
+        "device_unused_fallback_key_types": fallback,
+    }))
 }
 
 /// Account data changed since the token: global entries are returned (for the top level), room
@@ -183,16 +257,17 @@ async fn account_data(
     Ok(global)
 }
 
-fn response(rooms: Value, account_data: Vec<Value>, next: SyncToken) -> Value {
-    json!({
+fn response(rooms: Value, account_data: Vec<Value>, e2ee: Value, next: SyncToken) -> Value {
+    let mut body = json!({
         "next_batch": next.to_string(),
         "rooms": rooms,
         "account_data": { "events": account_data },
         "presence": { "events": [] },
-        "to_device": { "events": [] },
-        "device_lists": { "changed": [], "left": [] },
-        "device_one_time_keys_count": {},
-    })
+    });
+    if let (Some(b), Value::Object(e)) = (body.as_object_mut(), e2ee) {
+        b.extend(e);
+    }
+    body
 }
 
 fn sync_event(e: &PersistedEvent) -> Value {
