@@ -358,3 +358,123 @@ async fn to_device_messages_and_device_lists_reach_sync() {
         .unwrap();
     assert_eq!(changes.body["changed"], json!(["@bob:localhost"]));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn receipts_typing_and_read_markers_reach_sync() {
+    let server = OneProcess::start().await.expect("server starts");
+    let alice = RawClient::register(&server.url, "alice").await.unwrap();
+    let bob = RawClient::register(&server.url, "bob").await.unwrap();
+    let room =
+        alice.call("POST", "/_matrix/client/v3/createRoom", Some(&json!({"preset": "public_chat"}))).await.unwrap();
+    let room_id = room.body["room_id"].as_str().unwrap().to_owned();
+    bob.call("POST", &format!("/_matrix/client/v3/rooms/{room_id}/join"), Some(&json!({}))).await.unwrap();
+    let sent = bob
+        .call(
+            "PUT",
+            &format!("/_matrix/client/v3/rooms/{room_id}/send/m.room.message/r1"),
+            Some(&json!({"msgtype": "m.text", "body": "read me"})),
+        )
+        .await
+        .unwrap();
+    let event_id = sent.body["event_id"].as_str().unwrap().to_owned();
+    let since = bob.sync(None, 0).await.unwrap()["next_batch"].as_str().unwrap().to_owned();
+
+    // A public receipt reaches bob; a private one does not.
+    let r = alice
+        .call(
+            "POST",
+            &format!("/_matrix/client/v3/rooms/{room_id}/receipt/m.read.private/{event_id}"),
+            Some(&json!({})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{r:?}");
+    let r = alice
+        .call(
+            "POST",
+            &format!("/_matrix/client/v3/rooms/{room_id}/receipt/m.read/{event_id}"),
+            Some(&json!({"thread_id": "main"})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{r:?}");
+    let r = alice
+        .call("POST", &format!("/_matrix/client/v3/rooms/{room_id}/receipt/m.bogus/{event_id}"), Some(&json!({})))
+        .await
+        .unwrap();
+    assert_eq!((r.status, r.body["errcode"].as_str()), (400, Some("M_INVALID_PARAM")));
+    let r = alice
+        .call("POST", &format!("/_matrix/client/v3/rooms/{room_id}/receipt/m.read/$nope"), Some(&json!({})))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 404);
+    let s1 = bob.sync(Some(&since), 10_000).await.unwrap();
+    let eph = s1["rooms"]["join"][room_id.as_str()]["ephemeral"]["events"].as_array().unwrap().clone();
+    let receipt = eph.iter().find(|e| e["type"] == "m.receipt").expect("a receipt");
+    let by_alice = &receipt["content"][event_id.as_str()];
+    assert_eq!(by_alice["m.read"]["@alice:localhost"]["thread_id"], "main", "{receipt}");
+    assert!(by_alice.get("m.read.private").is_none(), "private receipts stay private: {receipt}");
+    let own = alice.sync(None, 0).await.unwrap();
+    let own_eph = own["rooms"]["join"][room_id.as_str()]["ephemeral"]["events"].to_string();
+    assert!(own_eph.contains("m.read.private"), "the owner sees their private receipt: {own_eph}");
+
+    // Typing: shown, then gone when it times out.
+    let since = s1["next_batch"].as_str().unwrap().to_owned();
+    let r = alice
+        .call(
+            "PUT",
+            &format!("/_matrix/client/v3/rooms/{room_id}/typing/@alice:localhost"),
+            Some(&json!({"typing": true, "timeout": 1500})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+    let r = alice
+        .call(
+            "PUT",
+            &format!("/_matrix/client/v3/rooms/{room_id}/typing/@bob:localhost"),
+            Some(&json!({"typing": true})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 403, "nobody types for someone else");
+    let s2 = bob.sync(Some(&since), 10_000).await.unwrap();
+    let typing = s2["rooms"]["join"][room_id.as_str()]["ephemeral"]["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["type"] == "m.typing")
+        .cloned()
+        .unwrap();
+    assert_eq!(typing["content"]["user_ids"], json!(["@alice:localhost"]));
+    let since = s2["next_batch"].as_str().unwrap().to_owned();
+    let s3 = bob.sync(Some(&since), 10_000).await.unwrap();
+    let typing = s3["rooms"]["join"][room_id.as_str()]["ephemeral"]["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["type"] == "m.typing")
+        .cloned()
+        .unwrap();
+    assert_eq!(typing["content"]["user_ids"], json!([]), "the notification expired");
+
+    // read_markers sets m.fully_read room account data.
+    let r = alice
+        .call(
+            "POST",
+            &format!("/_matrix/client/v3/rooms/{room_id}/read_markers"),
+            Some(&json!({"m.fully_read": event_id, "m.read": event_id})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{r:?}");
+    let data = alice
+        .call(
+            "GET",
+            &format!("/_matrix/client/v3/user/@alice:localhost/rooms/{room_id}/account_data/m.fully_read"),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(data.body["event_id"], json!(event_id));
+}

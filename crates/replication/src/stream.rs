@@ -75,6 +75,10 @@ stream_names! {
     ToDevice => "to_device",
     /// Changes to a user's devices or keys, payload [`UserRow`](crate::UserRow).
     DeviceLists => "device_lists",
+    /// Read receipts, payload [`UserRow`](crate::UserRow) (user, and the room in `device_id`).
+    Receipts => "receipts",
+    /// Typing notifications, payload [`UserRow`](crate::UserRow) (the room in `device_id`).
+    Typing => "typing",
 }
 
 impl fmt::Display for StreamName {

@@ -1,5 +1,5 @@
 //! Sync tokens: the vector of stream positions a client has seen, opaque to clients:
-//! `g1_e{events}.a{account_data}.t{to_device}.d{device_lists}`. A part a token lacks (a token from
+//! `g1_e{events}.a{account_data}.t{to_device}.d{device_lists}.r{receipts}.y{typing}`. A part a token lacks (a token from
 //! before that stream existed) reads as 0; parts this build does not know are skipped, so tokens
 //! survive rolling upgrades both ways. Lives here, beside the streams, because every role that
 //! reads or writes tokens (sync, `/keys/changes` on main) must agree on it.
@@ -18,11 +18,19 @@ pub struct SyncToken {
     pub to_device: u64,
     /// Position on the `device_lists` stream.
     pub device_lists: u64,
+    /// Position on the `receipts` stream.
+    pub receipts: u64,
+    /// Position on the `typing` stream.
+    pub typing: u64,
 }
 
 impl fmt::Display for SyncToken {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "g1_e{}.a{}.t{}.d{}", self.events, self.account_data, self.to_device, self.device_lists)
+        write!(
+            f,
+            "g1_e{}.a{}.t{}.d{}.r{}.y{}",
+            self.events, self.account_data, self.to_device, self.device_lists, self.receipts, self.typing
+        )
     }
 }
 
@@ -45,6 +53,8 @@ impl FromStr for SyncToken {
                 'a' => t.account_data = value()?,
                 't' => t.to_device = value()?,
                 'd' => t.device_lists = value()?,
+                'r' => t.receipts = value()?,
+                'y' => t.typing = value()?,
                 // Unknown parts come from newer instances during a rolling upgrade: skip them.
                 _ => {}
             }
@@ -60,10 +70,10 @@ mod tests {
 
     #[test]
     fn round_trips_and_rejects_garbage() {
-        let t = SyncToken { events: 42, account_data: 3, to_device: 7, device_lists: 1 };
-        assert_eq!(t.to_string(), "g1_e42.a3.t7.d1");
-        assert_eq!("g1_e42.a3.t7.d1".parse::<SyncToken>(), Ok(t));
-        assert_eq!("g1_e42.a3.t7.d1.x7".parse::<SyncToken>(), Ok(t), "unknown parts are skipped");
+        let t = SyncToken { events: 42, account_data: 3, to_device: 7, device_lists: 1, receipts: 5, typing: 9 };
+        assert_eq!(t.to_string(), "g1_e42.a3.t7.d1.r5.y9");
+        assert_eq!("g1_e42.a3.t7.d1.r5.y9".parse::<SyncToken>(), Ok(t));
+        assert_eq!("g1_e42.a3.t7.d1.r5.y9.x7".parse::<SyncToken>(), Ok(t), "unknown parts are skipped");
         assert_eq!(
             "g1_e42".parse::<SyncToken>(),
             Ok(SyncToken { events: 42, ..SyncToken::default() }),

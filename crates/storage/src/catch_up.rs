@@ -10,7 +10,7 @@ use ganglion_replication::{
 };
 use tokio::sync::watch;
 
-use crate::{AccountDataEntry, AccountDataStore, E2eeStore, EventStore, PersistedEvent};
+use crate::{AccountDataEntry, AccountDataStore, E2eeStore, EphemeralStore, EventStore, PersistedEvent};
 
 /// A `to_device` or `device_lists` stream row.
 pub fn user_row(stream: StreamName, position: i64, user_id: &str, device_id: &str) -> StreamRow {
@@ -60,6 +60,7 @@ pub struct DbCatchUp {
     events: EventStore,
     account_data: AccountDataStore,
     e2ee: E2eeStore,
+    ephemeral: EphemeralStore,
 }
 
 impl DbCatchUp {
@@ -67,7 +68,8 @@ impl DbCatchUp {
     pub fn new(events: EventStore) -> Arc<Self> {
         let account_data = AccountDataStore::new(events.db().clone());
         let e2ee = E2eeStore::new(events.db().clone());
-        Arc::new(Self { events, account_data, e2ee })
+        let ephemeral = EphemeralStore::new(events.db().clone());
+        Arc::new(Self { events, account_data, e2ee, ephemeral })
     }
 }
 
@@ -121,6 +123,22 @@ impl CatchUpSource for DbCatchUp {
                     .map_err(|e| ReplicationError::Source(e.to_string()))?;
                 Ok(changes.iter().map(|(p, u)| user_row(stream, *p, u, "")).collect())
             }
+            StreamName::Receipts => {
+                let receipts = self
+                    .ephemeral
+                    .receipts_after(after.0 as i64, limit as i64)
+                    .await
+                    .map_err(|e| ReplicationError::Source(e.to_string()))?;
+                Ok(receipts.iter().map(|r| user_row(stream, r.position, &r.user_id, &r.room_id)).collect())
+            }
+            StreamName::Typing => {
+                let rows = self
+                    .ephemeral
+                    .typing_after(after.0 as i64, limit as i64)
+                    .await
+                    .map_err(|e| ReplicationError::Source(e.to_string()))?;
+                Ok(rows.iter().map(|(p, room)| user_row(stream, *p, "", room)).collect())
+            }
             // Nothing writes these streams durably yet.
             _ => Ok(Vec::new()),
         }
@@ -149,6 +167,18 @@ impl CatchUpSource for DbCatchUp {
             StreamName::DeviceLists => self
                 .e2ee
                 .max_device_list_position()
+                .await
+                .map(|p| StreamPosition(p as u64))
+                .map_err(|e| ReplicationError::Source(e.to_string())),
+            StreamName::Receipts => self
+                .ephemeral
+                .max_receipt_position()
+                .await
+                .map(|p| StreamPosition(p as u64))
+                .map_err(|e| ReplicationError::Source(e.to_string())),
+            StreamName::Typing => self
+                .ephemeral
+                .max_typing_position()
                 .await
                 .map(|p| StreamPosition(p as u64))
                 .map_err(|e| ReplicationError::Source(e.to_string())),

@@ -11,6 +11,7 @@
 mod account_data;
 mod catch_up;
 mod e2ee;
+mod ephemeral;
 mod events;
 mod keys;
 mod migrate;
@@ -25,6 +26,7 @@ use sqlx::{AnyPool, ConnectOptions};
 pub use account_data::{AccountDataEntry, AccountDataStore};
 pub use catch_up::{DbCatchUp, account_data_row, event_row, follow_events, follow_stream, user_row};
 pub use e2ee::{E2eeStore, ToDeviceMessage};
+pub use ephemeral::{EphemeralStore, Receipt};
 pub use events::{EventStore, NewEvent, PersistedEvent, RoomMembership, StateEntry};
 pub use keys::{KeyStore, StoredSigningKey};
 pub use migrate::{SCHEMA_VERSION, SchemaStatus};

@@ -36,10 +36,16 @@ const MIGRATIONS: &[Migration] = &[
         postgres: include_str!("../../../migrations/postgres/0005_e2ee.sql"),
         sqlite: include_str!("../../../migrations/sqlite/0005_e2ee.sql"),
     },
+    Migration {
+        version: 6,
+        name: "ephemeral",
+        postgres: include_str!("../../../migrations/postgres/0006_ephemeral.sql"),
+        sqlite: include_str!("../../../migrations/sqlite/0006_ephemeral.sql"),
+    },
 ];
 
 /// The schema version this build reads and writes: the highest migration's version.
-pub const SCHEMA_VERSION: i64 = 5;
+pub const SCHEMA_VERSION: i64 = 6;
 
 /// How the database's schema compares with this build's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

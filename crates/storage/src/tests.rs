@@ -28,7 +28,85 @@ on_both_backends!(
     forgotten_rooms,
     account_data_log_and_current,
     filters_and_profiles,
+    e2ee_keys_and_inbox,
+    receipts_and_typing,
 );
+
+async fn e2ee_keys_and_inbox(t: &TestDb) {
+    use crate::{E2eeStore, ToDeviceMessage};
+    let store = E2eeStore::new(t.db.clone());
+    let alice = owned_user_id!("@alice:example.org");
+    assert!(store.set_device_keys(&alice, "D", "{\"k\":1}").await.unwrap());
+    assert!(!store.set_device_keys(&alice, "D", "{\"k\":1}").await.unwrap(), "unchanged keys are not a change");
+    store.add_one_time_keys(&alice, "D", &[("c:1".into(), "{}".into()), ("c:2".into(), "{}".into())]).await.unwrap();
+    store.add_one_time_keys(&alice, "D", &[("c:1".into(), "{\"dup\":1}".into())]).await.unwrap();
+    assert_eq!(store.one_time_key_counts(&alice, "D").await.unwrap(), vec![("c".to_owned(), 2)]);
+    store.set_fallback_key(&alice, "D", "c:F", "{}").await.unwrap();
+    assert_eq!(store.unused_fallback_algorithms(&alice, "D").await.unwrap(), vec!["c".to_owned()]);
+    let claims: Vec<String> = {
+        let mut v = Vec::new();
+        for _ in 0..4 {
+            v.push(store.claim_key(&alice, "D", "c").await.unwrap().unwrap().0);
+        }
+        v
+    };
+    assert_eq!(claims, vec!["c:1", "c:2", "c:F", "c:F"], "the fallback key is reused once one-time keys run out");
+    assert!(store.unused_fallback_algorithms(&alice, "D").await.unwrap().is_empty());
+    let msg = |p: i64| ToDeviceMessage {
+        position: p,
+        user_id: alice.to_string(),
+        device_id: "D".into(),
+        sender: "@bob:x".into(),
+        event_type: "m.t".into(),
+        content: "{}".into(),
+    };
+    store.queue_to_device(&[msg(1), msg(2), msg(3)]).await.unwrap();
+    assert_eq!(store.to_device_for(&alice, "D", 2, 10).await.unwrap().len(), 2);
+    assert_eq!(store.ack_to_device(&alice, "D", 3).await.unwrap(), 3);
+    assert_eq!(store.max_to_device_position().await.unwrap(), 3, "the high-water mark survives deletion");
+    assert!(store.record_to_device_txn(&alice, "D", "t").await.unwrap());
+    assert!(!store.record_to_device_txn(&alice, "D", "t").await.unwrap());
+    store.log_device_change(1, &alice).await.unwrap();
+    store.log_device_change(2, &alice).await.unwrap();
+    assert_eq!(store.users_with_device_changes(0, 2).await.unwrap(), vec![alice.to_string()]);
+    assert!(store.users_with_device_changes(2, 2).await.unwrap().is_empty());
+    store.delete_device(&alice, "D").await.unwrap();
+    assert!(store.device_keys(&alice).await.unwrap().is_empty());
+}
+
+async fn receipts_and_typing(t: &TestDb) {
+    use crate::{EphemeralStore, Receipt};
+    let store = EphemeralStore::new(t.db.clone());
+    let room = owned_room_id!("!r:example.org");
+    let receipt = |p: i64, user: &str, ty: &str, event: &str| Receipt {
+        position: p,
+        room_id: room.to_string(),
+        user_id: user.into(),
+        receipt_type: ty.into(),
+        thread_id: String::new(),
+        event_id: event.into(),
+        ts: 5,
+    };
+    store.put_receipt(&receipt(1, "@a:x", "m.read", "$1")).await.unwrap();
+    store.put_receipt(&receipt(2, "@a:x", "m.read", "$2")).await.unwrap();
+    store.put_receipt(&receipt(3, "@b:x", "m.read.private", "$2")).await.unwrap();
+    let rooms = vec![room.to_string()];
+    let all = store.receipts_in_rooms(&rooms, 0, 3).await.unwrap();
+    assert_eq!(
+        all.iter().map(|r| r.event_id.as_str()).collect::<Vec<_>>(),
+        vec!["$2", "$2"],
+        "latest per user and type"
+    );
+    assert!(!EphemeralStore::visible_to(&all[1], &owned_user_id!("@a:x")));
+    assert!(EphemeralStore::visible_to(&all[1], &owned_user_id!("@b:x")));
+    assert_eq!(store.receipts_after(1, 10).await.unwrap().len(), 2);
+    store.put_typing(1, &room, &["@a:x".into()]).await.unwrap();
+    store.put_typing(2, &room, &[]).await.unwrap();
+    assert_eq!(store.typing_in_rooms(&rooms, 0, 1).await.unwrap(), vec![(room.to_string(), vec!["@a:x".to_owned()])]);
+    assert_eq!(store.typing_in_rooms(&rooms, 0, 2).await.unwrap(), vec![(room.to_string(), Vec::<String>::new())]);
+    assert!(store.typing_in_rooms(&rooms, 2, 2).await.unwrap().is_empty());
+    assert_eq!(store.max_typing_position().await.unwrap(), 2);
+}
 
 async fn account_data_log_and_current(t: &TestDb) {
     use crate::{AccountDataEntry, AccountDataStore};

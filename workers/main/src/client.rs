@@ -8,6 +8,7 @@ mod discovery;
 mod keys;
 mod membership;
 mod profile;
+mod receipts;
 mod room_state;
 mod rooms;
 
@@ -118,6 +119,12 @@ pub(crate) fn routes() -> Router<MainState> {
             .route(&format!("/_matrix/client/{v}/pushrules/"), get(account_data::get_push_rules))
             .route(&format!("/_matrix/client/{v}/pushrules"), get(account_data::get_push_rules))
             .route(&format!("/_matrix/client/{v}/pushrules/global/"), get(account_data::get_global_push_rules))
+            .route(
+                &format!("/_matrix/client/{v}/rooms/{{room_id}}/receipt/{{receipt_type}}/{{event_id}}"),
+                post(receipts::receipt),
+            )
+            .route(&format!("/_matrix/client/{v}/rooms/{{room_id}}/read_markers"), post(receipts::read_markers))
+            .route(&format!("/_matrix/client/{v}/rooms/{{room_id}}/typing/{{user_id}}"), put(receipts::typing))
             .route(&format!("/_matrix/client/{v}/devices"), get(devices::list))
             .route(
                 &format!("/_matrix/client/{v}/devices/{{device_id}}"),

@@ -7,6 +7,7 @@
 mod account_data_writer;
 mod client;
 mod e2ee_writer;
+mod ephemeral_writer;
 mod grpc;
 mod password;
 mod writer;
@@ -79,6 +80,19 @@ impl FromRef<MainState> for Keys {
     }
 }
 
+/// What receipt and typing endpoints need.
+#[derive(Debug, Clone)]
+pub(crate) struct Ephemeral {
+    events: EventStore,
+    writer: Arc<ephemeral_writer::EphemeralWriter>,
+}
+
+impl FromRef<MainState> for Ephemeral {
+    fn from_ref(s: &MainState) -> Self {
+        s.ephemeral.clone()
+    }
+}
+
 /// The state of the `main` role's router: small substates, one per area.
 #[derive(Debug, Clone)]
 pub struct MainState {
@@ -88,6 +102,7 @@ pub struct MainState {
     rooms: Rooms,
     user_data: UserData,
     keys: Keys,
+    ephemeral: Ephemeral,
 }
 
 impl FromRef<MainState> for UserData {
@@ -170,7 +185,7 @@ impl MainState {
             users: users.clone(),
             e2ee: e2ee.clone(),
             events: events.clone(),
-            writer: Arc::new(e2ee_writer::E2eeWriter::new(e2ee, bus).await?),
+            writer: Arc::new(e2ee_writer::E2eeWriter::new(e2ee, bus.clone()).await?),
             hasher: hasher.clone(),
             server_name: server_name.clone(),
         };
@@ -202,9 +217,14 @@ impl MainState {
                 well_known_server: config.well_known.server.clone(),
                 default_room_version: config.rooms.default_version.clone(),
             },
-            rooms: Rooms { events, writer, default_version },
+            rooms: Rooms { events: events.clone(), writer, default_version },
             user_data,
             keys,
+            ephemeral: Ephemeral {
+                events: events.clone(),
+                writer: ephemeral_writer::EphemeralWriter::new(ganglion_storage::EphemeralStore::new(db.clone()), bus)
+                    .await?,
+            },
         })
     }
 

@@ -19,7 +19,7 @@ use axum::routing::get;
 use ganglion_http::Authenticator;
 use ganglion_replication::{Bus, Follower, StreamName, StreamPosition};
 use ganglion_rpc::MainClient;
-use ganglion_storage::{AccountDataStore, Db, E2eeStore, EventStore, UserStore, follow_stream};
+use ganglion_storage::{AccountDataStore, Db, E2eeStore, EphemeralStore, EventStore, UserStore, follow_stream};
 use tokio::sync::watch;
 
 pub use ganglion_replication::SyncToken;
@@ -30,6 +30,7 @@ pub(crate) struct SyncContext {
     events: EventStore,
     account_data: AccountDataStore,
     e2ee: E2eeStore,
+    ephemeral: EphemeralStore,
     users: UserStore,
     positions: Positions,
     main: MainClient,
@@ -43,6 +44,8 @@ pub(crate) struct Positions {
     account_data: watch::Receiver<StreamPosition>,
     to_device: watch::Receiver<StreamPosition>,
     device_lists: watch::Receiver<StreamPosition>,
+    receipts: watch::Receiver<StreamPosition>,
+    typing: watch::Receiver<StreamPosition>,
 }
 
 impl Positions {
@@ -53,6 +56,8 @@ impl Positions {
             account_data: self.account_data.borrow_and_update().0,
             to_device: self.to_device.borrow_and_update().0,
             device_lists: self.device_lists.borrow_and_update().0,
+            receipts: self.receipts.borrow_and_update().0,
+            typing: self.typing.borrow_and_update().0,
         }
     }
 
@@ -63,6 +68,8 @@ impl Positions {
             r = self.account_data.changed() => r,
             r = self.to_device.changed() => r,
             r = self.device_lists.changed() => r,
+            r = self.receipts.changed() => r,
+            r = self.typing.changed() => r,
         }
     }
 }
@@ -116,6 +123,8 @@ impl SyncState {
             account_data: follow(StreamName::AccountData).await?,
             to_device: follow(StreamName::ToDevice).await?,
             device_lists: follow(StreamName::DeviceLists).await?,
+            receipts: follow(StreamName::Receipts).await?,
+            typing: follow(StreamName::Typing).await?,
         };
         let users = UserStore::new(db.clone());
         Ok(Self {
@@ -123,7 +132,8 @@ impl SyncState {
             sync: SyncContext {
                 events,
                 account_data: AccountDataStore::new(db.clone()),
-                e2ee: E2eeStore::new(db),
+                e2ee: E2eeStore::new(db.clone()),
+                ephemeral: EphemeralStore::new(db),
                 users,
                 positions,
                 main,

@@ -99,6 +99,8 @@ pub(crate) async fn sync(
                 && now.account_data >= s.account_data
                 && now.to_device >= s.to_device
                 && now.device_lists >= s.device_lists
+                && now.receipts >= s.receipts
+                && now.typing >= s.typing
             {
                 break;
             }
@@ -119,12 +121,15 @@ pub(crate) async fn sync(
                 account_data: s.account_data.max(now.account_data),
                 to_device: s.to_device.max(now.to_device),
                 device_lists: s.device_lists.max(now.device_lists),
+                receipts: s.receipts.max(now.receipts),
+                typing: s.typing.max(now.typing),
             },
             None => now,
         };
         let (mut rooms, mut has_data) =
             build_rooms(&ctx, &user.user_id, since, next.events, full_state, limit, include_leave).await?;
         let global = account_data(&ctx, &user.user_id, since, next, full_state, &mut rooms, &mut has_data).await?;
+        ephemeral(&ctx, &user.user_id, since, next, full_state, &mut rooms, &mut has_data).await?;
         let e2ee = e2ee_sections(&ctx, &user, since, &mut next, &mut has_data).await?;
         if since.is_none() || full_state || has_data || Instant::now() >= deadline {
             return Ok(Json(response(rooms, global, e2ee, next)));
@@ -135,6 +140,66 @@ pub(crate) async fn sync(
             _ => return Ok(Json(response(rooms, global, e2ee, next))),
         }
     }
+}
+
+/// Receipts and typing of the user's joined rooms that changed since the token (everything
+/// current on an initial sync), as `m.receipt` and `m.typing` ephemeral events.
+async fn ephemeral(
+    ctx: &SyncContext,
+    user_id: &UserId,
+    since: Option<SyncToken>,
+    next: SyncToken,
+    full_state: bool,
+    rooms: &mut Value,
+    has_data: &mut bool,
+) -> Result<(), MatrixError> {
+    let joined: Vec<String> = ctx
+        .events
+        .rooms_for_user(user_id)
+        .await?
+        .into_iter()
+        .filter(|m| m.membership == "join" && m.stream_ordering <= next.events as i64)
+        .map(|m| m.room_id.to_string())
+        .collect();
+    let (r_after, y_after) = match since {
+        Some(s) if !full_state => (s.receipts as i64, s.typing as i64),
+        _ => (0, 0),
+    };
+    let mut per_room: std::collections::BTreeMap<String, Vec<Value>> = Default::default();
+    if since.is_none() || next.receipts as i64 > r_after {
+        let receipts = ctx.ephemeral.receipts_in_rooms(&joined, r_after, next.receipts as i64).await?;
+        let mut content: std::collections::BTreeMap<String, Value> = Default::default();
+        for r in receipts.iter().filter(|r| ganglion_storage::EphemeralStore::visible_to(r, user_id)) {
+            let room = content.entry(r.room_id.clone()).or_insert_with(|| json!({}));
+            let mut data = json!({ "ts": r.ts });
+            if !r.thread_id.is_empty() {
+                data["thread_id"] = json!(r.thread_id);
+            }
+            room[r.event_id.as_str()][r.receipt_type.as_str()][r.user_id.as_str()] = data;
+        }
+        for (room, c) in content {
+            per_room.entry(room).or_default().push(json!({ "type": "m.receipt", "content": c }));
+        }
+    }
+    if since.is_none() || next.typing as i64 > y_after {
+        for (room, users) in ctx.ephemeral.typing_in_rooms(&joined, y_after, next.typing as i64).await? {
+            if since.is_none() && users.is_empty() {
+                continue;
+            }
+            per_room.entry(room).or_default().push(json!({ "type": "m.typing", "content": { "user_ids": users } }));
+        }
+    }
+    for (room_id, events) in per_room {
+        let room = &mut rooms["join"][room_id.as_str()];
+        if room.is_null() {
+            *room = joined_room(&[], false, Vec::new());
+        }
+        if let Some(list) = room["ephemeral"]["events"].as_array_mut() {
+            list.extend(events);
+        }
+        *has_data = true;
+    }
+    Ok(())
 }
 
 /// Asks main, in the background, to delete to-device messages the client has acknowledged.
