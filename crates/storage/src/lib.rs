@@ -13,6 +13,7 @@ mod catch_up;
 mod e2ee;
 mod ephemeral;
 mod events;
+mod key_backup;
 mod keys;
 mod migrate;
 mod users;
@@ -28,6 +29,7 @@ pub use catch_up::{DbCatchUp, account_data_row, event_row, follow_events, follow
 pub use e2ee::{E2eeStore, ToDeviceMessage};
 pub use ephemeral::{EphemeralStore, Receipt};
 pub use events::{EventStore, NewEvent, PersistedEvent, RoomMembership, StateEntry};
+pub use key_backup::{BackedUpKey, BackupVersion, KeyBackupStore};
 pub use keys::{KeyStore, StoredSigningKey};
 pub use migrate::{SCHEMA_VERSION, SchemaStatus};
 pub use users::{DeviceInfo, UserStore, Whoami};

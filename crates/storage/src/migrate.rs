@@ -42,10 +42,16 @@ const MIGRATIONS: &[Migration] = &[
         postgres: include_str!("../../../migrations/postgres/0006_ephemeral.sql"),
         sqlite: include_str!("../../../migrations/sqlite/0006_ephemeral.sql"),
     },
+    Migration {
+        version: 7,
+        name: "key_backup",
+        postgres: include_str!("../../../migrations/postgres/0007_key_backup.sql"),
+        sqlite: include_str!("../../../migrations/sqlite/0007_key_backup.sql"),
+    },
 ];
 
 /// The schema version this build reads and writes: the highest migration's version.
-pub const SCHEMA_VERSION: i64 = 6;
+pub const SCHEMA_VERSION: i64 = 7;
 
 /// How the database's schema compares with this build's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -9,6 +9,7 @@ mod keys;
 mod membership;
 mod profile;
 mod receipts;
+mod room_keys;
 mod room_state;
 mod rooms;
 
@@ -125,6 +126,26 @@ pub(crate) fn routes() -> Router<MainState> {
             )
             .route(&format!("/_matrix/client/{v}/rooms/{{room_id}}/read_markers"), post(receipts::read_markers))
             .route(&format!("/_matrix/client/{v}/rooms/{{room_id}}/typing/{{user_id}}"), put(receipts::typing))
+            .route(
+                &format!("/_matrix/client/{v}/room_keys/version"),
+                get(room_keys::latest_version).post(room_keys::create_version),
+            )
+            .route(
+                &format!("/_matrix/client/{v}/room_keys/version/{{version}}"),
+                get(room_keys::get_version).put(room_keys::update_version).delete(room_keys::delete_version),
+            )
+            .route(
+                &format!("/_matrix/client/{v}/room_keys/keys"),
+                get(room_keys::get_all).put(room_keys::put_all).delete(room_keys::delete_all),
+            )
+            .route(
+                &format!("/_matrix/client/{v}/room_keys/keys/{{room_id}}"),
+                get(room_keys::get_room).put(room_keys::put_room).delete(room_keys::delete_room),
+            )
+            .route(
+                &format!("/_matrix/client/{v}/room_keys/keys/{{room_id}}/{{session_id}}"),
+                get(room_keys::get_session).put(room_keys::put_session).delete(room_keys::delete_session),
+            )
             .route(&format!("/_matrix/client/{v}/devices"), get(devices::list))
             .route(
                 &format!("/_matrix/client/{v}/devices/{{device_id}}"),

@@ -68,6 +68,7 @@ pub(crate) struct UserData {
 pub(crate) struct Keys {
     users: UserStore,
     e2ee: ganglion_storage::E2eeStore,
+    backups: ganglion_storage::KeyBackupStore,
     events: EventStore,
     writer: Arc<e2ee_writer::E2eeWriter>,
     hasher: PasswordHasherConfig,
@@ -184,6 +185,7 @@ impl MainState {
         let keys = Keys {
             users: users.clone(),
             e2ee: e2ee.clone(),
+            backups: ganglion_storage::KeyBackupStore::new(db.clone()),
             events: events.clone(),
             writer: Arc::new(e2ee_writer::E2eeWriter::new(e2ee, bus.clone()).await?),
             hasher: hasher.clone(),

@@ -85,6 +85,7 @@ on_both_backends!(
     profiles_are_stored_and_copied_into_rooms,
     devices_are_listed_renamed_and_deleted_behind_uia,
     keys_upload_query_claim_and_to_device,
+    key_backup_versions_and_keys,
 );
 
 async fn registration_follows_uia_and_validates_usernames(backend: Backend) {
@@ -990,5 +991,106 @@ async fn keys_upload_query_claim_and_to_device(backend: Backend) {
     assert_eq!((inbox[0].sender.as_str(), inbox[0].event_type.as_str()), ("@bob:localhost", "m.test"));
     let (s, _) = app.call("GET", "/_matrix/client/v3/keys/changes?from=g1_e0&to=bad", Some(&bob), None).await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
+    app.db.cleanup().await;
+}
+
+async fn key_backup_versions_and_keys(backend: Backend) {
+    let app = app(backend, |_| {}).await;
+    let alice = app.register("alice").await;
+    let (s, b) = app.call("GET", "/_matrix/client/v3/room_keys/version", Some(&alice), None).await;
+    assert_eq!((s, b["errcode"].as_str()), (StatusCode::NOT_FOUND, Some("M_NOT_FOUND")));
+    let alg = "m.megolm_backup.v1.curve25519-aes-sha2";
+    let (s, b) = app
+        .call(
+            "POST",
+            "/_matrix/client/v3/room_keys/version",
+            Some(&alice),
+            Some(json!({"algorithm": alg, "auth_data": {"public_key": "abc"}})),
+        )
+        .await;
+    assert_eq!((s, b["version"].as_str()), (StatusCode::OK, Some("1")));
+    let key = |index: u64, verified: bool| json!({"first_message_index": index, "forwarded_count": 0, "is_verified": verified, "session_data": {"ciphertext": format!("c{index}")}});
+    let (s, b) = app
+        .call(
+            "PUT",
+            "/_matrix/client/v3/room_keys/keys?version=1",
+            Some(&alice),
+            Some(json!({"rooms": {"!r:localhost": {"sessions": {"S1": key(5, false)}}}})),
+        )
+        .await;
+    assert_eq!((s, b["count"].as_u64()), (StatusCode::OK, Some(1)), "{b}");
+    let etag1 = b["etag"].as_str().unwrap().to_owned();
+    // A worse key does not replace a better one; a better one does.
+    let (_, b) = app
+        .call("PUT", "/_matrix/client/v3/room_keys/keys/!r:localhost/S1?version=1", Some(&alice), Some(key(9, false)))
+        .await;
+    let (_, got) =
+        app.call("GET", "/_matrix/client/v3/room_keys/keys/!r:localhost/S1?version=1", Some(&alice), None).await;
+    assert_eq!(got["first_message_index"], 5, "{b}");
+    app.call("PUT", "/_matrix/client/v3/room_keys/keys/!r:localhost/S1?version=1", Some(&alice), Some(key(7, true)))
+        .await;
+    let (_, got) =
+        app.call("GET", "/_matrix/client/v3/room_keys/keys/!r:localhost/S1?version=1", Some(&alice), None).await;
+    assert_eq!(
+        (got["first_message_index"].as_u64(), got["is_verified"].as_bool()),
+        (Some(7), Some(true)),
+        "verified beats a lower index"
+    );
+    let (_, v) = app.call("GET", "/_matrix/client/v3/room_keys/version", Some(&alice), None).await;
+    assert_eq!((v["version"].as_str(), v["count"].as_u64()), (Some("1"), Some(1)));
+    assert_ne!(v["etag"].as_str(), Some(etag1.as_str()), "the etag changes with the keys");
+    let (_, all) = app.call("GET", "/_matrix/client/v3/room_keys/keys?version=1", Some(&alice), None).await;
+    assert!(all["rooms"]["!r:localhost"]["sessions"]["S1"].is_object());
+
+    // A new version makes the old one read-only for uploads.
+    let (_, b) = app
+        .call(
+            "POST",
+            "/_matrix/client/v3/room_keys/version",
+            Some(&alice),
+            Some(json!({"algorithm": alg, "auth_data": {}})),
+        )
+        .await;
+    assert_eq!(b["version"], "2");
+    let (s, b) = app
+        .call("PUT", "/_matrix/client/v3/room_keys/keys/!r:localhost/S2?version=1", Some(&alice), Some(key(0, false)))
+        .await;
+    assert_eq!(
+        (s, b["errcode"].as_str(), b["current_version"].as_str()),
+        (StatusCode::FORBIDDEN, Some("M_WRONG_ROOM_KEYS_VERSION"), Some("2"))
+    );
+    let (s, _) = app
+        .call(
+            "PUT",
+            "/_matrix/client/v3/room_keys/version/2",
+            Some(&alice),
+            Some(json!({"algorithm": "other", "auth_data": {}})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "the algorithm cannot change");
+    let (s, _) = app
+        .call(
+            "PUT",
+            "/_matrix/client/v3/room_keys/version/2",
+            Some(&alice),
+            Some(json!({"algorithm": alg, "auth_data": {"x": 1}})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, b) =
+        app.call("DELETE", "/_matrix/client/v3/room_keys/keys/!r:localhost?version=1", Some(&alice), None).await;
+    assert_eq!((s, b["count"].as_u64()), (StatusCode::OK, Some(0)));
+    let (s, _) = app.call("DELETE", "/_matrix/client/v3/room_keys/version/2", Some(&alice), None).await;
+    assert_eq!(s, StatusCode::OK);
+    let (_, v) = app.call("GET", "/_matrix/client/v3/room_keys/version", Some(&alice), None).await;
+    assert_eq!(v["version"], "1", "after deleting 2 the latest is 1");
+    let (s, _) = app.call("GET", "/_matrix/client/v3/room_keys/version/2", Some(&alice), None).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (s, _) = app.call("GET", "/_matrix/client/v3/room_keys/keys", Some(&alice), None).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "version is required");
+    // Another user sees nothing of alice's.
+    let bob = app.register("bob").await;
+    let (s, _) = app.call("GET", "/_matrix/client/v3/room_keys/version/1", Some(&bob), None).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
     app.db.cleanup().await;
 }
