@@ -478,3 +478,48 @@ async fn receipts_typing_and_read_markers_reach_sync() {
         .unwrap();
     assert_eq!(data.body["event_id"], json!(event_id));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unread_counts_follow_push_rules_and_receipts() {
+    let server = OneProcess::start().await.expect("server starts");
+    let alice = RawClient::register(&server.url, "alice").await.unwrap();
+    let bob = RawClient::register(&server.url, "bob").await.unwrap();
+    let room =
+        alice.call("POST", "/_matrix/client/v3/createRoom", Some(&json!({"preset": "public_chat"}))).await.unwrap();
+    let room_id = room.body["room_id"].as_str().unwrap().to_owned();
+    bob.call("POST", &format!("/_matrix/client/v3/rooms/{room_id}/join"), Some(&json!({}))).await.unwrap();
+    let mut last = String::new();
+    for (i, content) in [
+        json!({"msgtype": "m.text", "body": "one"}),
+        json!({"msgtype": "m.text", "body": "two"}),
+        json!({"msgtype": "m.text", "body": "hey alice", "m.mentions": {"user_ids": ["@alice:localhost"]}}),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let r = bob
+            .call("PUT", &format!("/_matrix/client/v3/rooms/{room_id}/send/m.room.message/u{i}"), Some(content))
+            .await
+            .unwrap();
+        last = r.body["event_id"].as_str().unwrap().to_owned();
+    }
+    let s1 = alice.sync(None, 0).await.unwrap();
+    let counts = &s1["rooms"]["join"][room_id.as_str()]["unread_notifications"];
+    assert_eq!(
+        (counts["notification_count"].as_i64(), counts["highlight_count"].as_i64()),
+        (Some(3), Some(1)),
+        "{counts}"
+    );
+    let bob_counts =
+        bob.sync(None, 0).await.unwrap()["rooms"]["join"][room_id.as_str()]["unread_notifications"].clone();
+    assert_eq!(bob_counts["notification_count"], 0, "your own messages never notify you");
+
+    let since = s1["next_batch"].as_str().unwrap().to_owned();
+    alice
+        .call("POST", &format!("/_matrix/client/v3/rooms/{room_id}/receipt/m.read/{last}"), Some(&json!({})))
+        .await
+        .unwrap();
+    let s2 = alice.sync(Some(&since), 10_000).await.unwrap();
+    let counts = &s2["rooms"]["join"][room_id.as_str()]["unread_notifications"];
+    assert_eq!((counts["notification_count"].as_i64(), counts["highlight_count"].as_i64()), (Some(0), Some(0)), "{s2}");
+}

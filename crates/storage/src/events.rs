@@ -44,6 +44,17 @@ pub struct NewEvent {
     /// `Some((target event ID, its redacted JSON))` when this is an allowed redaction: the target's
     /// stored JSON is replaced in the same transaction.
     pub redacts: Option<(OwnedEventId, String)>,
+    /// Local members the event notifies: `(user, highlight, thread_id)`, stored with it.
+    pub push_actions: Vec<(OwnedUserId, bool, String)>,
+}
+
+/// Unread counts of one user in one room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct UnreadCounts {
+    /// Notifying events after the user's read receipt.
+    pub notifications: i64,
+    /// Of those, highlights.
+    pub highlights: i64,
 }
 
 /// A stored event.
@@ -228,6 +239,19 @@ impl EventStore {
             .bind(txn_id)
             .bind(ev.event_id.as_str())
             .bind(now_ms())
+            .execute(&mut *tx)
+            .await?;
+        }
+        for (user, highlight, thread) in &ev.push_actions {
+            sqlx::query(
+                "INSERT INTO event_push_actions (stream_ordering, room_id, user_id, highlight, thread_id)
+                 VALUES ($1, $2, $3, $4, $5)",
+            )
+            .bind(ev.stream_ordering)
+            .bind(ev.room_id.as_str())
+            .bind(user.as_str())
+            .bind(i64::from(*highlight))
+            .bind(thread)
             .execute(&mut *tx)
             .await?;
         }
@@ -526,6 +550,27 @@ impl EventStore {
                 })
             })
             .collect()
+    }
+
+    /// A user's unread counts in a room: notifying events at or below `upto` after the event of
+    /// their latest read receipt (public or private).
+    ///
+    /// # Errors
+    /// On database failure.
+    pub async fn unread_counts(&self, user_id: &UserId, room_id: &RoomId, upto: i64) -> Result<UnreadCounts> {
+        let row = sqlx::query(
+            "SELECT COUNT(*), CAST(COALESCE(SUM(p.highlight), 0) AS BIGINT) FROM event_push_actions p
+             WHERE p.user_id = $1 AND p.room_id = $2 AND p.stream_ordering <= $3
+             AND p.stream_ordering > COALESCE((SELECT MAX(e.stream_ordering) FROM receipts r
+                 JOIN events e ON e.event_id = r.event_id
+                 WHERE r.room_id = $2 AND r.user_id = $1 AND r.receipt_type IN ('m.read', 'm.read.private')), 0)",
+        )
+        .bind(user_id.as_str())
+        .bind(room_id.as_str())
+        .bind(upto)
+        .fetch_one(self.db.pool())
+        .await?;
+        Ok(UnreadCounts { notifications: row.try_get(0)?, highlights: row.try_get(1)? })
     }
 
     /// Everyone who shares a joined room with `user_id` (the user included).

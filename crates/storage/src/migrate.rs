@@ -48,10 +48,16 @@ const MIGRATIONS: &[Migration] = &[
         postgres: include_str!("../../../migrations/postgres/0007_key_backup.sql"),
         sqlite: include_str!("../../../migrations/sqlite/0007_key_backup.sql"),
     },
+    Migration {
+        version: 8,
+        name: "push_actions",
+        postgres: include_str!("../../../migrations/postgres/0008_push_actions.sql"),
+        sqlite: include_str!("../../../migrations/sqlite/0008_push_actions.sql"),
+    },
 ];
 
 /// The schema version this build reads and writes: the highest migration's version.
-pub const SCHEMA_VERSION: i64 = 7;
+pub const SCHEMA_VERSION: i64 = 8;
 
 /// How the database's schema compares with this build's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -30,6 +30,7 @@ on_both_backends!(
     filters_and_profiles,
     e2ee_keys_and_inbox,
     receipts_and_typing,
+    unread_counts_stop_at_the_read_receipt,
 );
 
 async fn e2ee_keys_and_inbox(t: &TestDb) {
@@ -253,6 +254,7 @@ fn event(
         request_id: format!("req{pos}"),
         creates_room: (pos == 1).then(|| ("11".to_owned(), sender.clone())),
         redacts: None,
+        push_actions: Vec::new(),
     }
 }
 
@@ -328,4 +330,35 @@ async fn aliases_are_unique(t: &TestDb) {
     assert!(matches!(events.create_alias("#a:example.org", &room, &alice).await, Err(Error::Conflict(_))));
     assert_eq!(events.alias_room("#a:example.org").await.unwrap(), Some(room));
     assert!(events.alias_room("#b:example.org").await.unwrap().is_none());
+}
+
+async fn unread_counts_stop_at_the_read_receipt(t: &TestDb) {
+    use crate::{EphemeralStore, Receipt};
+    let events = EventStore::new(t.db.clone());
+    let room = owned_room_id!("!r:example.org");
+    let alice = owned_user_id!("@alice:example.org");
+    let bob = owned_user_id!("@bob:example.org");
+    events.persist(&event(1, &room, &bob, "m.room.create", Some(""), &[])).await.unwrap();
+    for pos in 2..=4 {
+        let mut e = event(pos, &room, &bob, "m.room.message", None, &[]);
+        e.creates_room = None;
+        e.push_actions = vec![(alice.clone(), pos == 4, String::new())];
+        events.persist(&e).await.unwrap();
+    }
+    let c = events.unread_counts(&alice, &room, 10).await.unwrap();
+    assert_eq!((c.notifications, c.highlights), (3, 1));
+    assert_eq!(events.unread_counts(&alice, &room, 3).await.unwrap().notifications, 2, "bounded by the position");
+    assert_eq!(events.unread_counts(&bob, &room, 10).await.unwrap().notifications, 0);
+    let receipt = Receipt {
+        position: 1,
+        room_id: room.to_string(),
+        user_id: alice.to_string(),
+        receipt_type: "m.read".into(),
+        thread_id: String::new(),
+        event_id: "$e3".into(),
+        ts: 1,
+    };
+    EphemeralStore::new(t.db.clone()).put_receipt(&receipt).await.unwrap();
+    let c = events.unread_counts(&alice, &room, 10).await.unwrap();
+    assert_eq!((c.notifications, c.highlights), (1, 1), "only what follows the receipt");
 }

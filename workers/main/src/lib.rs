@@ -10,6 +10,7 @@ mod e2ee_writer;
 mod ephemeral_writer;
 mod grpc;
 mod password;
+mod push;
 mod writer;
 
 use std::sync::Arc;

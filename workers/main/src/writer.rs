@@ -72,6 +72,17 @@ pub(crate) struct WriteOrigin {
     pub(crate) request_id: String,
 }
 
+/// What is written in the same transaction as an event, beside it.
+#[derive(Debug, Default)]
+struct PersistExtras {
+    /// The room version, when the event creates the room.
+    creates_room: Option<String>,
+    /// The redacted form of the event a redaction removes.
+    redacts: Option<(OwnedEventId, String)>,
+    /// The local members the event notifies.
+    push_actions: Vec<(ruma::OwnedUserId, bool, String)>,
+}
+
 /// A persisted event's coordinates.
 #[derive(Debug, Clone)]
 pub(crate) struct Written {
@@ -83,6 +94,7 @@ pub(crate) struct Written {
 /// Builds and persists events; the only writer of the `events` stream.
 pub(crate) struct EventWriter {
     events: EventStore,
+    account_data: ganglion_storage::AccountDataStore,
     bus: Arc<dyn Bus>,
     key: Arc<ServerSigningKey>,
     server_name: OwnedServerName,
@@ -109,7 +121,8 @@ impl EventWriter {
         server_name: OwnedServerName,
     ) -> Result<Self, ganglion_storage::Error> {
         let last = events.max_stream_ordering().await?;
-        Ok(Self { events, bus, key, server_name, last_position: Mutex::new(last) })
+        let account_data = ganglion_storage::AccountDataStore::new(events.db().clone());
+        Ok(Self { events, account_data, bus, key, server_name, last_position: Mutex::new(last) })
     }
 
     /// The server name events are signed as.
@@ -159,7 +172,8 @@ impl EventWriter {
         let mut last = self.last_position.lock().await;
         let ctx = RoomContext { room_id, version, state: &state, prev_events: Vec::new(), max_prev_depth: 0 };
         let (pdu, room_id) = build_event(&template, creator, &ctx, &self.server_name, &self.key, now_ms())?;
-        self.persist(&mut last, pdu, room_id, Some(version.to_string()), None, origin).await
+        let extras = PersistExtras { creates_room: Some(version.to_string()), ..PersistExtras::default() };
+        self.persist(&mut last, pdu, room_id, extras, origin).await
     }
 
     /// Sends an event into an existing room. A retried transaction returns the first event.
@@ -187,13 +201,16 @@ impl EventWriter {
         let prev_events: Vec<OwnedEventId> = extremities.into_iter().take(10).map(|(id, _)| id).collect();
         let ctx = RoomContext { room_id: Some(room_id), version: &version, state: &state, prev_events, max_prev_depth };
         let (pdu, room_id) = build_event(&template, sender, &ctx, &self.server_name, &self.key, now_ms())?;
+        let rules = version.rules().ok_or_else(|| WriteError::UnsupportedVersion(version.to_string()))?;
+        let push_actions =
+            crate::push::push_actions(&self.account_data, &self.server_name, &state, &pdu, &room_id, &rules).await;
         let redacts = match &pdu.redacts {
             Some(target) if pdu.event_type == ruma::events::TimelineEventType::RoomRedaction => {
                 self.redaction_of(&room_id, &version, &state, sender, target).await?
             }
             _ => None,
         };
-        self.persist(&mut last, pdu, room_id, None, redacts, origin).await
+        self.persist(&mut last, pdu, room_id, PersistExtras { creates_room: None, redacts, push_actions }, origin).await
     }
 
     /// The redacted form of `target` when `sender` may redact it: their own event, or anyone's
@@ -238,10 +255,10 @@ impl EventWriter {
         last: &mut i64,
         pdu: Pdu,
         room_id: OwnedRoomId,
-        creates_room: Option<String>,
-        redacts: Option<(OwnedEventId, String)>,
+        extras: PersistExtras,
         origin: &WriteOrigin,
     ) -> Result<Written, WriteError> {
+        let PersistExtras { creates_room, redacts, push_actions } = extras;
         let position = *last + 1;
         let new = NewEvent {
             stream_ordering: position,
@@ -259,6 +276,7 @@ impl EventWriter {
             request_id: origin.request_id.clone(),
             creates_room: creates_room.map(|v| (v, pdu.sender.clone())),
             redacts,
+            push_actions,
         };
         self.events.persist(&new).await?;
         *last = position;

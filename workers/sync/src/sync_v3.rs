@@ -130,6 +130,7 @@ pub(crate) async fn sync(
             build_rooms(&ctx, &user.user_id, since, next.events, full_state, limit, include_leave).await?;
         let global = account_data(&ctx, &user.user_id, since, next, full_state, &mut rooms, &mut has_data).await?;
         ephemeral(&ctx, &user.user_id, since, next, full_state, &mut rooms, &mut has_data).await?;
+        unread_counts(&ctx, &user.user_id, next, &mut rooms).await?;
         let e2ee = e2ee_sections(&ctx, &user, since, &mut next, &mut has_data).await?;
         if since.is_none() || full_state || has_data || Instant::now() >= deadline {
             return Ok(Json(response(rooms, global, e2ee, next)));
@@ -140,6 +141,24 @@ pub(crate) async fn sync(
             _ => return Ok(Json(response(rooms, global, e2ee, next))),
         }
     }
+}
+
+/// Fills `unread_notifications` of every joined room in the response: notifying events after
+/// the user's latest read receipt, as evaluated against their push rules when each was sent.
+async fn unread_counts(
+    ctx: &SyncContext,
+    user_id: &UserId,
+    next: SyncToken,
+    rooms: &mut Value,
+) -> Result<(), MatrixError> {
+    let Some(join) = rooms["join"].as_object_mut() else { return Ok(()) };
+    for (room_id, room) in join.iter_mut() {
+        let Ok(room_id) = <&ruma::RoomId>::try_from(room_id.as_str()) else { continue };
+        let counts = ctx.events.unread_counts(user_id, room_id, next.events as i64).await?;
+        room["unread_notifications"] =
+            json!({ "notification_count": counts.notifications, "highlight_count": counts.highlights });
+    }
+    Ok(())
 }
 
 /// Receipts and typing of the user's joined rooms that changed since the token (everything
@@ -203,7 +222,7 @@ async fn ephemeral(
 }
 
 /// Asks main, in the background, to delete to-device messages the client has acknowledged.
-fn acknowledge_to_device(ctx: &SyncContext, user: &AuthUser, upto: u64) {
+pub(crate) fn acknowledge_to_device(ctx: &SyncContext, user: &AuthUser, upto: u64) {
     let main = ctx.main.clone();
     let req = ganglion_rpc::v1::AckToDeviceRequest {
         user_id: user.user_id.to_string(),
@@ -335,11 +354,11 @@ fn response(rooms: Value, account_data: Vec<Value>, e2ee: Value, next: SyncToken
     body
 }
 
-fn sync_event(e: &PersistedEvent) -> Value {
+pub(crate) fn sync_event(e: &PersistedEvent) -> Value {
     strip_to_sync_format(client_event(&e.json, e.event_id.as_str(), e.room_id.as_str(), None))
 }
 
-fn stripped(e: &PersistedEvent) -> Option<Value> {
+pub(crate) fn stripped(e: &PersistedEvent) -> Option<Value> {
     let full: Value = serde_json::from_str(&e.json).ok()?;
     Some(json!({
         "type": e.event_type,
@@ -349,7 +368,7 @@ fn stripped(e: &PersistedEvent) -> Option<Value> {
     }))
 }
 
-fn pagination_token(e: &PersistedEvent) -> String {
+pub(crate) fn pagination_token(e: &PersistedEvent) -> String {
     format!("t{}_{}", e.depth, e.stream_ordering)
 }
 
