@@ -8,6 +8,7 @@ mod discovery;
 mod keys;
 mod membership;
 mod profile;
+mod push_rules;
 mod receipts;
 mod room_keys;
 mod room_state;
@@ -120,6 +121,14 @@ pub(crate) fn routes() -> Router<MainState> {
             .route(&format!("/_matrix/client/{v}/pushrules/"), get(account_data::get_push_rules))
             .route(&format!("/_matrix/client/{v}/pushrules"), get(account_data::get_push_rules))
             .route(&format!("/_matrix/client/{v}/pushrules/global/"), get(account_data::get_global_push_rules))
+            .route(
+                &format!("/_matrix/client/{v}/pushrules/{{scope}}/{{kind}}/{{rule_id}}"),
+                get(push_rules::get_rule).put(push_rules::put_rule).delete(push_rules::delete_rule),
+            )
+            .route(
+                &format!("/_matrix/client/{v}/pushrules/{{scope}}/{{kind}}/{{rule_id}}/{{attr}}"),
+                get(push_rules::get_attr).put(push_rules::put_attr),
+            )
             .route(
                 &format!("/_matrix/client/{v}/rooms/{{room_id}}/receipt/{{receipt_type}}/{{event_id}}"),
                 post(receipts::receipt),

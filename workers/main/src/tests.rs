@@ -86,6 +86,7 @@ on_both_backends!(
     devices_are_listed_renamed_and_deleted_behind_uia,
     keys_upload_query_claim_and_to_device,
     key_backup_versions_and_keys,
+    push_rules_can_be_changed,
 );
 
 async fn registration_follows_uia_and_validates_usernames(backend: Backend) {
@@ -1091,6 +1092,60 @@ async fn key_backup_versions_and_keys(backend: Backend) {
     // Another user sees nothing of alice's.
     let bob = app.register("bob").await;
     let (s, _) = app.call("GET", "/_matrix/client/v3/room_keys/version/1", Some(&bob), None).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    app.db.cleanup().await;
+}
+
+async fn push_rules_can_be_changed(backend: Backend) {
+    let app = app(backend, |_| {}).await;
+    let alice = app.register("alice").await;
+    let base = "/_matrix/client/v3/pushrules/global";
+    let (s, b) = app.call("GET", &format!("{base}/override/.m.rule.master"), Some(&alice), None).await;
+    assert_eq!((s, b["enabled"].as_bool()), (StatusCode::OK, Some(false)), "{b}");
+    let (s, _) = app
+        .call("PUT", &format!("{base}/override/.m.rule.master/enabled"), Some(&alice), Some(json!({"enabled": true})))
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let (_, b) = app.call("GET", &format!("{base}/override/.m.rule.master/enabled"), Some(&alice), None).await;
+    assert_eq!(b["enabled"], true);
+    let (s, _) = app.call("DELETE", &format!("{base}/override/.m.rule.master"), Some(&alice), None).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "server-default rules cannot be deleted");
+
+    let (s, b) = app
+        .call(
+            "PUT",
+            &format!("{base}/content/coffee"),
+            Some(&alice),
+            Some(json!({"pattern": "coffee", "actions": ["notify"]})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let (_, b) = app.call("GET", &format!("{base}/content/coffee"), Some(&alice), None).await;
+    assert_eq!((b["pattern"].as_str(), b["default"].as_bool()), (Some("coffee"), Some(false)));
+    let (s, _) =
+        app.call("PUT", &format!("{base}/content/coffee/actions"), Some(&alice), Some(json!({"actions": []}))).await;
+    assert_eq!(s, StatusCode::OK);
+    let (_, b) = app.call("GET", &format!("{base}/content/coffee/actions"), Some(&alice), None).await;
+    assert_eq!(b["actions"], json!([]));
+    let (s, _) =
+        app.call("PUT", &format!("{base}/content/tea"), Some(&alice), Some(json!({"actions": ["notify"]}))).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "content rules need a pattern");
+    let (s, _) = app
+        .call(
+            "PUT",
+            &format!("{base}/override/x?before=nope"),
+            Some(&alice),
+            Some(json!({"actions": [], "conditions": []})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (s, _) = app.call("PUT", &format!("{base}/bogus/x"), Some(&alice), Some(json!({"actions": []}))).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    let (_, all) = app.call("GET", "/_matrix/client/v3/pushrules/", Some(&alice), None).await;
+    assert!(all["global"]["content"].as_array().unwrap().iter().any(|r| r["rule_id"] == "coffee"));
+    let (s, _) = app.call("DELETE", &format!("{base}/content/coffee"), Some(&alice), None).await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, _) = app.call("GET", &format!("{base}/content/coffee"), Some(&alice), None).await;
     assert_eq!(s, StatusCode::NOT_FOUND);
     app.db.cleanup().await;
 }
