@@ -22,6 +22,13 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   rm -f /usr/sbin/policy-rc.d.ganglion
 fi
 
+# A local S3 (moto) for the media store's S3 backend tests.
+if ! command -v moto_server >/dev/null 2>&1; then
+  log "installing moto (local S3 for the media tests)"
+  python3 -m pip install --quiet --disable-pip-version-check 'moto[server]' || log "moto could not be installed: the S3 variants will be skipped"
+  command -v pyenv >/dev/null 2>&1 && pyenv rehash || true
+fi
+
 if ! pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; then
   log "starting PostgreSQL"
   pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -n1)" main start

@@ -55,6 +55,11 @@ impl Proc {
         }
     }
 
+    /// The OS process id, while running.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().and_then(Child::id)
+    }
+
     /// The process's output so far, for failure messages.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
@@ -137,9 +142,22 @@ impl OneProcess {
     /// # Errors
     /// When it does not become ready.
     pub async fn start() -> Result<Self> {
+        Self::start_with(json!({})).await
+    }
+
+    /// Starts `ganglion serve` with `extra` top-level config sections added (e.g. `{"media": {…}}`).
+    ///
+    /// # Errors
+    /// When it does not become ready.
+    pub async fn start_with(extra: Value) -> Result<Self> {
         let dir = tempfile::tempdir()?;
         let port = free_port();
         let mut cfg = base_config("localhost");
+        if let Value::Object(sections) = extra {
+            for (k, v) in sections {
+                cfg[k] = v;
+            }
+        }
         cfg["data_dir"] = json!(dir.path().join("data"));
         cfg["listeners"] = listener(port);
         let path = write_config(dir.path(), "serve", &cfg)?;
@@ -161,6 +179,10 @@ pub struct Split {
     pub main: Proc,
     /// The sync workers.
     pub syncs: Vec<Proc>,
+    /// The media workers (none unless started with [`Split::start_with_media`]).
+    pub medias: Vec<Proc>,
+    /// Each media worker's own URL, bypassing nginx.
+    pub media_urls: Vec<String>,
     /// nginx.
     pub nginx: Proc,
     /// `main`'s gRPC write API, `http://127.0.0.1:port`.
@@ -180,6 +202,15 @@ impl Split {
     /// # Errors
     /// When anything fails to start.
     pub async fn start(n_sync: usize) -> Result<Self> {
+        Self::start_with_media(n_sync, 0, json!({})).await
+    }
+
+    /// Like [`Split::start`], plus `n_media` media workers sharing one media store, and `media`
+    /// as the `media` config section of every process.
+    ///
+    /// # Errors
+    /// When anything fails to start.
+    pub async fn start_with_media(n_sync: usize, n_media: usize, media: Value) -> Result<Self> {
         let nginx = nginx_bin().context("nginx is not installed (apt-get install nginx-light); .ci/run installs it")?;
         let dir = tempfile::tempdir()?;
         let db = TestDb::new(Backend::Postgres).await;
@@ -193,6 +224,7 @@ impl Split {
             cfg["redis"] = json!({ "url": redis_url, "key_prefix": prefix });
             cfg["rpc"] = json!({ "listen": format!("127.0.0.1:{rpc_port}"), "main_url": format!("http://127.0.0.1:{rpc_port}") });
             cfg["listeners"] = listener(port);
+            cfg["media"] = media.clone();
             cfg
         };
         let bin = ganglion_bin();
@@ -216,6 +248,19 @@ impl Split {
             sync_addrs.push(format!("127.0.0.1:{port}"));
         }
 
+        let mut medias = Vec::new();
+        let mut media_addrs = Vec::new();
+        for i in 0..n_media {
+            let port = free_port();
+            let cfg = write_config(dir.path(), &format!("media{i}"), &shared(port))?;
+            let mut cmd = Command::new(&bin);
+            cmd.arg("--config").arg(&cfg).args(["worker", "media"]);
+            let p = spawn(&format!("media{i}"), cmd, dir.path())?;
+            wait_ready(&format!("http://127.0.0.1:{port}/health/ready"), Duration::from_secs(30), &p).await?;
+            medias.push(p);
+            media_addrs.push(format!("127.0.0.1:{port}"));
+        }
+
         // The proxy config comes from the routing table, through the CLI operators use.
         let proxy_port = free_port();
         let ngx_dir = dir.path().join("nginx");
@@ -228,6 +273,11 @@ impl Split {
             .arg(format!("main=127.0.0.1:{main_port}"))
             .arg("--upstream")
             .arg(format!("sync={}", sync_addrs.join(",")))
+            .args(if media_addrs.is_empty() {
+                vec![]
+            } else {
+                vec!["--upstream".to_owned(), format!("media={}", media_addrs.join(","))]
+            })
             .output()
             .await?;
         if !out.status.success() {
@@ -236,17 +286,28 @@ impl Split {
         let conf = ngx_dir.join("nginx.conf");
         std::fs::write(&conf, &out.stdout)?;
         let mut cmd = Command::new(nginx);
-        cmd.arg("-p").arg(&ngx_dir).arg("-c").arg(&conf).args(["-g", "daemon off;"]);
+        cmd.arg("-p").arg(&ngx_dir).arg("-c").arg(&conf).args(["-g", "daemon off; master_process off;"]);
         let nginx = spawn("nginx", cmd, dir.path())?;
         let url = format!("http://127.0.0.1:{proxy_port}");
         wait_ready(&format!("{url}/_matrix/client/versions"), Duration::from_secs(15), &nginx).await?;
-        Ok(Self { url, main, syncs, nginx, rpc_url: format!("http://127.0.0.1:{rpc_port}"), db: Some(db), dir })
+        let media_urls = media_addrs.iter().map(|a| format!("http://{a}")).collect();
+        Ok(Self {
+            url,
+            main,
+            syncs,
+            medias,
+            media_urls,
+            nginx,
+            rpc_url: format!("http://127.0.0.1:{rpc_port}"),
+            db: Some(db),
+            dir,
+        })
     }
 
     /// Every process's log, for failure messages.
     pub fn logs(&self) -> String {
         let mut s = format!("--- main\n{}", self.main.log());
-        for p in &self.syncs {
+        for p in self.syncs.iter().chain(&self.medias) {
             s.push_str(&format!("\n--- {}\n{}", p.name, p.log()));
         }
         s.push_str(&format!(
@@ -259,13 +320,60 @@ impl Split {
     /// Stops everything and drops the database.
     pub async fn stop(mut self) {
         self.nginx.kill().await;
-        for p in &mut self.syncs {
+        for p in self.syncs.iter_mut().chain(self.medias.iter_mut()) {
             p.kill().await;
         }
         self.main.kill().await;
         if let Some(db) = self.db.take() {
             db.cleanup().await;
         }
+    }
+}
+
+/// A `moto_server` (PyPI `moto[server]`): a local S3 for the media store, killed on drop.
+pub struct Moto {
+    /// Its URL, `http://127.0.0.1:port`.
+    pub url: String,
+    _proc: Proc,
+    _dir: tempfile::TempDir,
+}
+
+impl Moto {
+    /// Starts `moto_server` on a free port; `None`, with a note on stderr, when it is not installed.
+    ///
+    /// # Errors
+    /// When it is installed but does not become ready.
+    pub async fn start() -> Result<Option<Self>> {
+        let dir = tempfile::tempdir()?;
+        let port = free_port();
+        let mut cmd = Command::new("moto_server");
+        cmd.args(["-H", "127.0.0.1", "-p", &port.to_string()]);
+        let proc = match spawn("moto", cmd, dir.path()) {
+            Ok(p) => p,
+            Err(e) => {
+                eprintln!("NOTE: skipping the S3 variant: moto_server cannot run ({e:#}); pip install 'moto[server]'");
+                return Ok(None);
+            }
+        };
+        let url = format!("http://127.0.0.1:{port}");
+        wait_ready(&url, Duration::from_secs(30), &proc).await?;
+        Ok(Some(Self { url, _proc: proc, _dir: dir }))
+    }
+
+    /// Creates a fresh bucket and returns the `media.s3` config section for it.
+    ///
+    /// # Errors
+    /// When moto refuses.
+    pub async fn bucket(&self) -> Result<Value> {
+        let bucket = format!("media-{:08x}", rand::random::<u32>());
+        let resp = reqwest::Client::new().put(format!("{}/{bucket}", self.url)).send().await?;
+        if !resp.status().is_success() {
+            bail!("creating bucket {bucket}: {}", resp.status());
+        }
+        Ok(json!({
+            "endpoint": self.url, "bucket": bucket, "access_key_id": "test", "secret_access_key": "test",
+            "key_prefix": "media/",
+        }))
     }
 }
 

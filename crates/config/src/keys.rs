@@ -25,6 +25,8 @@ pub(crate) enum Kind {
     Enum(&'static [&'static str]),
     /// A list drawn from a fixed set of words.
     EnumList(&'static [&'static str]),
+    /// A list of free-text strings.
+    StrList,
 }
 
 impl Kind {
@@ -54,6 +56,7 @@ impl Kind {
             Kind::Uint(_) => "integer".to_owned(),
             Kind::Enum(words) => format!("one of {}", backticked(words)),
             Kind::EnumList(words) => format!("list of {}", backticked(words)),
+            Kind::StrList => "list of strings".to_owned(),
         }
     }
 }
@@ -233,6 +236,96 @@ pub(crate) const KEYS: &[KeyDoc] = &[
         "\"matrix.example.org:443\"",
         "answer 404, so other servers fall back to SRV and port 8448",
     ),
+    key("media", Kind::Section, "The media repository (the `media` role)."),
+    optional(
+        "media.path",
+        Kind::Path,
+        "Directory of the filesystem media store (with `s3`, only uploads in progress); shared by media workers.",
+        "\"/var/lib/ganglion/media\"",
+        "`<data_dir>/media`",
+    ),
+    KeyDoc {
+        default_note: Some("the filesystem store under `media.path`"),
+        ..key("media.s3", Kind::Section, "Keep media in an S3-compatible bucket (path-style requests, SigV4).")
+    },
+    optional(
+        "media.s3.endpoint",
+        Kind::Str,
+        "Base URL of the S3 service.",
+        "\"https://s3.eu-west-1.amazonaws.com\"",
+        "required when `s3` is set",
+    ),
+    optional(
+        "media.s3.bucket",
+        Kind::Str,
+        "The bucket; it must exist.",
+        "\"ganglion-media\"",
+        "required when `s3` is set",
+    ),
+    optional("media.s3.region", Kind::Str, "Region used in request signatures.", "\"eu-west-1\"", "`us-east-1`"),
+    optional(
+        "media.s3.access_key_id",
+        Kind::Str,
+        "Access key ID.",
+        "\"AKIAIOSFODNN7EXAMPLE\"",
+        "required when `s3` is set",
+    ),
+    optional(
+        "media.s3.secret_access_key",
+        Kind::Str,
+        "Secret access key; prefer setting it through the environment.",
+        "\"wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY\"",
+        "required when `s3` is set",
+    ),
+    optional("media.s3.key_prefix", Kind::Str, "Prefix of every object key.", "\"ganglion/\"", "empty"),
+    key("media.max_upload_bytes", Kind::Uint(u64::MAX), "Largest upload accepted, in bytes (`m.upload.size`)."),
+    optional(
+        "media.user_quota_bytes",
+        Kind::Uint(u64::MAX),
+        "Total bytes of media a user may have uploaded.",
+        "10737418240",
+        "no quota",
+    ),
+    key("media.max_pending_uploads", Kind::Uint(u64::MAX), "Unused `create` reservations a user may hold at once."),
+    key(
+        "media.pending_upload_expiry_ms",
+        Kind::Uint(u64::MAX),
+        "How long a `create` reservation waits for its upload, in milliseconds.",
+    ),
+    key(
+        "media.max_download_wait_ms",
+        Kind::Uint(u64::MAX),
+        "Longest a download may wait (`timeout_ms`) for a pending upload, in milliseconds.",
+    ),
+    key(
+        "media.unauthenticated",
+        Kind::Enum(&["serve", "frozen"]),
+        "Legacy unauthenticated downloads: `serve` everything, or `frozen` to serve only media uploaded before.",
+    ),
+    key("media.dynamic_thumbnails", Kind::Bool, "Generate thumbnails of other sizes on request."),
+    key("media.max_image_pixels", Kind::Uint(u64::MAX), "Largest image (width × height) that is thumbnailed."),
+    key(
+        "media.thumbnail_concurrency",
+        Kind::Uint(u32::MAX as u64),
+        "Thumbnails generated at once per process, on the blocking pool.",
+    ),
+    KeyDoc {
+        default_note: Some("32×32 crop, 96×96 crop, 320×240, 640×480 and 800×600 scale"),
+        ..key("media.thumbnail_sizes", Kind::SectionList, "Thumbnail sizes generated on upload.")
+    },
+    key("media.thumbnail_sizes[].width", Kind::Uint(u32::MAX as u64), "Width in pixels."),
+    key("media.thumbnail_sizes[].height", Kind::Uint(u32::MAX as u64), "Height in pixels."),
+    key("media.thumbnail_sizes[].method", Kind::Enum(&["scale", "crop"]), "`scale` to fit inside, `crop` to fill."),
+    key("media.url_preview", Kind::Section, "URL previews (`preview_url`)."),
+    key("media.url_preview.enabled", Kind::Bool, "Serve `preview_url`: the server fetches pages for clients."),
+    key(
+        "media.url_preview.ip_range_allowlist",
+        Kind::StrList,
+        "CIDR ranges previews may reach although private, loopback or reserved, e.g. `192.168.1.0/24`.",
+    ),
+    key("media.url_preview.max_redirects", Kind::Uint(u32::MAX as u64), "Redirects followed per preview."),
+    key("media.url_preview.max_bytes", Kind::Uint(u64::MAX), "Bytes of a page read at most."),
+    key("media.url_preview.timeout_ms", Kind::Uint(u64::MAX), "Time allowed for the whole fetch, in milliseconds."),
 ];
 
 /// The entry for a table path (`listeners[].port`), if any.

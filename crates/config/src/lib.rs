@@ -68,6 +68,8 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// The `/.well-known/matrix/*` answers.
     pub well_known: WellKnownConfig,
+    /// The media repository (the `media` role).
+    pub media: MediaConfig,
 }
 
 /// One HTTP listener.
@@ -217,6 +219,155 @@ pub struct WellKnownConfig {
     pub server: Option<String>,
 }
 
+/// The media repository: storage, limits, thumbnails and the unauthenticated endpoints.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct MediaConfig {
+    /// Directory of the filesystem media store; every media worker must see the same one. With
+    /// `s3` set, only uploads in progress are spooled here. Default: `<data_dir>/media`.
+    pub path: Option<PathBuf>,
+    /// Keep media in an S3-compatible object store instead of `path`. Default: unset (filesystem).
+    pub s3: Option<S3Config>,
+    /// Largest upload accepted, in bytes (`m.upload.size`). Default: 52428800 (50 MiB).
+    pub max_upload_bytes: u64,
+    /// Total bytes a user may have uploaded. Default: unset (no quota).
+    pub user_quota_bytes: Option<u64>,
+    /// Unused `create` reservations a user may hold at once. Default: 5.
+    pub max_pending_uploads: u64,
+    /// How long a `create` reservation waits for its upload, in milliseconds. Default: 86400000 (24 h).
+    pub pending_upload_expiry_ms: u64,
+    /// Longest a download may wait (`timeout_ms`) for a pending upload, in milliseconds. Default: 60000.
+    pub max_download_wait_ms: u64,
+    /// What the legacy unauthenticated `/_matrix/media/v3/download|thumbnail` endpoints serve.
+    /// Default: `frozen`.
+    pub unauthenticated: UnauthenticatedMedia,
+    /// Generate thumbnails of sizes not in `thumbnail_sizes` on request. Default: true.
+    pub dynamic_thumbnails: bool,
+    /// Largest image (width × height) that is thumbnailed. Default: 32000000.
+    pub max_image_pixels: u64,
+    /// Thumbnails generated at once per process (each on the blocking pool). Default: 2.
+    pub thumbnail_concurrency: u32,
+    /// Thumbnail sizes generated on upload. Default: 32×32 crop, 96×96 crop, 320×240 scale,
+    /// 640×480 scale, 800×600 scale.
+    pub thumbnail_sizes: Vec<ThumbnailSizeConfig>,
+    /// URL previews (`preview_url`).
+    pub url_preview: UrlPreviewConfig,
+}
+
+/// URL previews: the server fetches pages for clients, so it must not be turned against the
+/// network it runs in.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct UrlPreviewConfig {
+    /// Serve `preview_url`. Default: false.
+    pub enabled: bool,
+    /// CIDR ranges previews may reach although they are private, loopback or otherwise not
+    /// global (e.g. `192.168.1.0/24`). Default: none.
+    pub ip_range_allowlist: Vec<String>,
+    /// Redirects followed per preview. Default: 3.
+    pub max_redirects: u32,
+    /// Bytes of a page read at most. Default: 1048576 (1 MiB).
+    pub max_bytes: u64,
+    /// Time allowed for the whole fetch, in milliseconds. Default: 10000.
+    pub timeout_ms: u64,
+}
+
+impl Default for UrlPreviewConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            ip_range_allowlist: Vec::new(),
+            max_redirects: 3,
+            max_bytes: 1 << 20,
+            timeout_ms: 10_000,
+        }
+    }
+}
+
+/// An S3-compatible bucket (AWS S3, MinIO, Ceph, …), addressed path-style (`endpoint/bucket/key`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct S3Config {
+    /// Base URL of the service, e.g. `https://s3.eu-west-1.amazonaws.com`.
+    pub endpoint: String,
+    /// The bucket; it must exist.
+    pub bucket: String,
+    /// Region used in request signatures. Default: `us-east-1`.
+    #[serde(default = "default_s3_region")]
+    pub region: String,
+    /// Access key ID.
+    pub access_key_id: String,
+    /// Secret access key.
+    pub secret_access_key: String,
+    /// Prefix of every object key, e.g. `ganglion/`. Default: empty.
+    #[serde(default)]
+    pub key_prefix: String,
+}
+
+fn default_s3_region() -> String {
+    "us-east-1".to_owned()
+}
+
+/// What the legacy unauthenticated media endpoints serve.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum UnauthenticatedMedia {
+    /// Every local media.
+    Serve,
+    /// Only media uploaded while this was `serve`; newer media answers 404 `M_NOT_FOUND` there
+    /// (as Synapse's `enable_authenticated_media`).
+    Frozen,
+}
+
+/// How a thumbnail fits its box.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ThumbnailMethod {
+    /// Fit inside the box, keeping the aspect ratio.
+    Scale,
+    /// Fill the box, cropping the excess.
+    Crop,
+}
+
+/// One thumbnail size generated on upload.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ThumbnailSizeConfig {
+    /// Width in pixels.
+    pub width: u32,
+    /// Height in pixels.
+    pub height: u32,
+    /// `scale` or `crop`.
+    pub method: ThumbnailMethod,
+}
+
+impl Default for MediaConfig {
+    fn default() -> Self {
+        let size = |width, height, method| ThumbnailSizeConfig { width, height, method };
+        Self {
+            path: None,
+            s3: None,
+            max_upload_bytes: 50 << 20,
+            user_quota_bytes: None,
+            max_pending_uploads: 5,
+            pending_upload_expiry_ms: 86_400_000,
+            max_download_wait_ms: 60_000,
+            unauthenticated: UnauthenticatedMedia::Frozen,
+            dynamic_thumbnails: true,
+            max_image_pixels: 32_000_000,
+            thumbnail_concurrency: 2,
+            thumbnail_sizes: vec![
+                size(32, 32, ThumbnailMethod::Crop),
+                size(96, 96, ThumbnailMethod::Crop),
+                size(320, 240, ThumbnailMethod::Scale),
+                size(640, 480, ThumbnailMethod::Scale),
+                size(800, 600, ThumbnailMethod::Scale),
+            ],
+            url_preview: UrlPreviewConfig::default(),
+        }
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Self {
@@ -233,6 +384,7 @@ impl Default for Config {
             telemetry: TelemetryConfig::default(),
             limits: LimitsConfig::default(),
             well_known: WellKnownConfig::default(),
+            media: MediaConfig::default(),
         }
     }
 }
@@ -300,6 +452,11 @@ impl Config {
     /// The database URL, defaulting to SQLite under `data_dir`.
     pub fn database_url(&self) -> String {
         self.database.url.clone().unwrap_or_else(|| format!("sqlite://{}/ganglion.db", self.data_dir.display()))
+    }
+
+    /// The filesystem media store's directory, defaulting to `<data_dir>/media`.
+    pub fn media_path(&self) -> PathBuf {
+        self.media.path.clone().unwrap_or_else(|| self.data_dir.join("media"))
     }
 
     /// Whether registration is open: the explicit setting, else open only while every listener that

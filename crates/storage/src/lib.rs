@@ -15,6 +15,7 @@ mod ephemeral;
 mod events;
 mod key_backup;
 mod keys;
+mod media;
 mod migrate;
 mod users;
 
@@ -31,6 +32,7 @@ pub use ephemeral::{EphemeralStore, Receipt};
 pub use events::{EventStore, NewEvent, PersistedEvent, RoomMembership, StateEntry, UnreadCounts};
 pub use key_backup::{BackedUpKey, BackupVersion, KeyBackupStore};
 pub use keys::{KeyStore, StoredSigningKey};
+pub use media::{CompleteUpload, MediaRecord, MediaStore, MediaUsage, ThumbnailKey, ThumbnailRecord, UploadedContent};
 pub use migrate::{SCHEMA_VERSION, SchemaStatus};
 pub use users::{DeviceInfo, UserStore, Whoami};
 

@@ -25,6 +25,12 @@ const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../../../migrations/sqlite/0002_rooms.sql"),
     },
     Migration {
+        version: 3,
+        name: "media",
+        postgres: include_str!("../../../migrations/postgres/0003_media.sql"),
+        sqlite: include_str!("../../../migrations/sqlite/0003_media.sql"),
+    },
+    Migration {
         version: 4,
         name: "account_data",
         postgres: include_str!("../../../migrations/postgres/0004_account_data.sql"),

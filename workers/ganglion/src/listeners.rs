@@ -21,6 +21,9 @@ pub(crate) struct RoleRouters {
     pub(crate) client: Vec<Router>,
     pub(crate) federation: Vec<Router>,
     pub(crate) media: Vec<Router>,
+    /// Routes under `/_matrix/client/v1/media/`: merged once into every listener that serves
+    /// `client` or `media` (twice would be a duplicate-route panic).
+    pub(crate) client_media: Vec<Router>,
     alive: Vec<Box<dyn Any + Send>>,
 }
 
@@ -77,6 +80,11 @@ fn router_for(
             }
         };
         for p in parts {
+            r = r.merge(p.clone());
+        }
+    }
+    if listener.resources.iter().any(|res| matches!(res, Resource::Client | Resource::Media)) {
+        for p in &routers.client_media {
             r = r.merge(p.clone());
         }
     }
@@ -190,4 +198,44 @@ pub(crate) async fn serve_listeners(
     }
     drop(routers);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::body::Body;
+    use axum::http::{Request, StatusCode};
+    use axum::routing::get;
+    use tower::ServiceExt as _;
+
+    use super::*;
+
+    async fn status(router: &Router, path: &str) -> StatusCode {
+        router.clone().oneshot(Request::get(path).body(Body::empty()).unwrap()).await.unwrap().status()
+    }
+
+    /// `/_matrix/client/v1/media/*` is served where `client` or `media` is, once even when both are
+    /// (a second merge of the same routes would panic); `/_matrix/media/*` only where `media` is.
+    #[tokio::test]
+    async fn client_media_routes_are_merged_once_per_listener() {
+        let mut routers = RoleRouters::default();
+        routers.client.push(Router::new().route("/_matrix/client/versions", get(|| async { "{}" })));
+        routers.media.push(Router::new().route("/_matrix/media/v3/config", get(|| async { "{}" })));
+        routers.client_media.push(Router::new().route("/_matrix/client/v1/media/config", get(|| async { "{}" })));
+        let (health, metrics) = (Health::new(), Metrics::new());
+        let on = |resources: Vec<Resource>| {
+            let listener = ListenerConfig { resources, ..ListenerConfig::default() };
+            router_for(&listener, &routers, "serve", &health, &metrics, 1024)
+        };
+        let both = on(vec![Resource::Client, Resource::Media]);
+        assert_eq!(status(&both, "/_matrix/client/v1/media/config").await, StatusCode::OK);
+        assert_eq!(status(&both, "/_matrix/media/v3/config").await, StatusCode::OK);
+        let client = on(vec![Resource::Client]);
+        assert_eq!(status(&client, "/_matrix/client/v1/media/config").await, StatusCode::OK);
+        assert_eq!(status(&client, "/_matrix/media/v3/config").await, StatusCode::NOT_FOUND);
+        let media = on(vec![Resource::Media]);
+        assert_eq!(status(&media, "/_matrix/client/v1/media/config").await, StatusCode::OK);
+        assert_eq!(status(&media, "/_matrix/client/versions").await, StatusCode::NOT_FOUND);
+        let federation = on(vec![Resource::Federation, Resource::Health]);
+        assert_eq!(status(&federation, "/_matrix/client/v1/media/config").await, StatusCode::NOT_FOUND);
+    }
 }

@@ -139,9 +139,14 @@ async fn start_role(
             routers.keep(Box::new(r));
         }
         Role::Media => {
-            let r = ganglion_media::Media::start(db, bus).await.map_err(&db_err)?;
+            let r = ganglion_media::Media::start(cfg, db, bus).await.map_err(|e| match e {
+                ganglion_media::StartError::Config(m) => Fatal::Config(m),
+                other => Fatal::Runtime(format!("media: {other}")),
+            })?;
             watch_replication(health, r.position());
-            routers.media.push(r.router());
+            routers.media.push(r.media_router());
+            // `/_matrix/client/v1/media/*` is reachable on listeners serving `client` or `media`.
+            routers.client_media.push(r.client_router());
             routers.keep(Box::new(r));
         }
         Role::Pusher => {
