@@ -573,6 +573,60 @@ impl EventStore {
         Ok(UnreadCounts { notifications: row.try_get(0)?, highlights: row.try_get(1)? })
     }
 
+    /// Publishes a room in the public directory, or withdraws it.
+    ///
+    /// # Errors
+    /// On database failure.
+    pub async fn set_room_published(&self, room_id: &RoomId, published: bool) -> Result<()> {
+        if published {
+            sqlx::query(
+                "INSERT INTO room_directory (room_id, published_ts) VALUES ($1, $2) ON CONFLICT (room_id) DO NOTHING",
+            )
+            .bind(room_id.as_str())
+            .bind(now_ms())
+            .execute(self.db.pool())
+            .await?;
+        } else {
+            sqlx::query("DELETE FROM room_directory WHERE room_id = $1")
+                .bind(room_id.as_str())
+                .execute(self.db.pool())
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Whether a room is in the public directory.
+    ///
+    /// # Errors
+    /// On database failure.
+    pub async fn is_room_published(&self, room_id: &RoomId) -> Result<bool> {
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM room_directory WHERE room_id = $1")
+            .bind(room_id.as_str())
+            .fetch_one(self.db.pool())
+            .await?;
+        Ok(n > 0)
+    }
+
+    /// The published rooms with their joined member counts, most members first.
+    ///
+    /// # Errors
+    /// On database failure.
+    pub async fn published_rooms(&self) -> Result<Vec<(OwnedRoomId, i64)>> {
+        let rows = sqlx::query(
+            "SELECT d.room_id, (SELECT COUNT(*) FROM current_state c WHERE c.room_id = d.room_id
+                AND c.event_type = 'm.room.member' AND c.membership = 'join') AS members
+             FROM room_directory d ORDER BY members DESC, d.room_id",
+        )
+        .fetch_all(self.db.pool())
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let id: String = r.try_get(0)?;
+                Ok((OwnedRoomId::try_from(id.as_str()).map_err(|e| Error::Decode(e.to_string()))?, r.try_get(1)?))
+            })
+            .collect()
+    }
+
     /// Everyone who shares a joined room with `user_id` (the user included).
     ///
     /// # Errors

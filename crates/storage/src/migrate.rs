@@ -60,10 +60,16 @@ const MIGRATIONS: &[Migration] = &[
         postgres: include_str!("../../../migrations/postgres/0008_push_actions.sql"),
         sqlite: include_str!("../../../migrations/sqlite/0008_push_actions.sql"),
     },
+    Migration {
+        version: 9,
+        name: "directory",
+        postgres: include_str!("../../../migrations/postgres/0009_directory.sql"),
+        sqlite: include_str!("../../../migrations/sqlite/0009_directory.sql"),
+    },
 ];
 
 /// The schema version this build reads and writes: the highest migration's version.
-pub const SCHEMA_VERSION: i64 = 8;
+pub const SCHEMA_VERSION: i64 = 9;
 
 /// How the database's schema compares with this build's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -357,4 +357,70 @@ impl UserStore {
         tx.commit().await?;
         Ok(res.rows_affected() > 0)
     }
+
+    /// Replaces a user's password hash.
+    ///
+    /// # Errors
+    /// On database failure.
+    pub async fn set_password_hash(&self, user_id: &UserId, hash: &str) -> Result<()> {
+        sqlx::query("UPDATE users SET password_hash = $1 WHERE user_id = $2")
+            .bind(hash)
+            .bind(user_id.as_str())
+            .execute(self.db.pool())
+            .await?;
+        Ok(())
+    }
+
+    /// Logs out every device of a user except `keep` (its tokens and device rows go).
+    ///
+    /// # Errors
+    /// On database failure.
+    pub async fn delete_other_devices(&self, user_id: &UserId, keep: &str) -> Result<Vec<String>> {
+        let others: Vec<String> =
+            sqlx::query_scalar("SELECT device_id FROM devices WHERE user_id = $1 AND device_id <> $2")
+                .bind(user_id.as_str())
+                .bind(keep)
+                .fetch_all(self.db.pool())
+                .await?;
+        for d in &others {
+            self.delete_device(user_id, d).await?;
+        }
+        Ok(others)
+    }
+
+    /// Deactivates an account: it can no longer log in, its tokens go; its ID stays taken.
+    ///
+    /// # Errors
+    /// On database failure.
+    pub async fn deactivate(&self, user_id: &UserId) -> Result<()> {
+        let mut tx = self.db.pool().begin().await?;
+        sqlx::query("UPDATE users SET deactivated = 1, password_hash = NULL WHERE user_id = $1")
+            .bind(user_id.as_str())
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM access_tokens WHERE user_id = $1").bind(user_id.as_str()).execute(&mut *tx).await?;
+        sqlx::query("DELETE FROM devices WHERE user_id = $1").bind(user_id.as_str()).execute(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Active local users whose ID or display name contains `term` (case-insensitive), with their
+    /// profile: `(user_id, displayname, avatar_url)`, at most `limit`.
+    ///
+    /// # Errors
+    /// On database failure.
+    pub async fn search_users(&self, term: &str, limit: i64) -> Result<Vec<(String, Option<String>, Option<String>)>> {
+        let pattern =
+            format!("%{}%", term.to_lowercase().replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_"));
+        let rows = sqlx::query(
+            "SELECT u.user_id, p.displayname, p.avatar_url FROM users u LEFT JOIN profiles p ON p.user_id = u.user_id
+             WHERE u.deactivated = 0 AND (LOWER(u.user_id) LIKE $1 ESCAPE '\\' OR LOWER(COALESCE(p.displayname, '')) LIKE $1 ESCAPE '\\')
+             ORDER BY u.user_id LIMIT $2",
+        )
+        .bind(pattern)
+        .bind(limit)
+        .fetch_all(self.db.pool())
+        .await?;
+        rows.iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?))).collect()
+    }
 }

@@ -1,6 +1,7 @@
 //! Client-Server API handlers served by `main`, one module per area of the spec.
 
 mod account;
+mod account_admin;
 mod account_data;
 mod devices;
 mod directory;
@@ -8,11 +9,13 @@ mod discovery;
 mod keys;
 mod membership;
 mod profile;
+mod public_rooms;
 mod push_rules;
 mod receipts;
 mod room_keys;
 mod room_state;
 mod rooms;
+mod user_directory;
 
 use axum::Router;
 use axum::routing::{get, post, put};
@@ -155,6 +158,37 @@ pub(crate) fn routes() -> Router<MainState> {
                 &format!("/_matrix/client/{v}/room_keys/keys/{{room_id}}/{{session_id}}"),
                 get(room_keys::get_session).put(room_keys::put_session).delete(room_keys::delete_session),
             )
+            .route(&format!("/_matrix/client/{v}/account/password"), post(account_admin::change_password))
+            .route(&format!("/_matrix/client/{v}/account/deactivate"), post(account_admin::deactivate))
+            .route(
+                &format!("/_matrix/client/{v}/account/3pid"),
+                get(account_admin::threepids).post(account_admin::threepid_unsupported),
+            )
+            .route(&format!("/_matrix/client/{v}/account/3pid/add"), post(account_admin::threepid_unsupported))
+            .route(&format!("/_matrix/client/{v}/account/3pid/bind"), post(account_admin::threepid_unsupported))
+            .route(&format!("/_matrix/client/{v}/account/3pid/delete"), post(account_admin::threepid_delete))
+            .route(&format!("/_matrix/client/{v}/account/3pid/unbind"), post(account_admin::threepid_delete))
+            .route(&format!("/_matrix/client/{v}/account/3pid/email/requestToken"), post(account_admin::request_token))
+            .route(&format!("/_matrix/client/{v}/account/3pid/msisdn/requestToken"), post(account_admin::request_token))
+            .route(
+                &format!("/_matrix/client/{v}/account/password/email/requestToken"),
+                post(account_admin::request_token),
+            )
+            .route(
+                &format!("/_matrix/client/{v}/account/password/msisdn/requestToken"),
+                post(account_admin::request_token),
+            )
+            .route(&format!("/_matrix/client/{v}/register/email/requestToken"), post(account_admin::request_token))
+            .route(&format!("/_matrix/client/{v}/register/msisdn/requestToken"), post(account_admin::request_token))
+            .route(
+                &format!("/_matrix/client/{v}/directory/list/room/{{room_id}}"),
+                get(public_rooms::get_visibility).put(public_rooms::set_visibility),
+            )
+            .route(
+                &format!("/_matrix/client/{v}/publicRooms"),
+                get(public_rooms::get_public_rooms).post(public_rooms::search_public_rooms),
+            )
+            .route(&format!("/_matrix/client/{v}/user_directory/search"), post(user_directory::search))
             .route(&format!("/_matrix/client/{v}/devices"), get(devices::list))
             .route(
                 &format!("/_matrix/client/{v}/devices/{{device_id}}"),

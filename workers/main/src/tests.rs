@@ -87,6 +87,8 @@ on_both_backends!(
     keys_upload_query_claim_and_to_device,
     key_backup_versions_and_keys,
     push_rules_can_be_changed,
+    password_change_and_deactivation,
+    public_rooms_and_user_directory,
 );
 
 async fn registration_follows_uia_and_validates_usernames(backend: Backend) {
@@ -1147,5 +1149,171 @@ async fn push_rules_can_be_changed(backend: Backend) {
     assert_eq!(s, StatusCode::OK);
     let (s, _) = app.call("GET", &format!("{base}/content/coffee"), Some(&alice), None).await;
     assert_eq!(s, StatusCode::NOT_FOUND);
+    app.db.cleanup().await;
+}
+
+async fn password_change_and_deactivation(backend: Backend) {
+    let app = app(backend, |_| {}).await;
+    app.register("alice").await;
+    let phone = login_device(&app, "alice", "PHONE").await;
+    let laptop = login_device(&app, "alice", "LAPTOP").await;
+    let room = create(&app, &phone, json!({})).await;
+    let auth = |pw: &str| json!({"type": "m.login.password", "identifier": {"type": "m.id.user", "user": "alice"}, "password": pw});
+    let (s, b) = app
+        .call("POST", "/_matrix/client/v3/account/password", Some(&phone), Some(json!({"new_password": "pw2"})))
+        .await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED, "{b}");
+    let (s, _) = app
+        .call(
+            "POST",
+            "/_matrix/client/v3/account/password",
+            Some(&phone),
+            Some(json!({"new_password": "pw2", "auth": auth("pw")})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, _) = app.call("GET", "/_matrix/client/v3/account/whoami", Some(&laptop), None).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED, "other devices are logged out");
+    let (s, _) = app.call("GET", "/_matrix/client/v3/account/whoami", Some(&phone), None).await;
+    assert_eq!(s, StatusCode::OK, "the current device stays");
+    let (s, _) = app
+        .call(
+            "POST",
+            "/_matrix/client/v3/login",
+            None,
+            Some(json!({"type": "m.login.password", "user": "alice", "password": "pw"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "the old password is gone");
+
+    let (s, b) = app.call("GET", "/_matrix/client/v3/account/3pid", Some(&phone), None).await;
+    assert_eq!((s, b["threepids"].clone()), (StatusCode::OK, json!([])));
+    let (s, b) = app
+        .call(
+            "POST",
+            "/_matrix/client/v3/account/3pid/email/requestToken",
+            None,
+            Some(json!({"email": "a@b.c", "client_secret": "x", "send_attempt": 1})),
+        )
+        .await;
+    assert_eq!((s, b["errcode"].as_str()), (StatusCode::BAD_REQUEST, Some("M_THREEPID_MEDIUM_NOT_SUPPORTED")));
+
+    let (s, b) = app
+        .call(
+            "POST",
+            "/_matrix/client/v3/account/deactivate",
+            Some(&phone),
+            Some(json!({"auth": auth("pw2"), "erase": true})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    assert_eq!(b["id_server_unbind_result"], "no-support");
+    let (s, _) = app.call("GET", "/_matrix/client/v3/account/whoami", Some(&phone), None).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    let (s, _) = app
+        .call(
+            "POST",
+            "/_matrix/client/v3/login",
+            None,
+            Some(json!({"type": "m.login.password", "user": "alice", "password": "pw2"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    let (s, b) = app.call("POST", "/_matrix/client/v3/register", None, Some(json!({"username": "alice"}))).await;
+    assert_eq!((s, b["errcode"].as_str()), (StatusCode::BAD_REQUEST, Some("M_USER_IN_USE")), "the ID stays taken");
+    let events = ganglion_storage::EventStore::new(app.db.db.clone());
+    let rid = ruma::OwnedRoomId::try_from(room.as_str()).unwrap();
+    assert_eq!(
+        events.membership(&rid, &ruma::owned_user_id!("@alice:localhost")).await.unwrap().as_deref(),
+        Some("leave")
+    );
+    app.db.cleanup().await;
+}
+
+async fn public_rooms_and_user_directory(backend: Backend) {
+    let app = app(backend, |_| {}).await;
+    let alice = app.register("alice").await;
+    let bob = app.register("bob").await;
+    let carol = app.register("carol").await;
+    app.call(
+        "PUT",
+        "/_matrix/client/v3/profile/@carol:localhost/displayname",
+        Some(&carol),
+        Some(json!({"displayname": "Carol Danvers"})),
+    )
+    .await;
+    let lobby = create(
+        &app,
+        &alice,
+        json!({"visibility": "public", "preset": "public_chat", "name": "Lobby", "topic": "say hi"}),
+    )
+    .await;
+    let quiet = create(&app, &alice, json!({"preset": "public_chat", "name": "Quiet"})).await;
+    app.call("POST", &format!("/_matrix/client/v3/rooms/{lobby}/join"), Some(&bob), Some(json!({}))).await;
+    let (s, b) = app.call("GET", "/_matrix/client/v3/publicRooms", None, None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(b["chunk"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        (b["chunk"][0]["name"].as_str(), b["chunk"][0]["num_joined_members"].as_i64()),
+        (Some("Lobby"), Some(2))
+    );
+    assert_eq!(b["chunk"][0]["join_rule"], "public");
+    // Publishing needs moderator power.
+    let (s, _) = app
+        .call(
+            "PUT",
+            &format!("/_matrix/client/v3/directory/list/room/{lobby}"),
+            Some(&bob),
+            Some(json!({"visibility": "private"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    let (s, _) = app
+        .call(
+            "PUT",
+            &format!("/_matrix/client/v3/directory/list/room/{quiet}"),
+            Some(&alice),
+            Some(json!({"visibility": "public"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let (_, v) = app.call("GET", &format!("/_matrix/client/v3/directory/list/room/{quiet}"), None, None).await;
+    assert_eq!(v["visibility"], "public");
+    let (_, p1) = app.call("GET", "/_matrix/client/v3/publicRooms?limit=1", None, None).await;
+    assert_eq!(p1["chunk"][0]["name"], "Lobby", "most members first");
+    let next = p1["next_batch"].as_str().unwrap().to_owned();
+    let (_, p2) = app.call("GET", &format!("/_matrix/client/v3/publicRooms?limit=1&since={next}"), None, None).await;
+    assert_eq!(p2["chunk"][0]["name"], "Quiet");
+    assert!(p2.get("next_batch").is_none());
+    let (s, b) = app
+        .call(
+            "POST",
+            "/_matrix/client/v3/publicRooms",
+            Some(&bob),
+            Some(json!({"filter": {"generic_search_term": "HI"}})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(b["chunk"].as_array().unwrap().len(), 1, "the topic matches: {b}");
+    let (s, _) = app.call("GET", "/_matrix/client/v3/publicRooms?since=bogus", None, None).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+
+    // Bob shares the lobby with alice; carol shares nothing, and is in no public room.
+    let (_, r) = app
+        .call("POST", "/_matrix/client/v3/user_directory/search", Some(&bob), Some(json!({"search_term": "ali"})))
+        .await;
+    assert_eq!(r["results"][0]["user_id"], "@alice:localhost");
+    let (_, r) = app
+        .call("POST", "/_matrix/client/v3/user_directory/search", Some(&bob), Some(json!({"search_term": "danvers"})))
+        .await;
+    assert_eq!(r["results"], json!([]), "users sharing nothing stay hidden");
+    app.call("POST", &format!("/_matrix/client/v3/rooms/{quiet}/join"), Some(&carol), Some(json!({}))).await;
+    let (_, r) = app
+        .call("POST", "/_matrix/client/v3/user_directory/search", Some(&bob), Some(json!({"search_term": "danvers"})))
+        .await;
+    assert_eq!(r["results"][0]["display_name"], "Carol Danvers", "members of public rooms are found: {r}");
+    let (s, _) =
+        app.call("POST", "/_matrix/client/v3/user_directory/search", None, Some(json!({"search_term": "a"}))).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
     app.db.cleanup().await;
 }

@@ -36,9 +36,9 @@ pub(crate) async fn capabilities(State(d): State<Discovery>, _user: AuthUser) ->
     Json(json!({
         "capabilities": {
             "m.room_versions": { "default": d.default_room_version, "available": available },
-            "m.change_password": { "enabled": false },
-            "m.set_displayname": { "enabled": false },
-            "m.set_avatar_url": { "enabled": false },
+            "m.change_password": { "enabled": true },
+            "m.set_displayname": { "enabled": true },
+            "m.set_avatar_url": { "enabled": true },
             "m.3pid_changes": { "enabled": false },
         }
     }))

@@ -217,6 +217,9 @@ pub(crate) async fn create_room(
             other => other.into(),
         })?;
     }
+    if body.visibility.as_deref() == Some("public") {
+        rooms.events.set_room_published(&room_id, true).await?;
+    }
     tracing::info!(room_id = %room_id, "created room");
     Ok(Json(json!({ "room_id": room_id })))
 }
