@@ -66,6 +66,8 @@ pub struct Config {
     pub telemetry: TelemetryConfig,
     /// Request limits.
     pub limits: LimitsConfig,
+    /// Rate limits per user (messages, room actions) and per client address (login, registration).
+    pub rate_limits: RateLimitsConfig,
     /// The `/.well-known/matrix/*` answers.
     pub well_known: WellKnownConfig,
     /// The media repository (the `media` role).
@@ -208,6 +210,45 @@ pub struct LimitsConfig {
     pub max_request_body_bytes: usize,
     /// Longest `/sync` long-poll a client may ask for. Default: 300000 (5 minutes).
     pub max_sync_timeout_ms: u64,
+}
+
+/// Rate limits. Each is a token bucket: `burst` actions at once, refilled at `per_minute`.
+/// Exceeding one answers 429 `M_LIMIT_EXCEEDED` with `retry_after_ms` and `Retry-After`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct RateLimitsConfig {
+    /// Apply rate limits at all. Default: true.
+    pub enabled: bool,
+    /// Events sent by one user (messages, state, redactions). Default: 600 per minute, burst 100.
+    pub messages: RateLimit,
+    /// Room creations, joins, invites and knocks by one user. Default: 60 per minute, burst 20.
+    pub rooms: RateLimit,
+    /// Login attempts from one client address. Default: 60 per minute, burst 10.
+    pub login: RateLimit,
+    /// Registration attempts from one client address. Default: 30 per minute, burst 10.
+    pub registration: RateLimit,
+}
+
+/// One token bucket.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimit {
+    /// Sustained rate.
+    pub per_minute: u32,
+    /// Actions allowed at once.
+    pub burst: u32,
+}
+
+impl Default for RateLimitsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            messages: RateLimit { per_minute: 600, burst: 100 },
+            rooms: RateLimit { per_minute: 60, burst: 20 },
+            login: RateLimit { per_minute: 60, burst: 10 },
+            registration: RateLimit { per_minute: 30, burst: 10 },
+        }
+    }
 }
 
 /// `/.well-known/matrix/*` answers.
@@ -383,6 +424,7 @@ impl Default for Config {
             rooms: RoomsConfig::default(),
             telemetry: TelemetryConfig::default(),
             limits: LimitsConfig::default(),
+            rate_limits: RateLimitsConfig::default(),
             well_known: WellKnownConfig::default(),
             media: MediaConfig::default(),
         }

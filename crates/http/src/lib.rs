@@ -9,8 +9,10 @@ mod auth;
 mod error;
 mod json;
 mod layers;
+mod rate_limit;
 
 pub use auth::{AccessToken, AuthUser, Authenticator, hash_token, new_access_token};
 pub use error::MatrixError;
 pub use json::MatrixJson;
 pub use layers::{RequestId, common_layers, matrix_fallbacks};
+pub use rate_limit::{ClientIp, RateLimiter};

@@ -144,7 +144,7 @@ async fn serve_tls(listener: TcpListener, acceptor: tokio_rustls::TlsAcceptor, r
                     return;
                 }
             };
-            let service = TowerToHyperService::new(router);
+            let service = TowerToHyperService::new(router.layer(axum::Extension(axum::extract::ConnectInfo(peer))));
             if let Err(e) =
                 hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tls), service).await
             {
@@ -179,7 +179,9 @@ pub(crate) async fn serve_listeners(
             None => {
                 tracing::info!(%bound, tls = false, resources = %resources.join(","), "listening");
                 tasks.spawn(async move {
-                    let served = axum::serve(listener, router).with_graceful_shutdown(shutdown_signal()).await;
+                    // The peer address feeds per-address rate limits (unless a proxy names the client).
+                    let service = router.into_make_service_with_connect_info::<SocketAddr>();
+                    let served = axum::serve(listener, service).with_graceful_shutdown(shutdown_signal()).await;
                     if let Err(e) = served {
                         tracing::error!(error = %e, "listener failed");
                     }

@@ -29,10 +29,27 @@ pub use grpc::write_api_service;
 use crate::password::PasswordHasherConfig;
 use crate::writer::EventWriter;
 
+/// The rate limits `main` applies.
+#[derive(Debug)]
+pub(crate) struct Limits {
+    messages: ganglion_http::RateLimiter,
+    rooms: ganglion_http::RateLimiter,
+    login: ganglion_http::RateLimiter,
+    registration: ganglion_http::RateLimiter,
+}
+
+impl Limits {
+    fn new(c: &ganglion_config::RateLimitsConfig) -> Self {
+        let l = |r: &ganglion_config::RateLimit| ganglion_http::RateLimiter::new(r.per_minute, r.burst, c.enabled);
+        Self { messages: l(&c.messages), rooms: l(&c.rooms), login: l(&c.login), registration: l(&c.registration) }
+    }
+}
+
 /// What account endpoints need.
 #[derive(Debug, Clone)]
 pub(crate) struct Accounts {
     users: UserStore,
+    limits: Arc<Limits>,
     server_name: OwnedServerName,
     hasher: PasswordHasherConfig,
     registration_open: bool,
@@ -51,6 +68,7 @@ pub(crate) struct Discovery {
 #[derive(Debug, Clone)]
 pub(crate) struct Rooms {
     events: EventStore,
+    limits: Arc<Limits>,
     writer: Arc<EventWriter>,
     default_version: ruma::RoomVersionId,
 }
@@ -175,6 +193,7 @@ impl MainState {
         let key = Arc::new(signing_key(&KeyStore::new(db.clone())).await?);
         let writer = Arc::new(EventWriter::new(events.clone(), bus.clone(), key, server_name.clone()).await?);
         let hasher = PasswordHasherConfig::new(&config.password_hashing).map_err(StartError::Config)?;
+        let limits = Arc::new(Limits::new(&config.rate_limits));
         let account_data = ganglion_storage::AccountDataStore::new(db.clone());
         let user_data = UserData {
             users: users.clone(),
@@ -210,6 +229,7 @@ impl MainState {
             auth: Authenticator::new(users.clone()),
             accounts: Accounts {
                 users,
+                limits: limits.clone(),
                 server_name: server_name.clone(),
                 hasher,
                 registration_open: config.registration_open(),
@@ -220,7 +240,7 @@ impl MainState {
                 well_known_server: config.well_known.server.clone(),
                 default_room_version: config.rooms.default_version.clone(),
             },
-            rooms: Rooms { events: events.clone(), writer, default_version },
+            rooms: Rooms { events: events.clone(), limits, writer, default_version },
             user_data,
             keys,
             ephemeral: Ephemeral {

@@ -89,6 +89,7 @@ on_both_backends!(
     push_rules_can_be_changed,
     password_change_and_deactivation,
     public_rooms_and_user_directory,
+    rate_limits_answer_limit_exceeded,
 );
 
 async fn registration_follows_uia_and_validates_usernames(backend: Backend) {
@@ -1315,5 +1316,48 @@ async fn public_rooms_and_user_directory(backend: Backend) {
     let (s, _) =
         app.call("POST", "/_matrix/client/v3/user_directory/search", None, Some(json!({"search_term": "a"}))).await;
     assert_eq!(s, StatusCode::UNAUTHORIZED);
+    app.db.cleanup().await;
+}
+
+async fn rate_limits_answer_limit_exceeded(backend: Backend) {
+    let app = app(backend, |c| {
+        c.rate_limits.login = ganglion_config::RateLimit { per_minute: 1, burst: 2 };
+        c.rate_limits.messages = ganglion_config::RateLimit { per_minute: 60, burst: 3 };
+    })
+    .await;
+    let alice = app.register("alice").await;
+    let login = json!({"type": "m.login.password", "user": "alice", "password": "wrong"});
+    for _ in 0..2 {
+        let (s, _) = app.call("POST", "/_matrix/client/v3/login", None, Some(login.clone())).await;
+        assert_eq!(s, StatusCode::FORBIDDEN);
+    }
+    let req = Request::post("/_matrix/client/v3/login").body(Body::from(login.to_string())).unwrap();
+    let resp = app.router.clone().oneshot(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(resp.headers().contains_key("retry-after"));
+    let body: Value = serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    assert_eq!(body["errcode"], "M_LIMIT_EXCEEDED");
+    assert!(body["retry_after_ms"].as_u64().unwrap() > 0);
+    // Another client address has its own bucket.
+    let req = Request::post("/_matrix/client/v3/login")
+        .header("x-forwarded-for", "192.0.2.7")
+        .body(Body::from(login.to_string()))
+        .unwrap();
+    assert_eq!(app.router.clone().oneshot(req).await.unwrap().status(), StatusCode::FORBIDDEN);
+
+    let room = create(&app, &alice, json!({})).await;
+    let mut statuses = Vec::new();
+    for i in 0..4 {
+        let (s, _) = app
+            .call(
+                "PUT",
+                &format!("/_matrix/client/v3/rooms/{room}/send/m.room.message/rl{i}"),
+                Some(&alice),
+                Some(json!({"body": "x"})),
+            )
+            .await;
+        statuses.push(s.as_u16());
+    }
+    assert_eq!(statuses, vec![200, 200, 200, 429]);
     app.db.cleanup().await;
 }

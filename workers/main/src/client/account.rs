@@ -4,7 +4,7 @@ use axum::Json;
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use ganglion_http::{AuthUser, MatrixError, MatrixJson, hash_token, new_access_token};
+use ganglion_http::{AuthUser, ClientIp, MatrixError, MatrixJson, hash_token, new_access_token};
 use ruma::{OwnedUserId, UserId};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -84,9 +84,11 @@ async fn issue_token(
 /// `POST /_matrix/client/v3/register`: register with User-Interactive Auth (`m.login.dummy`).
 pub(crate) async fn register(
     State(accounts): State<Accounts>,
+    ClientIp(ip): ClientIp,
     Query(q): Query<RegisterQuery>,
     MatrixJson(body): MatrixJson<RegisterBody>,
 ) -> Result<Response, MatrixError> {
+    accounts.limits.registration.check(&ip)?;
     match q.kind.as_deref() {
         None | Some("user") => {}
         Some("guest") => return Err(MatrixError::forbidden("Guest access is disabled")),
@@ -238,8 +240,10 @@ pub(crate) struct LoginBody {
 /// `POST /_matrix/client/v3/login`: password login.
 pub(crate) async fn login(
     State(accounts): State<Accounts>,
+    ClientIp(ip): ClientIp,
     MatrixJson(body): MatrixJson<LoginBody>,
 ) -> Result<Json<Value>, MatrixError> {
+    accounts.limits.login.check(&ip)?;
     if body.kind != "m.login.password" {
         return Err(MatrixError::new(
             StatusCode::BAD_REQUEST,

@@ -46,6 +46,9 @@ async fn set_membership(
     if rooms.events.room_version(room_id).await?.is_none() {
         return Err(MatrixError::not_found(format!("Unknown room {room_id}")));
     }
+    if matches!(membership, "invite" | "knock") {
+        rooms.limits.rooms.check(sender.as_str())?;
+    }
     let mut content = json!({ "membership": membership });
     if let Some(r) = reason.filter(|r| !r.is_empty()) {
         content["reason"] = json!(r);

@@ -101,6 +101,7 @@ async fn put_state(
     content: serde_json::Map<String, Value>,
 ) -> Result<Json<Value>, MatrixError> {
     let room_id = parse_room_id(room_id)?;
+    rooms.limits.messages.check(user.user_id.as_str())?;
     if event_type.is_empty() || event_type.len() > 255 {
         return Err(MatrixError::invalid_param("Invalid event type"));
     }
@@ -311,6 +312,7 @@ pub(crate) async fn redact(
     let room_id = parse_room_id(&room_id)?;
     let target = ruma::OwnedEventId::try_from(event_id.as_str())
         .map_err(|e| MatrixError::invalid_param(format!("Invalid event ID: {e}")))?;
+    rooms.limits.messages.check(user.user_id.as_str())?;
     if rooms.events.membership(&room_id, &user.user_id).await?.as_deref() != Some("join") {
         return Err(MatrixError::forbidden(format!("User {} not in room {room_id}", user.user_id)));
     }

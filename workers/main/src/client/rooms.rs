@@ -56,6 +56,7 @@ pub(crate) async fn create_room(
     req: Option<Extension<RequestId>>,
     MatrixJson(body): MatrixJson<CreateRoomBody>,
 ) -> Result<Json<Value>, MatrixError> {
+    rooms.limits.rooms.check(user.user_id.as_str())?;
     let version = match &body.room_version {
         Some(v) => RoomVersionId::try_from(v.as_str())
             .ok()
@@ -230,6 +231,7 @@ async fn join(
     user: &UserId,
     origin: &WriteOrigin,
 ) -> Result<Json<Value>, MatrixError> {
+    rooms.limits.rooms.check(user.as_str())?;
     if rooms.events.room_version(room_id).await?.is_none() {
         return Err(MatrixError::not_found("No known servers for this room"));
     }
@@ -284,6 +286,7 @@ pub(crate) async fn send_message(
 ) -> Result<Json<Value>, MatrixError> {
     let room_id =
         OwnedRoomId::try_from(room_id).map_err(|e| MatrixError::invalid_param(format!("Invalid room ID: {e}")))?;
+    rooms.limits.messages.check(user.user_id.as_str())?;
     if event_type.is_empty() || event_type.len() > 255 {
         return Err(MatrixError::invalid_param("Invalid event type"));
     }
