@@ -780,4 +780,91 @@ impl EventStore {
             .await?;
         id.map(|s| OwnedRoomId::try_from(s.as_str()).map_err(|e| Error::Decode(e.to_string()))).transpose()
     }
+
+    /// A user's membership of every room as of stream position `upto`: the latest `m.room.member`
+    /// event for them at or below it, per room. Sliding sync uses it to rebuild a list as it stood
+    /// at an earlier `pos`.
+    ///
+    /// # Errors
+    /// On database failure.
+    pub async fn memberships_at(&self, user_id: &UserId, upto: i64) -> Result<Vec<RoomMembership>> {
+        // Driven from the user's current member rows (indexed by state key), so only the rooms the
+        // user ever had a membership in are looked at, each through `events_room_state`.
+        let rows = sqlx::query(
+            "SELECT e.room_id, e.membership, e.stream_ordering FROM current_state c
+             JOIN events e ON e.room_id = c.room_id AND e.event_type = 'm.room.member' AND e.state_key = $1
+             WHERE c.event_type = 'm.room.member' AND c.state_key = $1
+             AND e.stream_ordering = (SELECT MAX(e2.stream_ordering) FROM events e2
+                 WHERE e2.room_id = c.room_id AND e2.event_type = 'm.room.member'
+                 AND e2.state_key = $1 AND e2.stream_ordering <= $2)
+             ORDER BY e.stream_ordering",
+        )
+        .bind(user_id.as_str())
+        .bind(upto)
+        .fetch_all(self.db.pool())
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let room: String = r.try_get(0)?;
+                let membership: Option<String> = r.try_get(1)?;
+                Ok(RoomMembership {
+                    room_id: OwnedRoomId::try_from(room.as_str()).map_err(|e| Error::Decode(e.to_string()))?,
+                    membership: membership.unwrap_or_default(),
+                    stream_ordering: r.try_get(2)?,
+                })
+            })
+            .collect()
+    }
+
+    /// Per room, the stream position of the newest event at or below `upto` whose type is one of
+    /// `types`, or that is `member`'s own membership event: sliding sync's `bump_stamp`. Only rooms
+    /// `member` has a membership in are looked at; rooms without such an event are left out.
+    ///
+    /// # Errors
+    /// On database failure.
+    pub async fn latest_of_types(
+        &self,
+        rooms: &[OwnedRoomId],
+        types: &[&str],
+        member: &UserId,
+        upto: i64,
+    ) -> Result<Vec<(OwnedRoomId, i64)>> {
+        if rooms.is_empty() {
+            return Ok(Vec::new());
+        }
+        // Per room, walk `events_room_stream` backwards to the first matching event: cheap, as
+        // bumps are frequent, where a MAX over all matching events would read the whole history.
+        let sql = format!(
+            "SELECT c.room_id, (SELECT e.stream_ordering FROM events e WHERE e.room_id = c.room_id
+                 AND e.stream_ordering <= $1
+                 AND (e.event_type IN {} OR (e.event_type = 'm.room.member' AND e.state_key = $2))
+                 ORDER BY e.stream_ordering DESC LIMIT 1)
+             FROM current_state c WHERE c.event_type = 'm.room.member' AND c.state_key = $2
+             AND c.room_id IN {}",
+            placeholders(3, types.len().max(1)),
+            placeholders(3 + types.len().max(1), rooms.len())
+        );
+        let mut q = sqlx::query(&sql).bind(upto).bind(member.as_str());
+        if types.is_empty() {
+            q = q.bind("");
+        }
+        for t in types {
+            q = q.bind(*t);
+        }
+        for r in rooms {
+            q = q.bind(r.as_str());
+        }
+        q.fetch_all(self.db.pool())
+            .await?
+            .iter()
+            .filter_map(|r| {
+                let decoded = (|| -> Result<Option<(OwnedRoomId, i64)>> {
+                    let room: String = r.try_get(0)?;
+                    let Some(at) = r.try_get::<Option<i64>, _>(1)? else { return Ok(None) };
+                    Ok(Some((OwnedRoomId::try_from(room.as_str()).map_err(|e| Error::Decode(e.to_string()))?, at)))
+                })();
+                decoded.transpose()
+            })
+            .collect()
+    }
 }

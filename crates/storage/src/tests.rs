@@ -31,6 +31,7 @@ on_both_backends!(
     e2ee_keys_and_inbox,
     receipts_and_typing,
     unread_counts_stop_at_the_read_receipt,
+    memberships_and_bump_stamps_at_a_position,
 );
 
 async fn e2ee_keys_and_inbox(t: &TestDb) {
@@ -330,6 +331,49 @@ async fn aliases_are_unique(t: &TestDb) {
     assert!(matches!(events.create_alias("#a:example.org", &room, &alice).await, Err(Error::Conflict(_))));
     assert_eq!(events.alias_room("#a:example.org").await.unwrap(), Some(room));
     assert!(events.alias_room("#b:example.org").await.unwrap().is_none());
+}
+
+async fn memberships_and_bump_stamps_at_a_position(t: &TestDb) {
+    let events = EventStore::new(t.db.clone());
+    let (r1, r2) = (owned_room_id!("!r1:example.org"), owned_room_id!("!r2:example.org"));
+    let alice = owned_user_id!("@alice:example.org");
+    let bob = owned_user_id!("@bob:example.org");
+    events.persist(&event(1, &r1, &alice, "m.room.create", Some(""), &[])).await.unwrap();
+    events.persist(&event(2, &r1, &alice, "m.room.member", Some(alice.as_str()), &["$e1"])).await.unwrap();
+    let mut r2_create = event(3, &r2, &bob, "m.room.create", Some(""), &[]);
+    r2_create.creates_room = Some(("11".to_owned(), bob.clone()));
+    events.persist(&r2_create).await.unwrap();
+    events.persist(&event(4, &r2, &alice, "m.room.member", Some(alice.as_str()), &["$e3"])).await.unwrap();
+    events.persist(&event(5, &r1, &alice, "m.room.message", None, &["$e2"])).await.unwrap();
+    events.persist(&event(6, &r2, &bob, "m.room.topic", Some(""), &["$e4"])).await.unwrap();
+    let mut leave = event(7, &r2, &alice, "m.room.member", Some(alice.as_str()), &["$e6"]);
+    leave.membership = Some("leave".to_owned());
+    events.persist(&leave).await.unwrap();
+
+    let at = |v: Vec<crate::RoomMembership>| {
+        v.into_iter().map(|m| (m.room_id.to_string(), m.membership, m.stream_ordering)).collect::<Vec<_>>()
+    };
+    assert_eq!(
+        at(events.memberships_at(&alice, 6).await.unwrap()),
+        vec![
+            ("!r1:example.org".to_owned(), "join".to_owned(), 2),
+            ("!r2:example.org".to_owned(), "join".to_owned(), 4)
+        ]
+    );
+    assert_eq!(at(events.memberships_at(&alice, 7).await.unwrap())[1].1, "leave");
+    assert_eq!(at(events.memberships_at(&alice, 1).await.unwrap()), Vec::new());
+    assert!(events.memberships_at(&bob, 7).await.unwrap().is_empty(), "bob has no member events");
+
+    let rooms = vec![r1.clone(), r2.clone()];
+    let types = ["m.room.message", "m.room.create"];
+    let mut stamps = events.latest_of_types(&rooms, &types, &alice, 7).await.unwrap();
+    stamps.sort();
+    assert_eq!(stamps, vec![(r1.clone(), 5), (r2.clone(), 7)], "the topic is no bump; alice's leave is");
+    let mut stamps = events.latest_of_types(&rooms, &types, &alice, 4).await.unwrap();
+    stamps.sort();
+    assert_eq!(stamps, vec![(r1.clone(), 2), (r2.clone(), 4)]);
+    assert_eq!(events.latest_of_types(&rooms, &[], &bob, 7).await.unwrap(), Vec::new());
+    assert!(events.latest_of_types(&[], &types, &alice, 7).await.unwrap().is_empty());
 }
 
 async fn unread_counts_stop_at_the_read_receipt(t: &TestDb) {

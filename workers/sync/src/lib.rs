@@ -1,4 +1,5 @@
-//! The `sync` role: `/sync`, answered from the database and woken by the replication stream.
+//! The `sync` role: `/sync` and simplified sliding sync (`sliding`), answered from the database
+//! and woken by the replication stream.
 //!
 //! Stateless: any instance serves any user, so the proxy needs no sticky routing. Each instance
 //! follows the `events` stream; a long-poll waits on the stream position and answers as soon as a row
@@ -8,6 +9,7 @@
 //!
 //! Depends on the shared crates; never on another worker crate.
 
+mod sliding;
 mod sync_v3;
 
 use std::sync::Arc;
@@ -15,7 +17,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::FromRef;
-use axum::routing::get;
+use axum::routing::{get, post};
 use ganglion_http::Authenticator;
 use ganglion_replication::{Bus, Follower, StreamName, StreamPosition};
 use ganglion_rpc::MainClient;
@@ -155,5 +157,6 @@ pub fn router(state: SyncState) -> Router {
     for v in ["r0", "v3"] {
         r = r.route(&format!("/_matrix/client/{v}/sync"), get(sync_v3::sync));
     }
+    r = r.route("/_matrix/client/unstable/org.matrix.simplified_msc3575/sync", post(sliding::sliding_sync));
     r.with_state(state)
 }
