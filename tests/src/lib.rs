@@ -477,6 +477,28 @@ impl RawClient {
     }
 }
 
+impl RawClient {
+    /// Syncs from `since` until a response satisfies `done` (other news, such as presence, may
+    /// wake a long-poll first), for up to 20 seconds. Returns that response.
+    ///
+    /// # Errors
+    /// When no response satisfies `done` in time.
+    pub async fn sync_until(&self, since: &str, done: impl Fn(&Value) -> bool) -> Result<Value> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        let mut since = since.to_owned();
+        loop {
+            let resp = self.sync(Some(&since), 5_000).await?;
+            if done(&resp) {
+                return Ok(resp);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                bail!("no sync response matched in time; last: {resp}");
+            }
+            since = resp["next_batch"].as_str().context("next_batch")?.to_owned();
+        }
+    }
+}
+
 /// The bodies of `m.room.message` events in a sync response's room timeline, in order.
 pub fn message_bodies(sync: &Value, room_id: &str) -> Vec<String> {
     sync["rooms"]["join"][room_id]["timeline"]["events"]

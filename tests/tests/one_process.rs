@@ -324,7 +324,8 @@ async fn to_device_messages_and_device_lists_reach_sync() {
         .await
         .unwrap();
     assert_eq!(r.status, 200);
-    let s1 = alice.sync(Some(&since), 10_000).await.unwrap();
+    let s1 =
+        alice.sync_until(&since, |r| !r["to_device"]["events"].as_array().is_none_or(|a| a.is_empty())).await.unwrap();
     let td = s1["to_device"]["events"].as_array().unwrap();
     assert_eq!(td.len(), 1, "{s1}");
     assert_eq!(
@@ -346,7 +347,10 @@ async fn to_device_messages_and_device_lists_reach_sync() {
     bob.call("PUT", &format!("/_matrix/client/v3/devices/{bob_device}"), Some(&json!({"display_name": "phone"})))
         .await
         .unwrap();
-    let s3 = alice.sync(Some(&next), 10_000).await.unwrap();
+    let s3 = alice
+        .sync_until(&next, |r| !r["device_lists"]["changed"].as_array().is_none_or(|a| a.is_empty()))
+        .await
+        .unwrap();
     assert_eq!(s3["device_lists"]["changed"], json!(["@bob:localhost"]), "{s3}");
     let changes = alice
         .call(
@@ -408,7 +412,12 @@ async fn receipts_typing_and_read_markers_reach_sync() {
         .await
         .unwrap();
     assert_eq!(r.status, 404);
-    let s1 = bob.sync(Some(&since), 10_000).await.unwrap();
+    let s1 = bob
+        .sync_until(&since, |r| {
+            r["rooms"]["join"][room_id.as_str()]["ephemeral"]["events"].to_string().contains("m.receipt")
+        })
+        .await
+        .unwrap();
     let eph = s1["rooms"]["join"][room_id.as_str()]["ephemeral"]["events"].as_array().unwrap().clone();
     let receipt = eph.iter().find(|e| e["type"] == "m.receipt").expect("a receipt");
     let by_alice = &receipt["content"][event_id.as_str()];
@@ -438,25 +447,16 @@ async fn receipts_typing_and_read_markers_reach_sync() {
         .await
         .unwrap();
     assert_eq!(r.status, 403, "nobody types for someone else");
-    let s2 = bob.sync(Some(&since), 10_000).await.unwrap();
-    let typing = s2["rooms"]["join"][room_id.as_str()]["ephemeral"]["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|e| e["type"] == "m.typing")
-        .cloned()
-        .unwrap();
-    assert_eq!(typing["content"]["user_ids"], json!(["@alice:localhost"]));
+    let typing_of = |r: &Value| {
+        r["rooms"]["join"][room_id.as_str()]["ephemeral"]["events"]
+            .as_array()
+            .and_then(|evs| evs.iter().find(|e| e["type"] == "m.typing").cloned())
+    };
+    let s2 = bob.sync_until(&since, |r| typing_of(r).is_some()).await.unwrap();
+    assert_eq!(typing_of(&s2).unwrap()["content"]["user_ids"], json!(["@alice:localhost"]));
     let since = s2["next_batch"].as_str().unwrap().to_owned();
-    let s3 = bob.sync(Some(&since), 10_000).await.unwrap();
-    let typing = s3["rooms"]["join"][room_id.as_str()]["ephemeral"]["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|e| e["type"] == "m.typing")
-        .cloned()
-        .unwrap();
-    assert_eq!(typing["content"]["user_ids"], json!([]), "the notification expired");
+    let s3 = bob.sync_until(&since, |r| typing_of(r).is_some()).await.unwrap();
+    assert_eq!(typing_of(&s3).unwrap()["content"]["user_ids"], json!([]), "the notification expired");
 
     // read_markers sets m.fully_read room account data.
     let r = alice
@@ -519,7 +519,63 @@ async fn unread_counts_follow_push_rules_and_receipts() {
         .call("POST", &format!("/_matrix/client/v3/rooms/{room_id}/receipt/m.read/{last}"), Some(&json!({})))
         .await
         .unwrap();
-    let s2 = alice.sync(Some(&since), 10_000).await.unwrap();
+    let s2 = alice.sync_until(&since, |r| r["rooms"]["join"][room_id.as_str()].is_object()).await.unwrap();
     let counts = &s2["rooms"]["join"][room_id.as_str()]["unread_notifications"];
     assert_eq!((counts["notification_count"].as_i64(), counts["highlight_count"].as_i64()), (Some(0), Some(0)), "{s2}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_is_shared_with_room_members_only() {
+    let server = OneProcess::start().await.expect("server starts");
+    let alice = RawClient::register(&server.url, "alice").await.unwrap();
+    let bob = RawClient::register(&server.url, "bob").await.unwrap();
+    let carol = RawClient::register(&server.url, "carol").await.unwrap();
+    let room =
+        alice.call("POST", "/_matrix/client/v3/createRoom", Some(&json!({"preset": "public_chat"}))).await.unwrap();
+    let room_id = room.body["room_id"].as_str().unwrap().to_owned();
+    bob.call("POST", &format!("/_matrix/client/v3/rooms/{room_id}/join"), Some(&json!({}))).await.unwrap();
+    let since = bob.sync(None, 0).await.unwrap()["next_batch"].as_str().unwrap().to_owned();
+
+    let status = "/_matrix/client/v3/presence/@alice:localhost/status";
+    let r = alice.call("PUT", status, Some(&json!({"presence": "unavailable", "status_msg": "lunch"}))).await.unwrap();
+    assert_eq!(r.status, 200, "{r:?}");
+    let r = alice.call("PUT", status, Some(&json!({"presence": "asleep"}))).await.unwrap();
+    assert_eq!((r.status, r.body["errcode"].as_str()), (400, Some("M_INVALID_PARAM")));
+    let r = bob.call("PUT", status, Some(&json!({"presence": "online"}))).await.unwrap();
+    assert_eq!(r.status, 403, "nobody sets another's presence");
+
+    let alice_presence = |r: &Value| {
+        r["presence"]["events"].as_array().and_then(|evs| {
+            evs.iter().find(|e| e["sender"] == "@alice:localhost" && e["content"]["presence"] == "unavailable").cloned()
+        })
+    };
+    let s = bob.sync_until(&since, |r| alice_presence(r).is_some()).await.unwrap();
+    let event = alice_presence(&s).unwrap();
+    assert_eq!((event["type"].as_str(), event["content"]["status_msg"].as_str()), (Some("m.presence"), Some("lunch")));
+
+    let r = bob.call("GET", status, None).await.unwrap();
+    assert_eq!(
+        (r.status, r.body["presence"].as_str(), r.body["status_msg"].as_str()),
+        (200, Some("unavailable"), Some("lunch"))
+    );
+    assert!(r.body["last_active_ago"].is_u64());
+    let r = carol.call("GET", status, None).await.unwrap();
+    assert_eq!(r.status, 403, "presence is only for those sharing a room");
+    let carol_initial = carol.sync(None, 0).await.unwrap();
+    assert!(alice_presence(&carol_initial).is_none(), "{carol_initial}");
+
+    // A sync with set_presence=online marks its user online again.
+    alice.call("GET", "/_matrix/client/v3/sync?set_presence=online&timeout=0", None).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = bob.call("GET", status, None).await.unwrap();
+        if r.body["presence"] == "online" {
+            assert_eq!(r.body["currently_active"], true);
+            break;
+        }
+        assert!(Instant::now() < deadline, "presence never went back online: {r:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let r = alice.call("GET", "/_matrix/client/v3/sync?set_presence=asleep", None).await.unwrap();
+    assert_eq!((r.status, r.body["errcode"].as_str()), (400, Some("M_INVALID_PARAM")));
 }

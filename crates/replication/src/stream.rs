@@ -79,6 +79,8 @@ stream_names! {
     Receipts => "receipts",
     /// Typing notifications, payload [`UserRow`](crate::UserRow) (the room in `device_id`).
     Typing => "typing",
+    /// Presence changes, payload [`UserRow`](crate::UserRow).
+    Presence => "presence",
 }
 
 impl fmt::Display for StreamName {

@@ -1,5 +1,5 @@
 //! Sync tokens: the vector of stream positions a client has seen, opaque to clients:
-//! `g1_e{events}.a{account_data}.t{to_device}.d{device_lists}.r{receipts}.y{typing}`. A part a token lacks (a token from
+//! `g1_e{events}.a{account_data}.t{to_device}.d{device_lists}.r{receipts}.y{typing}.p{presence}`. A part a token lacks (a token from
 //! before that stream existed) reads as 0; parts this build does not know are skipped, so tokens
 //! survive rolling upgrades both ways. Lives here, beside the streams, because every role that
 //! reads or writes tokens (sync, `/keys/changes` on main) must agree on it.
@@ -22,14 +22,43 @@ pub struct SyncToken {
     pub receipts: u64,
     /// Position on the `typing` stream.
     pub typing: u64,
+    /// Position on the `presence` stream.
+    pub presence: u64,
+}
+
+impl SyncToken {
+    /// Each stream's position: the further of the two.
+    #[must_use]
+    pub fn max(self, other: Self) -> Self {
+        Self {
+            events: self.events.max(other.events),
+            account_data: self.account_data.max(other.account_data),
+            to_device: self.to_device.max(other.to_device),
+            device_lists: self.device_lists.max(other.device_lists),
+            receipts: self.receipts.max(other.receipts),
+            typing: self.typing.max(other.typing),
+            presence: self.presence.max(other.presence),
+        }
+    }
+
+    /// Whether every stream of `self` has reached `other`'s position.
+    pub fn covers(&self, other: &Self) -> bool {
+        self.max(*other) == *self
+    }
 }
 
 impl fmt::Display for SyncToken {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "g1_e{}.a{}.t{}.d{}.r{}.y{}",
-            self.events, self.account_data, self.to_device, self.device_lists, self.receipts, self.typing
+            "g1_e{}.a{}.t{}.d{}.r{}.y{}.p{}",
+            self.events,
+            self.account_data,
+            self.to_device,
+            self.device_lists,
+            self.receipts,
+            self.typing,
+            self.presence
         )
     }
 }
@@ -55,6 +84,7 @@ impl FromStr for SyncToken {
                 'd' => t.device_lists = value()?,
                 'r' => t.receipts = value()?,
                 'y' => t.typing = value()?,
+                'p' => t.presence = value()?,
                 // Unknown parts come from newer instances during a rolling upgrade: skip them.
                 _ => {}
             }
@@ -70,10 +100,18 @@ mod tests {
 
     #[test]
     fn round_trips_and_rejects_garbage() {
-        let t = SyncToken { events: 42, account_data: 3, to_device: 7, device_lists: 1, receipts: 5, typing: 9 };
-        assert_eq!(t.to_string(), "g1_e42.a3.t7.d1.r5.y9");
-        assert_eq!("g1_e42.a3.t7.d1.r5.y9".parse::<SyncToken>(), Ok(t));
-        assert_eq!("g1_e42.a3.t7.d1.r5.y9.x7".parse::<SyncToken>(), Ok(t), "unknown parts are skipped");
+        let t = SyncToken {
+            events: 42,
+            account_data: 3,
+            to_device: 7,
+            device_lists: 1,
+            receipts: 5,
+            typing: 9,
+            presence: 2,
+        };
+        assert_eq!(t.to_string(), "g1_e42.a3.t7.d1.r5.y9.p2");
+        assert_eq!("g1_e42.a3.t7.d1.r5.y9.p2".parse::<SyncToken>(), Ok(t));
+        assert_eq!("g1_e42.a3.t7.d1.r5.y9.p2.x7".parse::<SyncToken>(), Ok(t), "unknown parts are skipped");
         assert_eq!(
             "g1_e42".parse::<SyncToken>(),
             Ok(SyncToken { events: 42, ..SyncToken::default() }),

@@ -5,7 +5,9 @@ use std::time::Duration;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::v1::write_api_client::WriteApiClient;
-use crate::v1::{AckToDeviceRequest, SendEventRequest, SendEventResponse, ServerInfoRequest, ServerInfoResponse};
+use crate::v1::{
+    AckToDeviceRequest, SendEventRequest, SendEventResponse, ServerInfoRequest, ServerInfoResponse, SetPresenceRequest,
+};
 
 /// The metadata key carrying the originating request id.
 pub const REQUEST_ID_METADATA: &str = "x-request-id";
@@ -94,5 +96,14 @@ impl MainClient {
     /// When `main` is unreachable or refuses.
     pub async fn ack_to_device(&self, req: AckToDeviceRequest, request_id: &str) -> Result<u64, RpcError> {
         Ok(self.inner.clone().ack_to_device(Self::request(req, request_id)).await?.into_inner().deleted)
+    }
+
+    /// `SetPresence`: reports a user's presence as seen by their sync.
+    ///
+    /// # Errors
+    /// When `main` is unreachable or refuses.
+    pub async fn set_presence(&self, req: SetPresenceRequest, request_id: &str) -> Result<(), RpcError> {
+        self.inner.clone().set_presence(Self::request(req, request_id)).await?;
+        Ok(())
     }
 }

@@ -17,6 +17,7 @@ mod key_backup;
 mod keys;
 mod media;
 mod migrate;
+mod presence;
 mod users;
 
 use std::str::FromStr;
@@ -34,6 +35,7 @@ pub use key_backup::{BackedUpKey, BackupVersion, KeyBackupStore};
 pub use keys::{KeyStore, StoredSigningKey};
 pub use media::{CompleteUpload, MediaRecord, MediaStore, MediaUsage, ThumbnailKey, ThumbnailRecord, UploadedContent};
 pub use migrate::{SCHEMA_VERSION, SchemaStatus};
+pub use presence::{Presence, PresenceStore};
 pub use users::{DeviceInfo, UserStore, Whoami};
 
 /// A storage failure. Absence of a row is never an error: look-ups return `Option`.

@@ -66,10 +66,16 @@ const MIGRATIONS: &[Migration] = &[
         postgres: include_str!("../../../migrations/postgres/0009_directory.sql"),
         sqlite: include_str!("../../../migrations/sqlite/0009_directory.sql"),
     },
+    Migration {
+        version: 11,
+        name: "presence",
+        postgres: include_str!("../../../migrations/postgres/0011_presence.sql"),
+        sqlite: include_str!("../../../migrations/sqlite/0011_presence.sql"),
+    },
 ];
 
 /// The schema version this build reads and writes: the highest migration's version.
-pub const SCHEMA_VERSION: i64 = 9;
+pub const SCHEMA_VERSION: i64 = 11;
 
 /// How the database's schema compares with this build's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

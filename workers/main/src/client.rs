@@ -8,6 +8,7 @@ mod directory;
 mod discovery;
 mod keys;
 mod membership;
+mod presence;
 mod profile;
 mod public_rooms;
 mod push_rules;
@@ -189,6 +190,10 @@ pub(crate) fn routes() -> Router<MainState> {
                 get(public_rooms::get_public_rooms).post(public_rooms::search_public_rooms),
             )
             .route(&format!("/_matrix/client/{v}/user_directory/search"), post(user_directory::search))
+            .route(
+                &format!("/_matrix/client/{v}/presence/{{user_id}}/status"),
+                get(presence::get_status).put(presence::set_status),
+            )
             .route(&format!("/_matrix/client/{v}/devices"), get(devices::list))
             .route(
                 &format!("/_matrix/client/{v}/devices/{{device_id}}"),

@@ -3,7 +3,8 @@
 
 use ganglion_core::EventTemplate;
 use ganglion_rpc::v1::{
-    AckToDeviceRequest, AckToDeviceResponse, SendEventRequest, SendEventResponse, ServerInfoRequest, ServerInfoResponse,
+    AckToDeviceRequest, AckToDeviceResponse, SendEventRequest, SendEventResponse, ServerInfoRequest,
+    ServerInfoResponse, SetPresenceRequest, SetPresenceResponse,
 };
 use ganglion_rpc::{REQUEST_ID_METADATA, WriteApi, WriteApiServer};
 use ruma::{OwnedRoomId, OwnedUserId};
@@ -92,5 +93,19 @@ impl WriteApi for WriteApiService {
             Status::internal("storage failure")
         })?;
         Ok(Response::new(AckToDeviceResponse { deleted }))
+    }
+
+    async fn set_presence(&self, req: Request<SetPresenceRequest>) -> Result<Response<SetPresenceResponse>, Status> {
+        let r = req.into_inner();
+        let user =
+            OwnedUserId::try_from(r.user_id.as_str()).map_err(|e| Status::invalid_argument(format!("user_id: {e}")))?;
+        if !matches!(r.presence.as_str(), "online" | "unavailable" | "offline") {
+            return Err(Status::invalid_argument("presence must be online, unavailable or offline"));
+        }
+        self.state.user_data.presence.sync_activity(&user, &r.presence).await.map_err(|e| {
+            tracing::error!(error = %e, "storage failure recording presence");
+            Status::internal("storage failure")
+        })?;
+        Ok(Response::new(SetPresenceResponse {}))
     }
 }

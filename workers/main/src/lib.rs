@@ -10,6 +10,7 @@ mod e2ee_writer;
 mod ephemeral_writer;
 mod grpc;
 mod password;
+mod presence_writer;
 mod push;
 mod writer;
 
@@ -79,6 +80,7 @@ pub(crate) struct UserData {
     users: UserStore,
     store: ganglion_storage::AccountDataStore,
     writer: Arc<account_data_writer::AccountDataWriter>,
+    presence: Arc<presence_writer::PresenceWriter>,
     server_name: OwnedServerName,
 }
 
@@ -199,6 +201,11 @@ impl MainState {
             users: users.clone(),
             store: account_data.clone(),
             writer: Arc::new(account_data_writer::AccountDataWriter::new(account_data, bus.clone()).await?),
+            presence: presence_writer::PresenceWriter::start(
+                ganglion_storage::PresenceStore::new(db.clone()),
+                bus.clone(),
+            )
+            .await?,
             server_name: server_name.clone(),
         };
         let e2ee = ganglion_storage::E2eeStore::new(db.clone());

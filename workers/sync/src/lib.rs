@@ -21,7 +21,9 @@ use axum::routing::{get, post};
 use ganglion_http::Authenticator;
 use ganglion_replication::{Bus, Follower, StreamName, StreamPosition};
 use ganglion_rpc::MainClient;
-use ganglion_storage::{AccountDataStore, Db, E2eeStore, EphemeralStore, EventStore, UserStore, follow_stream};
+use ganglion_storage::{
+    AccountDataStore, Db, E2eeStore, EphemeralStore, EventStore, PresenceStore, UserStore, follow_stream,
+};
 use tokio::sync::watch;
 
 pub use ganglion_replication::SyncToken;
@@ -33,6 +35,7 @@ pub(crate) struct SyncContext {
     account_data: AccountDataStore,
     e2ee: E2eeStore,
     ephemeral: EphemeralStore,
+    presence: PresenceStore,
     users: UserStore,
     positions: Positions,
     main: MainClient,
@@ -48,6 +51,7 @@ pub(crate) struct Positions {
     device_lists: watch::Receiver<StreamPosition>,
     receipts: watch::Receiver<StreamPosition>,
     typing: watch::Receiver<StreamPosition>,
+    presence: watch::Receiver<StreamPosition>,
 }
 
 impl Positions {
@@ -60,6 +64,7 @@ impl Positions {
             device_lists: self.device_lists.borrow_and_update().0,
             receipts: self.receipts.borrow_and_update().0,
             typing: self.typing.borrow_and_update().0,
+            presence: self.presence.borrow_and_update().0,
         }
     }
 
@@ -72,6 +77,7 @@ impl Positions {
             r = self.device_lists.changed() => r,
             r = self.receipts.changed() => r,
             r = self.typing.changed() => r,
+            r = self.presence.changed() => r,
         }
     }
 }
@@ -127,6 +133,7 @@ impl SyncState {
             device_lists: follow(StreamName::DeviceLists).await?,
             receipts: follow(StreamName::Receipts).await?,
             typing: follow(StreamName::Typing).await?,
+            presence: follow(StreamName::Presence).await?,
         };
         let users = UserStore::new(db.clone());
         Ok(Self {
@@ -135,7 +142,8 @@ impl SyncState {
                 events,
                 account_data: AccountDataStore::new(db.clone()),
                 e2ee: E2eeStore::new(db.clone()),
-                ephemeral: EphemeralStore::new(db),
+                ephemeral: EphemeralStore::new(db.clone()),
+                presence: PresenceStore::new(db),
                 users,
                 positions,
                 main,

@@ -90,13 +90,7 @@ pub(crate) async fn sliding_sync(
         let catch_up_deadline = deadline.max(Instant::now() + Duration::from_secs(10));
         loop {
             let now = positions.current();
-            if now.events >= s.events
-                && now.account_data >= s.account_data
-                && now.to_device >= s.to_device
-                && now.device_lists >= s.device_lists
-                && now.receipts >= s.receipts
-                && now.typing >= s.typing
-            {
+            if now.covers(s) {
                 break;
             }
             if !matches!(tokio::time::timeout_at(catch_up_deadline, positions.changed()).await, Ok(Ok(()))) {
@@ -108,14 +102,7 @@ pub(crate) async fn sliding_sync(
     loop {
         let now = positions.current();
         let next = match &prev {
-            Some((_, s)) => SyncToken {
-                events: s.events.max(now.events),
-                account_data: s.account_data.max(now.account_data),
-                to_device: s.to_device.max(now.to_device),
-                device_lists: s.device_lists.max(now.device_lists),
-                receipts: s.receipts.max(now.receipts),
-                typing: s.typing.max(now.typing),
-            },
+            Some((_, s)) => s.max(now),
             None => now,
         };
         let (response, news) = respond(&ctx, &user, &body, prev.as_ref(), next, who).await?;

@@ -74,10 +74,12 @@ pub(crate) async fn sync(
         Some("true") => true,
         Some(_) => return Err(MatrixError::invalid_param("full_state must be true or false")),
     };
-    match q.set_presence.as_deref() {
-        None | Some("online" | "offline" | "unavailable") => {}
+    let presence_state = match q.set_presence.as_deref() {
+        None => "online",
+        Some(p @ ("online" | "offline" | "unavailable")) => p,
         Some(_) => return Err(MatrixError::invalid_param("set_presence must be online, offline or unavailable")),
-    }
+    };
+    report_presence(&ctx, &user, presence_state);
     let filter = load_filter(&ctx, &user.user_id, q.filter.as_deref()).await?;
     let limit = timeline_limit(&filter)?;
     let include_leave = include_leave(&filter);
@@ -95,13 +97,7 @@ pub(crate) async fn sync(
         let catch_up_deadline = deadline.max(Instant::now() + Duration::from_secs(10));
         loop {
             let now = positions.current();
-            if now.events >= s.events
-                && now.account_data >= s.account_data
-                && now.to_device >= s.to_device
-                && now.device_lists >= s.device_lists
-                && now.receipts >= s.receipts
-                && now.typing >= s.typing
-            {
+            if now.covers(&s) {
                 break;
             }
             if !matches!(tokio::time::timeout_at(catch_up_deadline, positions.changed()).await, Ok(Ok(()))) {
@@ -116,14 +112,7 @@ pub(crate) async fn sync(
     loop {
         let now = positions.current();
         let mut next = match since {
-            Some(s) => SyncToken {
-                events: s.events.max(now.events),
-                account_data: s.account_data.max(now.account_data),
-                to_device: s.to_device.max(now.to_device),
-                device_lists: s.device_lists.max(now.device_lists),
-                receipts: s.receipts.max(now.receipts),
-                typing: s.typing.max(now.typing),
-            },
+            Some(s) => s.max(now),
             None => now,
         };
         let (mut rooms, mut has_data) =
@@ -132,15 +121,67 @@ pub(crate) async fn sync(
         ephemeral(&ctx, &user.user_id, since, next, full_state, &mut rooms, &mut has_data).await?;
         unread_counts(&ctx, &user.user_id, next, &mut rooms).await?;
         let e2ee = e2ee_sections(&ctx, &user, since, &mut next, &mut has_data).await?;
+        let presence = presence_events(&ctx, &user.user_id, since, next, &mut has_data).await?;
         if since.is_none() || full_state || has_data || Instant::now() >= deadline {
-            return Ok(Json(response(rooms, global, e2ee, next)));
+            return Ok(Json(response(rooms, global, e2ee, presence, next)));
         }
         match tokio::time::timeout_at(deadline, positions.changed()).await {
             Ok(Ok(())) => continue,
             // Timed out, or the followers stopped (shutdown): answer with what we have.
-            _ => return Ok(Json(response(rooms, global, e2ee, next))),
+            _ => return Ok(Json(response(rooms, global, e2ee, presence, next))),
         }
     }
+}
+
+/// Tells main, in the background, the presence this sync implies (`set_presence`, online by
+/// default); main records it only when it changes or activity goes stale.
+fn report_presence(ctx: &SyncContext, user: &AuthUser, state: &str) {
+    let main = ctx.main.clone();
+    let req = ganglion_rpc::v1::SetPresenceRequest { user_id: user.user_id.to_string(), presence: state.to_owned() };
+    tokio::spawn(async move {
+        if let Err(e) = main.set_presence(req, "").await {
+            tracing::debug!(error = %e, "could not report presence");
+        }
+    });
+}
+
+/// Presence of users sharing a room with this one that changed since the token (all known ones
+/// on an initial sync), as `m.presence` events.
+async fn presence_events(
+    ctx: &SyncContext,
+    user_id: &UserId,
+    since: Option<SyncToken>,
+    next: SyncToken,
+    has_data: &mut bool,
+) -> Result<Vec<Value>, MatrixError> {
+    let after = since.map_or(0, |s| s.presence as i64);
+    if since.is_some() && next.presence as i64 <= after {
+        return Ok(Vec::new());
+    }
+    let sharing = ctx.events.users_sharing_rooms(user_id).await?;
+    let changes = ctx.presence.changed_among(&sharing, after, next.presence as i64).await?;
+    let now =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0);
+    let events: Vec<Value> = changes
+        .iter()
+        .map(|p| {
+            let ago = (now - p.last_active_ts).max(0);
+            let mut content = json!({
+                "presence": p.state,
+                "last_active_ago": ago,
+                "currently_active": p.state == "online" && ago < 120_000,
+            });
+            if let Some(m) = &p.status_msg {
+                content["status_msg"] = json!(m);
+            }
+            json!({ "type": "m.presence", "sender": p.user_id, "content": content })
+        })
+        .collect();
+    // A user's own presence changing is not news for their own long-poll.
+    if events.iter().any(|e| e["sender"] != user_id.as_str()) {
+        *has_data = true;
+    }
+    Ok(events)
 }
 
 /// Fills `unread_notifications` of every joined room in the response: notifying events after
@@ -341,12 +382,12 @@ async fn account_data(
     Ok(global)
 }
 
-fn response(rooms: Value, account_data: Vec<Value>, e2ee: Value, next: SyncToken) -> Value {
+fn response(rooms: Value, account_data: Vec<Value>, e2ee: Value, presence: Vec<Value>, next: SyncToken) -> Value {
     let mut body = json!({
         "next_batch": next.to_string(),
         "rooms": rooms,
         "account_data": { "events": account_data },
-        "presence": { "events": [] },
+        "presence": { "events": presence },
     });
     if let (Some(b), Value::Object(e)) = (body.as_object_mut(), e2ee) {
         b.extend(e);

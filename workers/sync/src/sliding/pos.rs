@@ -119,7 +119,15 @@ mod tests {
 
     #[test]
     fn round_trips_and_rejects_what_is_not_ours() {
-        let token = SyncToken { events: 42, account_data: 3, to_device: 7, device_lists: 1, receipts: 5, typing: 9 };
+        let token = SyncToken {
+            events: 42,
+            account_data: 3,
+            to_device: 7,
+            device_lists: 1,
+            receipts: 5,
+            typing: 9,
+            presence: 4,
+        };
         let mut pos = Pos::new(token, fnv1a(&["@a:x", "DEV", ""]));
         pos.lists.insert("all".into(), ListPos { r: vec![(0, 19)], h: room_set_hash(["!b:x", "!a:x"]) });
         pos.subs.push(fnv1a(&["!c:x"]));
