@@ -579,3 +579,70 @@ async fn presence_is_shared_with_room_members_only() {
     let r = alice.call("GET", "/_matrix/client/v3/sync?set_presence=asleep", None).await.unwrap();
     assert_eq!((r.status, r.body["errcode"].as_str()), (400, Some("M_INVALID_PARAM")));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lazy_loaded_members_and_room_summaries() {
+    let server = OneProcess::start().await.expect("server starts");
+    let alice = RawClient::register(&server.url, "alice").await.unwrap();
+    let bob = RawClient::register(&server.url, "bob").await.unwrap();
+    let carol = RawClient::register(&server.url, "carol").await.unwrap();
+    let room =
+        alice.call("POST", "/_matrix/client/v3/createRoom", Some(&json!({"preset": "public_chat"}))).await.unwrap();
+    let room_id = room.body["room_id"].as_str().unwrap().to_owned();
+    for c in [&bob, &carol] {
+        c.call("POST", &format!("/_matrix/client/v3/rooms/{room_id}/join"), Some(&json!({}))).await.unwrap();
+    }
+    for i in 0..3 {
+        bob.call(
+            "PUT",
+            &format!("/_matrix/client/v3/rooms/{room_id}/send/m.room.message/l{i}"),
+            Some(&json!({"msgtype": "m.text", "body": format!("b{i}")})),
+        )
+        .await
+        .unwrap();
+    }
+    let members_in = |r: &Value| -> Vec<String> {
+        let mut m: Vec<String> = r["rooms"]["join"][room_id.as_str()]["state"]["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["type"] == "m.room.member")
+            .filter_map(|e| e["state_key"].as_str().map(str::to_owned))
+            .collect();
+        m.sort();
+        m
+    };
+    let filter = r#"{"room":{"state":{"lazy_load_members":true},"timeline":{"limit":3}}}"#;
+    let lazy =
+        alice.call("GET", &format!("/_matrix/client/v3/sync?filter={}", urlencode(filter)), None).await.unwrap().body;
+    assert_eq!(members_in(&lazy), vec!["@alice:localhost", "@bob:localhost"], "only timeline senders and the user");
+    let summary = &lazy["rooms"]["join"][room_id.as_str()]["summary"];
+    assert_eq!(
+        (summary["m.joined_member_count"].as_u64(), summary["m.invited_member_count"].as_u64()),
+        (Some(3), Some(0))
+    );
+    assert_eq!(summary["m.heroes"], json!(["@bob:localhost", "@carol:localhost"]), "an unnamed room has heroes");
+    let full = alice
+        .call(
+            "GET",
+            "/_matrix/client/v3/sync?filter=%7B%22room%22%3A%7B%22timeline%22%3A%7B%22limit%22%3A3%7D%7D%7D",
+            None,
+        )
+        .await
+        .unwrap()
+        .body;
+    assert_eq!(members_in(&full).len(), 3, "without lazy loading every member is sent");
+    // In an incremental sync, a new speaker's member event comes along.
+    let since = lazy["next_batch"].as_str().unwrap().to_owned();
+    carol
+        .call(
+            "PUT",
+            &format!("/_matrix/client/v3/rooms/{room_id}/send/m.room.message/c1"),
+            Some(&json!({"msgtype": "m.text", "body": "hi"})),
+        )
+        .await
+        .unwrap();
+    let path = format!("/_matrix/client/v3/sync?since={since}&timeout=5000&filter={}", urlencode(filter));
+    let inc = alice.call("GET", &path, None).await.unwrap().body;
+    assert!(members_in(&inc).contains(&"@carol:localhost".to_owned()), "{inc}");
+}

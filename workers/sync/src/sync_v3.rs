@@ -120,6 +120,7 @@ pub(crate) async fn sync(
         let global = account_data(&ctx, &user.user_id, since, next, full_state, &mut rooms, &mut has_data).await?;
         ephemeral(&ctx, &user.user_id, since, next, full_state, &mut rooms, &mut has_data).await?;
         unread_counts(&ctx, &user.user_id, next, &mut rooms).await?;
+        room_summaries_and_lazy_members(&ctx, &user.user_id, &filter, next, &mut rooms).await?;
         let e2ee = e2ee_sections(&ctx, &user, since, &mut next, &mut has_data).await?;
         let presence = presence_events(&ctx, &user.user_id, since, next, &mut has_data).await?;
         if since.is_none() || full_state || has_data || Instant::now() >= deadline {
@@ -182,6 +183,82 @@ async fn presence_events(
         *has_data = true;
     }
     Ok(events)
+}
+
+/// `state.lazy_load_members` of a filter.
+fn lazy_load_members(filter: &Value) -> bool {
+    filter.pointer("/room/state/lazy_load_members").and_then(Value::as_bool).unwrap_or(false)
+}
+
+/// For every joined room in the response: the `summary` (member counts, and heroes when the room
+/// has no name or canonical alias), and, with lazy-loaded members, state trimmed to the members
+/// who sent something in the timeline (plus the user), with any of those missing added.
+async fn room_summaries_and_lazy_members(
+    ctx: &SyncContext,
+    user_id: &UserId,
+    filter: &Value,
+    next: SyncToken,
+    rooms: &mut Value,
+) -> Result<(), MatrixError> {
+    let lazy = lazy_load_members(filter);
+    let Some(join) = rooms["join"].as_object_mut() else { return Ok(()) };
+    for (room_id, room) in join.iter_mut() {
+        let Ok(room_id) = <&ruma::RoomId>::try_from(room_id.as_str()) else { continue };
+        let state = ctx.events.state_at(room_id, next.events as i64).await?;
+        let members: Vec<&PersistedEvent> = state.iter().filter(|e| e.event_type == "m.room.member").collect();
+        let count = |m: &str| members.iter().filter(|e| e.membership.as_deref() == Some(m)).count();
+        let mut summary = json!({
+            "m.joined_member_count": count("join"),
+            "m.invited_member_count": count("invite"),
+        });
+        let named = state.iter().any(|e| {
+            (e.event_type == "m.room.name" || e.event_type == "m.room.canonical_alias")
+                && e.state_key.as_deref() == Some("")
+        });
+        if !named {
+            let mut heroes: Vec<&str> = members
+                .iter()
+                .filter(|e| matches!(e.membership.as_deref(), Some("join" | "invite")))
+                .filter_map(|e| e.state_key.as_deref())
+                .filter(|u| *u != user_id.as_str())
+                .collect();
+            heroes.sort_unstable();
+            heroes.truncate(5);
+            summary["m.heroes"] = json!(heroes);
+        }
+        room["summary"] = summary;
+        if !lazy {
+            continue;
+        }
+        let mut wanted: std::collections::BTreeSet<String> = room["timeline"]["events"]
+            .as_array()
+            .map(|evs| evs.iter().filter_map(|e| e["sender"].as_str().map(str::to_owned)).collect())
+            .unwrap_or_default();
+        wanted.insert(user_id.to_string());
+        let in_timeline: HashSet<String> = room["timeline"]["events"]
+            .as_array()
+            .map(|evs| {
+                evs.iter()
+                    .filter(|e| e["type"] == "m.room.member")
+                    .filter_map(|e| e["state_key"].as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let Some(list) = room["state"]["events"].as_array_mut() else { continue };
+        list.retain(|e| e["type"] != "m.room.member" || e["state_key"].as_str().is_some_and(|k| wanted.contains(k)));
+        let present: HashSet<String> = list
+            .iter()
+            .filter(|e| e["type"] == "m.room.member")
+            .filter_map(|e| e["state_key"].as_str().map(str::to_owned))
+            .collect();
+        for m in &members {
+            let Some(key) = m.state_key.as_deref() else { continue };
+            if wanted.contains(key) && !present.contains(key) && !in_timeline.contains(key) {
+                list.push(sync_event(m));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Fills `unread_notifications` of every joined room in the response: notifying events after
