@@ -46,6 +46,9 @@ pub struct NewEvent {
     pub redacts: Option<(OwnedEventId, String)>,
     /// Local members the event notifies: `(user, highlight, thread_id)`, stored with it.
     pub push_actions: Vec<(OwnedUserId, bool, String)>,
+    /// `Some((parent event ID, rel_type))` when the content's `m.relates_to` relates it to another
+    /// event: indexed in `event_relations` for `/relations`, `/threads` and bundled aggregations.
+    pub relation: Option<(OwnedEventId, String)>,
 }
 
 /// Unread counts of one user in one room.
@@ -106,7 +109,7 @@ pub struct RoomMembership {
     pub stream_ordering: i64,
 }
 
-const EVENT_COLUMNS: &str = "stream_ordering, event_id, room_id, sender, event_type, state_key, membership, \
+pub(crate) const EVENT_COLUMNS: &str = "stream_ordering, event_id, room_id, sender, event_type, state_key, membership, \
      depth, origin_server_ts, json, request_id";
 
 /// Events and room state.
@@ -134,12 +137,12 @@ fn decode_event(row: &AnyRow) -> Result<PersistedEvent> {
     })
 }
 
-fn decode_all(rows: Vec<AnyRow>) -> Result<Vec<PersistedEvent>> {
+pub(crate) fn decode_all(rows: Vec<AnyRow>) -> Result<Vec<PersistedEvent>> {
     rows.iter().map(decode_event).collect()
 }
 
 /// `($k, $k+1, …)` for an `IN` list of `n` values starting at placeholder `first`.
-fn placeholders(first: usize, n: usize) -> String {
+pub(crate) fn placeholders(first: usize, n: usize) -> String {
     let list: Vec<String> = (first..first + n).map(|i| format!("${i}")).collect();
     format!("({})", list.join(", "))
 }
@@ -255,7 +258,15 @@ impl EventStore {
             .execute(&mut *tx)
             .await?;
         }
+        if let Some((parent, rel_type)) = &ev.relation {
+            crate::relations::insert_relation(&mut tx, ev, parent, rel_type).await?;
+        }
         if let Some((target, redacted_json)) = &ev.redacts {
+            // A redacted event no longer relates to anything (its content is gone).
+            sqlx::query("DELETE FROM event_relations WHERE event_id = $1")
+                .bind(target.as_str())
+                .execute(&mut *tx)
+                .await?;
             sqlx::query("UPDATE events SET json = $1 WHERE event_id = $2 AND room_id = $3")
                 .bind(redacted_json)
                 .bind(target.as_str())

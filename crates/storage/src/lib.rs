@@ -18,6 +18,7 @@ mod keys;
 mod media;
 mod migrate;
 mod presence;
+mod relations;
 mod users;
 
 use std::str::FromStr;
@@ -36,6 +37,7 @@ pub use keys::{KeyStore, StoredSigningKey};
 pub use media::{CompleteUpload, MediaRecord, MediaStore, MediaUsage, ThumbnailKey, ThumbnailRecord, UploadedContent};
 pub use migrate::{SCHEMA_VERSION, SchemaStatus};
 pub use presence::{Presence, PresenceStore};
+pub use relations::{RelationFilter, RelationRow};
 pub use users::{DeviceInfo, UserStore, Whoami};
 
 /// A storage failure. Absence of a row is never an error: look-ups return `Option`.

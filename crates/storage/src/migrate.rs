@@ -67,6 +67,12 @@ const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../../../migrations/sqlite/0009_directory.sql"),
     },
     Migration {
+        version: 10,
+        name: "relations",
+        postgres: include_str!("../../../migrations/postgres/0010_relations.sql"),
+        sqlite: include_str!("../../../migrations/sqlite/0010_relations.sql"),
+    },
+    Migration {
         version: 11,
         name: "presence",
         postgres: include_str!("../../../migrations/postgres/0011_presence.sql"),

@@ -32,6 +32,7 @@ on_both_backends!(
     receipts_and_typing,
     unread_counts_stop_at_the_read_receipt,
     memberships_and_bump_stamps_at_a_position,
+    relations_threads_and_timestamps,
 );
 
 async fn e2ee_keys_and_inbox(t: &TestDb) {
@@ -256,6 +257,7 @@ fn event(
         creates_room: (pos == 1).then(|| ("11".to_owned(), sender.clone())),
         redacts: None,
         push_actions: Vec::new(),
+        relation: None,
     }
 }
 
@@ -405,4 +407,112 @@ async fn unread_counts_stop_at_the_read_receipt(t: &TestDb) {
     EphemeralStore::new(t.db.clone()).put_receipt(&receipt).await.unwrap();
     let c = events.unread_counts(&alice, &room, 10).await.unwrap();
     assert_eq!((c.notifications, c.highlights), (1, 1), "only what follows the receipt");
+}
+
+async fn relations_threads_and_timestamps(t: &TestDb) {
+    use crate::RelationFilter;
+    let events = EventStore::new(t.db.clone());
+    let room = owned_room_id!("!r:example.org");
+    let alice = owned_user_id!("@alice:example.org");
+    let bob = owned_user_id!("@bob:example.org");
+    let id = |n: i64| OwnedEventId::try_from(format!("$e{n}").as_str()).unwrap();
+    // 1 create, 2 root, 3 thread reply (bob) to 2, 4 annotation on 3, 5 edit of 2 (alice),
+    // 6 thread reply (alice) to 2, 7 a root with a thread reply 8 (bob), 9 edit of 3, later redacted by 10.
+    type Row<'a> = (i64, Option<(i64, &'a str)>, &'a OwnedUserId, &'a str);
+    let rels: &[Row<'_>] = &[
+        (1, None, &alice, "m.room.create"),
+        (2, None, &alice, "m.room.message"),
+        (3, Some((2, "m.thread")), &bob, "m.room.message"),
+        (4, Some((3, "m.annotation")), &alice, "m.reaction"),
+        (5, Some((2, "m.replace")), &alice, "m.room.message"),
+        (6, Some((2, "m.thread")), &alice, "m.room.message"),
+        (7, None, &alice, "m.room.message"),
+        (8, Some((7, "m.thread")), &bob, "m.room.message"),
+        (9, Some((3, "m.replace")), &bob, "m.room.message"),
+    ];
+    for (pos, rel, sender, ty) in rels {
+        let prev = format!("$e{}", pos - 1);
+        let mut e = event(
+            *pos,
+            &room,
+            sender,
+            ty,
+            (*ty == "m.room.create").then_some(""),
+            &[prev.as_str()][..(*pos > 1) as usize],
+        );
+        e.relation = rel.map(|(p, r)| (id(p), r.to_owned()));
+        events.persist(&e).await.unwrap();
+    }
+    let mut redaction = event(10, &room, &bob, "m.room.redaction", None, &["$e9"]);
+    redaction.redacts = Some((id(9), "{\"redacted\":true}".to_owned()));
+    events.persist(&redaction).await.unwrap();
+    // An event in another room naming $e2 as its parent relates to nothing here.
+    let other_room = owned_room_id!("!other:example.org");
+    let mut intruder = event(11, &other_room, &bob, "m.room.create", Some(""), &[]);
+    intruder.creates_room = Some(("11".to_owned(), bob.clone()));
+    intruder.relation = Some((id(2), "m.thread".to_owned()));
+    events.persist(&intruder).await.unwrap();
+
+    let ids = |v: Vec<crate::PersistedEvent>| v.into_iter().map(|e| e.stream_ordering).collect::<Vec<_>>();
+    let all = RelationFilter { max_depth: 1, backwards: true, upto: i64::MAX, limit: 10, ..RelationFilter::default() };
+    assert_eq!(
+        ids(events.relations(&room, "$e2", &all).await.unwrap()),
+        vec![6, 5, 3],
+        "direct children, newest first"
+    );
+    let fwd = RelationFilter { backwards: false, ..all.clone() };
+    assert_eq!(ids(events.relations(&room, "$e2", &fwd).await.unwrap()), vec![3, 5, 6]);
+    let deep = RelationFilter { max_depth: 3, ..all.clone() };
+    assert_eq!(
+        ids(events.relations(&room, "$e2", &deep).await.unwrap()),
+        vec![6, 5, 4, 3],
+        "recursion finds the annotation of a reply; the redacted edit is gone"
+    );
+    let threads_only = RelationFilter { rel_type: Some("m.thread"), ..all.clone() };
+    assert_eq!(ids(events.relations(&room, "$e2", &threads_only).await.unwrap()), vec![6, 3]);
+    let reactions = RelationFilter { event_type: Some("m.reaction"), ..deep.clone() };
+    assert_eq!(ids(events.relations(&room, "$e2", &reactions).await.unwrap()), vec![4]);
+    let paged = RelationFilter { from: Some(6), limit: 1, ..all.clone() };
+    assert_eq!(ids(events.relations(&room, "$e2", &paged).await.unwrap()), vec![5]);
+    let bounded = RelationFilter { to: Some(5), ..all.clone() };
+    assert_eq!(ids(events.relations(&room, "$e2", &bounded).await.unwrap()), vec![6, 5]);
+    let hidden = RelationFilter { upto: 4, ..all.clone() };
+    assert_eq!(ids(events.relations(&room, "$e2", &hidden).await.unwrap()), vec![3]);
+    assert_eq!(
+        ids(events.relations(&other_room, "$e2", &all).await.unwrap()),
+        vec![11],
+        "each room sees only its own children (callers check the parent is in the room)"
+    );
+
+    let rows = events.relation_rows(&room, &["$e2", "$e3"], &["m.thread", "m.replace"], i64::MAX).await.unwrap();
+    assert_eq!(
+        rows.iter().map(|r| (r.stream_ordering, r.relates_to.as_str(), r.rel_type.as_str())).collect::<Vec<_>>(),
+        vec![(3, "$e2", "m.thread"), (5, "$e2", "m.replace"), (6, "$e2", "m.thread")]
+    );
+    assert_eq!(rows[0].sender, bob);
+
+    assert_eq!(events.threads(&room, None, i64::MAX, i64::MAX, 10).await.unwrap(), vec![(id(7), 8), (id(2), 6)]);
+    assert_eq!(events.threads(&room, None, i64::MAX, 8, 10).await.unwrap(), vec![(id(2), 6)], "paged");
+    assert_eq!(events.threads(&room, None, 5, i64::MAX, 10).await.unwrap(), vec![(id(2), 3)], "visibility");
+    assert_eq!(
+        events.threads(&room, Some(&alice), i64::MAX, i64::MAX, 10).await.unwrap(),
+        vec![(id(7), 8), (id(2), 6)]
+    );
+    let carol = owned_user_id!("@carol:example.org");
+    assert!(events.threads(&room, Some(&carol), i64::MAX, i64::MAX, 10).await.unwrap().is_empty());
+    let bob_threads = events.threads(&room, Some(&bob), 5, i64::MAX, 10).await.unwrap();
+    assert_eq!(bob_threads, vec![(id(2), 3)], "bob replied in $e2's thread");
+
+    // origin_server_ts is 1000 + position.
+    let near = |ts, fwd, upto| {
+        let events = events.clone();
+        let room = room.clone();
+        async move { events.event_near_ts(&room, ts, fwd, upto).await.unwrap().map(|e| e.stream_ordering) }
+    };
+    assert_eq!(near(1004, true, i64::MAX).await, Some(4));
+    assert_eq!(near(1004, false, i64::MAX).await, Some(4));
+    assert_eq!(near(1000, false, i64::MAX).await, None);
+    assert_eq!(near(2000, true, i64::MAX).await, None);
+    assert_eq!(near(2000, false, i64::MAX).await, Some(10));
+    assert_eq!(near(2000, false, 7).await, Some(7), "only visible events");
 }

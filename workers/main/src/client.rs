@@ -13,9 +13,11 @@ mod profile;
 mod public_rooms;
 mod push_rules;
 mod receipts;
+mod relations;
 mod room_keys;
 mod room_state;
 mod rooms;
+mod upgrade;
 mod user_directory;
 
 use axum::Router;
@@ -55,6 +57,15 @@ pub(crate) fn routes() -> Router<MainState> {
         .route("/_matrix/client/versions", get(discovery::versions))
         .route("/.well-known/matrix/client", get(discovery::well_known_client))
         .route("/.well-known/matrix/server", get(discovery::well_known_server));
+    r = r
+        .route("/_matrix/client/v1/rooms/{room_id}/relations/{event_id}", get(relations::get_relations))
+        .route("/_matrix/client/v1/rooms/{room_id}/relations/{event_id}/{rel_type}", get(relations::get_relations))
+        .route(
+            "/_matrix/client/v1/rooms/{room_id}/relations/{event_id}/{rel_type}/{event_type}",
+            get(relations::get_relations),
+        )
+        .route("/_matrix/client/v1/rooms/{room_id}/threads", get(relations::get_threads))
+        .route("/_matrix/client/v1/rooms/{room_id}/timestamp_to_event", get(relations::timestamp_to_event));
     for v in ["r0", "v3"] {
         r = r
             .route(&format!("/_matrix/client/{v}/capabilities"), get(discovery::capabilities))
@@ -73,6 +84,7 @@ pub(crate) fn routes() -> Router<MainState> {
             )
             .route(&format!("/_matrix/client/{v}/rooms/{{room_id}}/messages"), get(rooms::messages))
             .route(&format!("/_matrix/client/{v}/joined_rooms"), get(rooms::joined_rooms))
+            .route(&format!("/_matrix/client/{v}/rooms/{{room_id}}/upgrade"), post(upgrade::upgrade_room))
             .route(&format!("/_matrix/client/{v}/rooms/{{room_id}}/invite"), post(membership::invite))
             .route(&format!("/_matrix/client/{v}/rooms/{{room_id}}/leave"), post(membership::leave))
             .route(&format!("/_matrix/client/{v}/rooms/{{room_id}}/kick"), post(membership::kick))

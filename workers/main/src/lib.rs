@@ -81,6 +81,8 @@ pub(crate) struct UserData {
     store: ganglion_storage::AccountDataStore,
     writer: Arc<account_data_writer::AccountDataWriter>,
     presence: Arc<presence_writer::PresenceWriter>,
+    /// Serialises profile propagation into member events (see `client::profile`).
+    propagation: Arc<tokio::sync::Mutex<()>>,
     server_name: OwnedServerName,
 }
 
@@ -206,6 +208,7 @@ impl MainState {
                 bus.clone(),
             )
             .await?,
+            propagation: Arc::new(tokio::sync::Mutex::new(())),
             server_name: server_name.clone(),
         };
         let e2ee = ganglion_storage::E2eeStore::new(db.clone());

@@ -90,6 +90,12 @@ on_both_backends!(
     password_change_and_deactivation,
     public_rooms_and_user_directory,
     rate_limits_answer_limit_exceeded,
+    relations_page_filter_and_recurse,
+    threads_list_roots_by_latest_activity,
+    bundled_aggregations_on_returned_events,
+    timestamp_to_event_finds_the_nearest_visible_event,
+    room_upgrade_tombstones_and_carries_state_over,
+    room_upgrade_by_a_moderator_keeps_their_level,
 );
 
 async fn registration_follows_uia_and_validates_usernames(backend: Backend) {
@@ -1359,5 +1365,437 @@ async fn rate_limits_answer_limit_exceeded(backend: Backend) {
         statuses.push(s.as_u16());
     }
     assert_eq!(statuses, vec![200, 200, 200, 429]);
+    app.db.cleanup().await;
+}
+
+static TXN: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Sends a message event and returns its ID.
+async fn send_event(app: &App, room: &str, token: &str, ty: &str, content: Value) -> String {
+    let txn = TXN.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let (s, b) = app
+        .call("PUT", &format!("/_matrix/client/v3/rooms/{room}/send/{ty}/rel{txn}"), Some(token), Some(content))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    b["event_id"].as_str().unwrap().to_owned()
+}
+
+/// A public room made by the first token and joined by the others.
+async fn public_room(app: &App, creator: &str, joiners: &[&str]) -> String {
+    let (s, b) =
+        app.call("POST", "/_matrix/client/v3/createRoom", Some(creator), Some(json!({"preset": "public_chat"}))).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let room = b["room_id"].as_str().unwrap().to_owned();
+    for t in joiners {
+        let (s, b) = app.call("POST", &format!("/_matrix/client/v3/join/{room}"), Some(t), Some(json!({}))).await;
+        assert_eq!(s, StatusCode::OK, "{b}");
+    }
+    room
+}
+
+fn rel(rel_type: &str, parent: &str) -> Value {
+    json!({"body": rel_type, "m.relates_to": {"rel_type": rel_type, "event_id": parent}})
+}
+
+fn ids(b: &Value) -> Vec<String> {
+    b["chunk"].as_array().unwrap().iter().map(|e| e["event_id"].as_str().unwrap().to_owned()).collect()
+}
+
+async fn relations_page_filter_and_recurse(backend: Backend) {
+    let app = app(backend, |_| {}).await;
+    let alice = app.register("alice").await;
+    let bob = app.register("bob").await;
+    let dave = app.register("dave").await;
+    let room = public_room(&app, &alice, &[&bob]).await;
+    let root = send_event(&app, &room, &alice, "m.room.message", json!({"body": "root"})).await;
+    let thread = send_event(&app, &room, &bob, "m.room.message", rel("m.thread", &root)).await;
+    let reaction = send_event(
+        &app,
+        &room,
+        &alice,
+        "m.reaction",
+        json!({"m.relates_to": {"rel_type": "m.annotation", "event_id": thread, "key": "👍"}}),
+    )
+    .await;
+    let edit = send_event(&app, &room, &alice, "m.room.message", rel("m.replace", &root)).await;
+    let reference = send_event(&app, &room, &bob, "m.room.message", rel("m.reference", &root)).await;
+    // A rich reply is no relation.
+    send_event(
+        &app,
+        &room,
+        &bob,
+        "m.room.message",
+        json!({"body": "re", "m.relates_to": {"m.in_reply_to": {"event_id": root}}}),
+    )
+    .await;
+
+    let base = format!("/_matrix/client/v1/rooms/{room}/relations/{root}");
+    let get = |q: String| {
+        let app = &app;
+        let alice = alice.clone();
+        async move { app.call("GET", &q, Some(&alice), None).await }
+    };
+    let (s, b) = get(base.clone()).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    assert_eq!(ids(&b), vec![reference.clone(), edit.clone(), thread.clone()], "newest first");
+    assert!(b.get("next_batch").is_none() && b.get("recursion_depth").is_none());
+    let (_, b) = get(format!("{base}?dir=f")).await;
+    assert_eq!(ids(&b), vec![thread.clone(), edit.clone(), reference.clone()]);
+    let (_, p1) = get(format!("{base}?limit=2")).await;
+    assert_eq!(ids(&p1), vec![reference.clone(), edit.clone()]);
+    let next = p1["next_batch"].as_str().unwrap().to_owned();
+    let (_, p2) = get(format!("{base}?limit=2&from={next}")).await;
+    assert_eq!(ids(&p2), vec![thread.clone()]);
+    assert_eq!(p2["prev_batch"].as_str(), Some(next.as_str()));
+    let (_, b) = get(format!("{base}?to={next}")).await;
+    assert_eq!(ids(&b), vec![reference.clone(), edit.clone()], "`to` bounds the page");
+    let (_, b) = get(format!("{base}/m.thread")).await;
+    assert_eq!(ids(&b), vec![thread.clone()]);
+    let (_, b) = get(format!("{base}/m.replace/m.room.message")).await;
+    assert_eq!(ids(&b), vec![edit.clone()]);
+    let (_, b) = get(format!("{base}/m.thread/m.reaction")).await;
+    assert_eq!(ids(&b), Vec::<String>::new());
+    let (_, b) = get(format!("{base}?recurse=true")).await;
+    assert_eq!(ids(&b), vec![reference.clone(), edit.clone(), reaction.clone(), thread.clone()]);
+    assert_eq!(b["recursion_depth"], json!(3));
+    let (_, b) = get(format!("{base}/m.annotation?recurse=true")).await;
+    assert_eq!(ids(&b), vec![reaction.clone()], "filters apply at every depth");
+
+    for (q, status, code) in [
+        (format!("{base}?dir=x"), StatusCode::BAD_REQUEST, "M_INVALID_PARAM"),
+        (format!("{base}?from=garbage"), StatusCode::BAD_REQUEST, "M_INVALID_PARAM"),
+        (format!("{base}?recurse=maybe"), StatusCode::BAD_REQUEST, "M_INVALID_PARAM"),
+        (format!("{base}?limit=-1"), StatusCode::BAD_REQUEST, "M_INVALID_PARAM"),
+        (format!("/_matrix/client/v1/rooms/{room}/relations/$nope"), StatusCode::NOT_FOUND, "M_NOT_FOUND"),
+        (format!("/_matrix/client/v1/rooms/not-a-room/relations/{root}"), StatusCode::BAD_REQUEST, "M_INVALID_PARAM"),
+    ] {
+        let (s, b) = get(q.clone()).await;
+        assert_eq!((s, b["errcode"].as_str()), (status, Some(code)), "{q}: {b}");
+    }
+    let (s, b) = app.call("GET", &base, Some(&dave), None).await;
+    assert_eq!((s, b["errcode"].as_str()), (StatusCode::FORBIDDEN, Some("M_FORBIDDEN")), "not a member");
+    let (s, _) = app.call("GET", &base, None, None).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    app.db.cleanup().await;
+}
+
+async fn threads_list_roots_by_latest_activity(backend: Backend) {
+    let app = app(backend, |_| {}).await;
+    let alice = app.register("alice").await;
+    let bob = app.register("bob").await;
+    let carol = app.register("carol").await;
+    let dave = app.register("dave").await;
+    let room = public_room(&app, &alice, &[&bob, &carol]).await;
+    let root_a = send_event(&app, &room, &alice, "m.room.message", json!({"body": "a"})).await;
+    let root_b = send_event(&app, &room, &bob, "m.room.message", json!({"body": "b"})).await;
+    send_event(&app, &room, &alice, "m.room.message", json!({"body": "no thread"})).await;
+    let t1 = send_event(&app, &room, &bob, "m.room.message", rel("m.thread", &root_a)).await;
+    send_event(&app, &room, &bob, "m.room.message", rel("m.thread", &root_b)).await;
+    let threads = format!("/_matrix/client/v1/rooms/{room}/threads");
+    let (s, b) = app.call("GET", &threads, Some(&alice), None).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    assert_eq!(ids(&b), vec![root_b.clone(), root_a.clone()], "latest activity first");
+    let t3 = send_event(&app, &room, &alice, "m.room.message", rel("m.thread", &root_a)).await;
+    let (_, b) = app.call("GET", &threads, Some(&carol), None).await;
+    assert_eq!(ids(&b), vec![root_a.clone(), root_b.clone()]);
+    let summary = &b["chunk"][0]["unsigned"]["m.relations"]["m.thread"];
+    assert_eq!(summary["count"], json!(2));
+    assert_eq!(summary["latest_event"]["event_id"].as_str(), Some(t3.as_str()));
+    assert_eq!(summary["current_user_participated"], json!(false), "carol took no part");
+    let (_, b) = app.call("GET", &format!("{threads}?include=participated"), Some(&alice), None).await;
+    assert_eq!(ids(&b), vec![root_a.clone()], "alice started thread a only and replied only there");
+    assert_eq!(b["chunk"][0]["unsigned"]["m.relations"]["m.thread"]["current_user_participated"], json!(true));
+    let (_, b) = app.call("GET", &format!("{threads}?include=participated"), Some(&bob), None).await;
+    assert_eq!(ids(&b), vec![root_a.clone(), root_b.clone()], "bob replied in a and started b");
+    let (_, b) = app.call("GET", &format!("{threads}?include=participated"), Some(&carol), None).await;
+    assert_eq!(ids(&b), Vec::<String>::new());
+    let (_, p1) = app.call("GET", &format!("{threads}?limit=1"), Some(&alice), None).await;
+    assert_eq!(ids(&p1), vec![root_a.clone()]);
+    let next = p1["next_batch"].as_str().unwrap();
+    let (_, p2) = app.call("GET", &format!("{threads}?limit=1&from={next}"), Some(&alice), None).await;
+    assert_eq!(ids(&p2), vec![root_b.clone()]);
+    let (_, p3) =
+        app.call("GET", &format!("{threads}?from={}", p2["next_batch"].as_str().unwrap()), Some(&alice), None).await;
+    assert_eq!(ids(&p3), Vec::<String>::new());
+    assert_ne!(t1, t3);
+
+    for (q, code) in
+        [(format!("{threads}?include=mine"), "M_INVALID_PARAM"), (format!("{threads}?from=x"), "M_INVALID_PARAM")]
+    {
+        let (s, b) = app.call("GET", &q, Some(&alice), None).await;
+        assert_eq!((s, b["errcode"].as_str()), (StatusCode::BAD_REQUEST, Some(code)), "{q}");
+    }
+    let (s, b) = app.call("GET", &threads, Some(&dave), None).await;
+    assert_eq!((s, b["errcode"].as_str()), (StatusCode::FORBIDDEN, Some("M_FORBIDDEN")));
+    app.db.cleanup().await;
+}
+
+async fn bundled_aggregations_on_returned_events(backend: Backend) {
+    let app = app(backend, |_| {}).await;
+    let alice = app.register("alice").await;
+    let bob = app.register("bob").await;
+    let carol = app.register("carol").await;
+    let room = public_room(&app, &alice, &[&bob, &carol]).await;
+    let root = send_event(&app, &room, &alice, "m.room.message", json!({"body": "root"})).await;
+    let thread = send_event(&app, &room, &bob, "m.room.message", rel("m.thread", &root)).await;
+    let edit = send_event(
+        &app,
+        &room,
+        &alice,
+        "m.room.message",
+        json!({"body": "* new", "m.new_content": {"body": "new"}, "m.relates_to": {"rel_type": "m.replace", "event_id": root}}),
+    )
+    .await;
+    // An edit by someone else is not the original sender's edit, so it is not bundled.
+    send_event(&app, &room, &bob, "m.room.message", rel("m.replace", &root)).await;
+    let reference = send_event(&app, &room, &carol, "m.room.message", rel("m.reference", &root)).await;
+
+    let (s, ev) = app.call("GET", &format!("/_matrix/client/v3/rooms/{room}/event/{root}"), Some(&alice), None).await;
+    assert_eq!(s, StatusCode::OK, "{ev}");
+    let rels = &ev["unsigned"]["m.relations"];
+    assert_eq!(rels["m.thread"]["count"], json!(1));
+    assert_eq!(rels["m.thread"]["latest_event"]["event_id"].as_str(), Some(thread.as_str()));
+    assert_eq!(rels["m.thread"]["current_user_participated"], json!(true), "alice sent the root");
+    assert_eq!(rels["m.replace"]["event_id"].as_str(), Some(edit.as_str()));
+    assert_eq!(rels["m.replace"]["content"]["m.new_content"]["body"], json!("new"), "the whole edit event");
+    assert_eq!(rels["m.reference"], json!({"chunk": [{"event_id": reference}]}));
+
+    let (_, ev) = app.call("GET", &format!("/_matrix/client/v3/rooms/{room}/event/{root}"), Some(&carol), None).await;
+    assert_eq!(ev["unsigned"]["m.relations"]["m.thread"]["current_user_participated"], json!(false));
+
+    let (_, msgs) =
+        app.call("GET", &format!("/_matrix/client/v3/rooms/{room}/messages?dir=b&limit=20"), Some(&alice), None).await;
+    let in_msgs = msgs["chunk"].as_array().unwrap().iter().find(|e| e["event_id"] == json!(root)).unwrap();
+    assert_eq!(in_msgs["unsigned"]["m.relations"]["m.replace"]["event_id"].as_str(), Some(edit.as_str()));
+    let plain = msgs["chunk"].as_array().unwrap().iter().find(|e| e["event_id"] == json!(reference)).unwrap();
+    assert!(plain.get("unsigned").is_none(), "an event without relations has no bundle: {plain}");
+
+    let (_, ctx) =
+        app.call("GET", &format!("/_matrix/client/v3/rooms/{room}/context/{thread}?limit=4"), Some(&alice), None).await;
+    let before = ctx["events_before"].as_array().unwrap().iter().find(|e| e["event_id"] == json!(root)).unwrap();
+    assert_eq!(before["unsigned"]["m.relations"]["m.thread"]["count"], json!(1));
+    let (_, ctx) =
+        app.call("GET", &format!("/_matrix/client/v3/rooms/{room}/context/{root}?limit=2"), Some(&alice), None).await;
+    assert_eq!(ctx["event"]["unsigned"]["m.relations"]["m.reference"]["chunk"][0]["event_id"], json!(reference));
+
+    // Relations chunks carry bundles too: the thread reply's own reference.
+    let nested = send_event(&app, &room, &alice, "m.room.message", rel("m.reference", &thread)).await;
+    let (_, b) = app
+        .call("GET", &format!("/_matrix/client/v1/rooms/{room}/relations/{root}/m.thread"), Some(&alice), None)
+        .await;
+    assert_eq!(b["chunk"][0]["unsigned"]["m.relations"]["m.reference"]["chunk"][0]["event_id"], json!(nested));
+
+    // Redacting the edit removes it from the bundle.
+    let (s, _) = app
+        .call("PUT", &format!("/_matrix/client/v3/rooms/{room}/redact/{edit}/r1"), Some(&alice), Some(json!({})))
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let (_, ev) = app.call("GET", &format!("/_matrix/client/v3/rooms/{room}/event/{root}"), Some(&alice), None).await;
+    assert!(ev["unsigned"]["m.relations"].get("m.replace").is_none(), "{ev}");
+    assert_eq!(ev["unsigned"]["m.relations"]["m.thread"]["count"], json!(1));
+    app.db.cleanup().await;
+}
+
+async fn timestamp_to_event_finds_the_nearest_visible_event(backend: Backend) {
+    let app = app(backend, |_| {}).await;
+    let alice = app.register("alice").await;
+    let carol = app.register("carol").await;
+    let dave = app.register("dave").await;
+    let room = public_room(&app, &alice, &[&carol]).await;
+    let msg = send_event(&app, &room, &alice, "m.room.message", json!({"body": "hi"})).await;
+    let base = format!("/_matrix/client/v1/rooms/{room}/timestamp_to_event");
+    let (_, first) =
+        app.call("GET", &format!("/_matrix/client/v3/rooms/{room}/messages?dir=f&limit=1"), Some(&alice), None).await;
+    let (s, b) = app.call("GET", &format!("{base}?ts=0&dir=f"), Some(&alice), None).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    assert_eq!(b["event_id"], first["chunk"][0]["event_id"], "the create event is the first");
+    assert_eq!(b["origin_server_ts"], first["chunk"][0]["origin_server_ts"]);
+    let far = 32_503_680_000_000_i64; // the year 3000
+    let (_, b) = app.call("GET", &format!("{base}?ts={far}&dir=b"), Some(&alice), None).await;
+    assert_eq!(b["event_id"].as_str(), Some(msg.as_str()), "the latest event");
+    let (_, ev) = app.call("GET", &format!("/_matrix/client/v3/rooms/{room}/event/{msg}"), Some(&alice), None).await;
+    let ts = ev["origin_server_ts"].as_i64().unwrap();
+    let (_, b) = app.call("GET", &format!("{base}?ts={ts}&dir=f"), Some(&alice), None).await;
+    assert!(b["origin_server_ts"].as_i64().unwrap() >= ts);
+    let (s, b) = app.call("GET", &format!("{base}?ts={}&dir=b", ts - 1), Some(&alice), None).await;
+    // Everything before may share the message's millisecond; then there is nothing earlier.
+    assert!(s == StatusCode::NOT_FOUND || b["origin_server_ts"].as_i64().unwrap() < ts, "{b}");
+    let (s, b) = app.call("GET", &format!("{base}?ts={far}&dir=f"), Some(&alice), None).await;
+    assert_eq!((s, b["errcode"].as_str()), (StatusCode::NOT_FOUND, Some("M_NOT_FOUND")));
+    let (s, b) = app.call("GET", &format!("{base}?ts=0&dir=b"), Some(&alice), None).await;
+    assert_eq!((s, b["errcode"].as_str()), (StatusCode::NOT_FOUND, Some("M_NOT_FOUND")));
+
+    // A former member sees up to their departure.
+    let (s, _) =
+        app.call("POST", &format!("/_matrix/client/v3/rooms/{room}/leave"), Some(&carol), Some(json!({}))).await;
+    assert_eq!(s, StatusCode::OK);
+    let later = send_event(&app, &room, &alice, "m.room.message", json!({"body": "after"})).await;
+    let (_, b) = app.call("GET", &format!("{base}?ts={far}&dir=b"), Some(&alice), None).await;
+    assert_eq!(b["event_id"].as_str(), Some(later.as_str()));
+    let (s, b) = app.call("GET", &format!("{base}?ts={far}&dir=b"), Some(&carol), None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_ne!(b["event_id"].as_str(), Some(later.as_str()), "carol left before it");
+    let (_, leave) = app
+        .call(
+            "GET",
+            &format!("/_matrix/client/v3/rooms/{room}/state/m.room.member/@carol:localhost?format=event"),
+            Some(&alice),
+            None,
+        )
+        .await;
+    assert_eq!(b["event_id"], leave["event_id"], "her leave is the last event she saw");
+
+    for (q, status, code) in [
+        (format!("{base}?dir=f"), StatusCode::BAD_REQUEST, "M_MISSING_PARAM"),
+        (format!("{base}?ts=soon&dir=f"), StatusCode::BAD_REQUEST, "M_INVALID_PARAM"),
+        (format!("{base}?ts=0"), StatusCode::BAD_REQUEST, "M_MISSING_PARAM"),
+        (format!("{base}?ts=0&dir=up"), StatusCode::BAD_REQUEST, "M_INVALID_PARAM"),
+    ] {
+        let (s, b) = app.call("GET", &q, Some(&alice), None).await;
+        assert_eq!((s, b["errcode"].as_str()), (status, Some(code)), "{q}");
+    }
+    let (s, b) = app.call("GET", &format!("{base}?ts=0&dir=f"), Some(&dave), None).await;
+    assert_eq!((s, b["errcode"].as_str()), (StatusCode::FORBIDDEN, Some("M_FORBIDDEN")));
+    app.db.cleanup().await;
+}
+
+async fn room_upgrade_tombstones_and_carries_state_over(backend: Backend) {
+    let app = app(backend, |_| {}).await;
+    let alice = app.register("alice").await;
+    let bob = app.register("bob").await;
+    let dave = app.register("dave").await;
+    let (s, b) = app
+        .call(
+            "POST",
+            "/_matrix/client/v3/createRoom",
+            Some(&alice),
+            Some(json!({"preset": "public_chat", "visibility": "public", "room_version": "11", "name": "Old", "topic": "t", "room_alias_name": "up"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let old = b["room_id"].as_str().unwrap().to_owned();
+    let (s, _) = app.call("POST", &format!("/_matrix/client/v3/join/{old}"), Some(&bob), Some(json!({}))).await;
+    assert_eq!(s, StatusCode::OK);
+    let last = send_event(&app, &old, &bob, "m.room.message", json!({"body": "last words"})).await;
+    let upgrade = format!("/_matrix/client/v3/rooms/{old}/upgrade");
+
+    let (s, b) = app.call("POST", &upgrade, Some(&bob), Some(json!({"new_version": "12"}))).await;
+    assert_eq!((s, b["errcode"].as_str()), (StatusCode::FORBIDDEN, Some("M_FORBIDDEN")), "bob lacks the power");
+    let (s, b) = app.call("POST", &upgrade, Some(&dave), Some(json!({"new_version": "12"}))).await;
+    assert_eq!((s, b["errcode"].as_str()), (StatusCode::FORBIDDEN, Some("M_FORBIDDEN")), "not a member");
+    let (s, b) = app.call("POST", &upgrade, Some(&alice), Some(json!({"new_version": "999"}))).await;
+    assert_eq!((s, b["errcode"].as_str()), (StatusCode::BAD_REQUEST, Some("M_UNSUPPORTED_ROOM_VERSION")));
+    let (s, b) = app.call("POST", &upgrade, Some(&alice), Some(json!({}))).await;
+    assert_eq!((s, b["errcode"].as_str()), (StatusCode::BAD_REQUEST, Some("M_BAD_JSON")), "{b}");
+    let (s, b) = app
+        .call(
+            "POST",
+            "/_matrix/client/v3/rooms/!nope:localhost/upgrade",
+            Some(&alice),
+            Some(json!({"new_version": "12"})),
+        )
+        .await;
+    assert_eq!((s, b["errcode"].as_str()), (StatusCode::NOT_FOUND, Some("M_NOT_FOUND")));
+
+    let (s, b) = app.call("POST", &upgrade, Some(&alice), Some(json!({"new_version": "12"}))).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let new = b["replacement_room"].as_str().unwrap().to_owned();
+    assert_ne!(new, old);
+    let get_state = |room: String, path: &'static str| {
+        let app = &app;
+        let alice = alice.clone();
+        async move { app.call("GET", &format!("/_matrix/client/v3/rooms/{room}/state/{path}"), Some(&alice), None).await.1 }
+    };
+    let create = get_state(new.clone(), "m.room.create").await;
+    assert_eq!(create["room_version"], json!("12"));
+    assert_eq!(create["predecessor"], json!({"room_id": old, "event_id": last}));
+    assert!(create.get("creator").is_none(), "v12 takes the creator from the sender");
+    assert_eq!(get_state(new.clone(), "m.room.name").await["name"], json!("Old"));
+    assert_eq!(get_state(new.clone(), "m.room.topic").await["topic"], json!("t"));
+    assert_eq!(get_state(new.clone(), "m.room.join_rules").await["join_rule"], json!("public"));
+    assert_eq!(get_state(new.clone(), "m.room.history_visibility").await["history_visibility"], json!("shared"));
+    let pl = get_state(new.clone(), "m.room.power_levels").await;
+    assert!(pl["users"].get("@alice:localhost").is_none(), "a v12 creator is not listed: {pl}");
+    assert_eq!(pl["events"]["m.room.tombstone"], json!(100), "the rest is copied");
+    assert_eq!(get_state(new.clone(), "m.room.canonical_alias").await["alias"], json!("#up:localhost"));
+    let (_, b) = app.call("GET", "/_matrix/client/v3/directory/room/%23up:localhost", None, None).await;
+    assert_eq!(b["room_id"].as_str(), Some(new.as_str()), "the alias moved");
+    let (_, b) = app.call("GET", &format!("/_matrix/client/v3/directory/list/room/{new}"), None, None).await;
+    assert_eq!(b["visibility"], json!("public"), "the directory entry moved");
+    let (_, b) = app.call("GET", &format!("/_matrix/client/v3/rooms/{new}/joined_members"), Some(&alice), None).await;
+    assert_eq!(b["joined"].as_object().unwrap().keys().collect::<Vec<_>>(), vec!["@alice:localhost"]);
+
+    let tomb = get_state(old.clone(), "m.room.tombstone").await;
+    assert_eq!(tomb["replacement_room"].as_str(), Some(new.as_str()));
+    let old_pl = get_state(old.clone(), "m.room.power_levels").await;
+    assert_eq!((old_pl["events_default"].clone(), old_pl["invite"].clone()), (json!(50), json!(50)));
+    assert_eq!(get_state(old.clone(), "m.room.canonical_alias").await, json!({}), "the old room lost its alias");
+    let (s, b) = app
+        .call(
+            "PUT",
+            &format!("/_matrix/client/v3/rooms/{old}/send/m.room.message/after"),
+            Some(&bob),
+            Some(json!({"body": "x"})),
+        )
+        .await;
+    assert_eq!((s, b["errcode"].as_str()), (StatusCode::FORBIDDEN, Some("M_FORBIDDEN")), "the old room is muted");
+
+    // From v12 back to a version with power-level creators: the v12 creator keeps 100.
+    let (s, b) = app
+        .call(
+            "POST",
+            &format!("/_matrix/client/v3/rooms/{new}/upgrade"),
+            Some(&alice),
+            Some(json!({"new_version": "11"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let newer = b["replacement_room"].as_str().unwrap().to_owned();
+    let create = get_state(newer.clone(), "m.room.create").await;
+    assert_eq!((create["room_version"].clone(), create["predecessor"]["room_id"].clone()), (json!("11"), json!(new)));
+    assert_eq!(get_state(newer.clone(), "m.room.create?format=event").await["sender"], json!("@alice:localhost"));
+    assert_eq!(get_state(newer.clone(), "m.room.power_levels").await["users"]["@alice:localhost"], json!(100));
+    assert_eq!(get_state(newer.clone(), "m.room.name").await["name"], json!("Old"));
+    app.db.cleanup().await;
+}
+
+async fn room_upgrade_by_a_moderator_keeps_their_level(backend: Backend) {
+    let app = app(backend, |_| {}).await;
+    let alice = app.register("alice").await;
+    let bob = app.register("bob").await;
+    let (s, b) = app
+        .call(
+            "POST",
+            "/_matrix/client/v3/createRoom",
+            Some(&alice),
+            Some(json!({"preset": "public_chat", "room_version": "10", "name": "Mods",
+                "power_level_content_override": {"users": {"@alice:localhost": 100, "@bob:localhost": 50},
+                    "events": {"m.room.tombstone": 50, "m.room.name": 50, "m.room.power_levels": 100}}})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let old = b["room_id"].as_str().unwrap().to_owned();
+    app.call("POST", &format!("/_matrix/client/v3/join/{old}"), Some(&bob), Some(json!({}))).await;
+    let (s, b) = app
+        .call(
+            "POST",
+            &format!("/_matrix/client/v3/rooms/{old}/upgrade"),
+            Some(&bob),
+            Some(json!({"new_version": "11"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let new = b["replacement_room"].as_str().unwrap().to_owned();
+    let get = |room: String, path: &'static str| {
+        let app = &app;
+        let bob = bob.clone();
+        async move { app.call("GET", &format!("/_matrix/client/v3/rooms/{room}/state/{path}"), Some(&bob), None).await.1 }
+    };
+    assert_eq!(get(new.clone(), "m.room.name").await["name"], json!("Mods"), "sent while raised");
+    let pl = get(new.clone(), "m.room.power_levels").await;
+    assert_eq!(pl["users"]["@bob:localhost"], json!(50), "raised only while copying: {pl}");
+    assert_eq!(pl["users"]["@alice:localhost"], json!(100));
+    assert_eq!(get(old.clone(), "m.room.tombstone").await["replacement_room"].as_str(), Some(new.as_str()));
+    assert_eq!(get(old.clone(), "m.room.power_levels").await["events_default"], json!(0), "bob may not restrict it");
     app.db.cleanup().await;
 }

@@ -277,6 +277,7 @@ impl EventWriter {
             creates_room: creates_room.map(|v| (v, pdu.sender.clone())),
             redacts,
             push_actions,
+            relation: relation_of(&pdu),
         };
         self.events.persist(&new).await?;
         *last = position;
@@ -300,6 +301,16 @@ impl EventWriter {
         tracing::debug!(event_id = %new.event_id, room_id = %room_id, position, "persisted event");
         Ok(Written { event_id: new.event_id, room_id, position })
     }
+}
+
+/// The parent and `rel_type` of an event's `content.m.relates_to`, for the relations index. A
+/// rich reply (`m.in_reply_to` alone) has no `rel_type`, so it is no relation.
+fn relation_of(pdu: &Pdu) -> Option<(OwnedEventId, String)> {
+    let content = pdu.content_value();
+    let rel = content.get("m.relates_to")?;
+    let rel_type = rel.get("rel_type")?.as_str()?;
+    let parent = OwnedEventId::try_from(rel.get("event_id")?.as_str()?).ok()?;
+    Some((parent, rel_type.to_owned()))
 }
 
 /// A random string of lowercase letters and digits.

@@ -721,6 +721,7 @@ async fn admins_quarantine_the_media_a_room_refers_to() {
                 creates_room: (pos == 1).then(|| ("11".to_owned(), alice.clone())),
                 redacts: None,
                 push_actions: Vec::new(),
+                relation: None,
             })
             .await
             .unwrap();

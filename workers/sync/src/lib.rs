@@ -9,6 +9,7 @@
 //!
 //! Depends on the shared crates; never on another worker crate.
 
+mod filters;
 mod sliding;
 mod sync_v3;
 

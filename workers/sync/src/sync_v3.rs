@@ -124,12 +124,18 @@ pub(crate) async fn sync(
         let e2ee = e2ee_sections(&ctx, &user, since, &mut next, &mut has_data).await?;
         let presence = presence_events(&ctx, &user.user_id, since, next, &mut has_data).await?;
         if since.is_none() || full_state || has_data || Instant::now() >= deadline {
-            return Ok(Json(response(rooms, global, e2ee, presence, next)));
+            let mut body = response(rooms, global, e2ee, presence, next);
+            crate::filters::apply(&filter, &mut body);
+            return Ok(Json(body));
         }
         match tokio::time::timeout_at(deadline, positions.changed()).await {
             Ok(Ok(())) => continue,
             // Timed out, or the followers stopped (shutdown): answer with what we have.
-            _ => return Ok(Json(response(rooms, global, e2ee, presence, next))),
+            _ => {
+                let mut body = response(rooms, global, e2ee, presence, next);
+                crate::filters::apply(&filter, &mut body);
+                return Ok(Json(body));
+            }
         }
     }
 }

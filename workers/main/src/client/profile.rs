@@ -89,8 +89,11 @@ pub(crate) async fn put_field(
     Ok(Json(json!({})))
 }
 
-/// Copies the profile into the user's member event of each joined room.
+/// Copies the profile into the user's member event of each joined room. Propagations run one at
+/// a time and read the profile once they hold the lock, so the last one always writes the latest
+/// profile even when two changes race.
 async fn propagate(rooms: Rooms, data: UserData, user: OwnedUserId, request_id: String) {
+    let _turn = data.propagation.lock().await;
     let result: Result<(), MatrixError> = async {
         let (name, avatar) = data.users.profile(&user).await?.unwrap_or_default();
         let origin = WriteOrigin { txn: None, request_id };

@@ -11,6 +11,7 @@ use ganglion_storage::PersistedEvent;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use super::relations::client_events;
 use super::{parse_room_id, visible_upto};
 use crate::Rooms;
 use crate::writer::WriteOrigin;
@@ -173,7 +174,10 @@ pub(crate) async fn get_event(
     let upto =
         visible_upto(&rooms, &user.user_id, &room_id).await.map_err(|_| MatrixError::not_found("Event not found."))?;
     match rooms.events.event(&event_id).await? {
-        Some(e) if e.room_id == room_id && e.stream_ordering <= upto => Ok(Json(to_client(&e))),
+        Some(e) if e.room_id == room_id && e.stream_ordering <= upto => {
+            let mut bundled = client_events(&rooms, &user.user_id, upto, std::slice::from_ref(&e)).await?;
+            Ok(Json(bundled.pop().unwrap_or_default()))
+        }
         _ => Err(MatrixError::not_found("Event not found.")),
     }
 }
@@ -286,10 +290,11 @@ pub(crate) async fn context(
     let start = before.last().map_or_else(|| token(&event), token);
     let end = after.last().map_or_else(|| token(&event), token);
     let state = rooms.events.state_at(&room_id, event.stream_ordering).await?;
+    let mut bundled = client_events(&rooms, &user.user_id, upto, std::slice::from_ref(&event)).await?;
     Ok(Json(json!({
-        "event": to_client(&event),
-        "events_before": before.iter().map(to_client).collect::<Vec<_>>(),
-        "events_after": after.iter().map(to_client).collect::<Vec<_>>(),
+        "event": bundled.pop().unwrap_or_default(),
+        "events_before": client_events(&rooms, &user.user_id, upto, &before).await?,
+        "events_after": client_events(&rooms, &user.user_id, upto, &after).await?,
         "start": start,
         "end": end,
         "state": state.iter().map(to_client).collect::<Vec<_>>(),

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use axum::extract::{Path, Query, State};
 use axum::{Extension, Json};
-use ganglion_core::{EventTemplate, client_event};
+use ganglion_core::EventTemplate;
 use ganglion_http::{AuthUser, MatrixError, MatrixJson, RequestId};
 use ruma::{OwnedRoomAliasId, OwnedRoomId, OwnedUserId, RoomId, RoomVersionId, UserId};
 use serde::Deserialize;
@@ -385,8 +385,7 @@ pub(crate) async fn messages(
     let end = (chunk.len() as i64 == limit && limit > 0)
         .then(|| chunk.last().map(|e| format!("t{}_{}", e.depth, e.stream_ordering)))
         .flatten();
-    let events: Vec<Value> =
-        chunk.iter().map(|e| client_event(&e.json, e.event_id.as_str(), e.room_id.as_str(), None)).collect();
+    let events = super::relations::client_events(&rooms, &user.user_id, upto, &chunk).await?;
     let mut body = BTreeMap::new();
     body.insert("chunk", json!(events));
     body.insert("start", json!(start));
