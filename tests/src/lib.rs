@@ -4,6 +4,8 @@
 //! The binary is found beside the test executable (`target/<profile>/ganglion`), or at
 //! `TEST_GANGLION_BIN`. Build it first: `cargo build -p ganglion`.
 
+pub mod sdk;
+
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;

@@ -3,43 +3,12 @@
 
 use std::time::{Duration, Instant};
 
+use ganglion_e2e::sdk::{sdk_bodies, sdk_register};
 use ganglion_e2e::{OneProcess, RawClient, message_bodies};
 use matrix_sdk::config::SyncSettings;
-use matrix_sdk::ruma::api::client::account::register::v3::Request as RegistrationRequest;
 use matrix_sdk::ruma::api::client::room::create_room::v3::{Request as CreateRoomRequest, RoomPreset};
-use matrix_sdk::ruma::api::client::uiaa;
 use matrix_sdk::ruma::events::room::message::RoomMessageEventContent;
 use serde_json::{Value, json};
-
-/// Registers with matrix-sdk through the User-Interactive Auth dance.
-async fn sdk_register(url: &str, username: &str) -> matrix_sdk::Client {
-    let client = matrix_sdk::Client::builder().homeserver_url(url).build().await.expect("client");
-    let mut req = RegistrationRequest::new();
-    req.username = Some(username.to_owned());
-    req.password = Some("secret".to_owned());
-    let err = client.matrix_auth().register(req.clone()).await.expect_err("first call is a UIA challenge");
-    let info = err.as_uiaa_response().expect("UIA response");
-    assert!(info.flows.iter().any(|f| f.stages.iter().any(|s| s.as_str() == "m.login.dummy")));
-    let mut dummy = uiaa::Dummy::new();
-    dummy.session = info.session.clone();
-    req.auth = Some(uiaa::AuthData::Dummy(dummy));
-    client.matrix_auth().register(req).await.expect("registration");
-    assert!(client.user_id().is_some(), "registering logs the client in");
-    client
-}
-
-/// The message bodies in a matrix-sdk sync response for one room.
-fn sdk_bodies(resp: &matrix_sdk::sync::SyncResponse, room_id: &matrix_sdk::ruma::RoomId) -> Vec<String> {
-    let Some(update) = resp.rooms.joined.get(room_id) else { return Vec::new() };
-    update
-        .timeline
-        .events
-        .iter()
-        .filter_map(|e| serde_json::from_str::<Value>(e.raw().json().get()).ok())
-        .filter(|v| v["type"] == "m.room.message")
-        .filter_map(|v| v["content"]["body"].as_str().map(str::to_owned))
-        .collect()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_real_client_registers_creates_a_room_sends_and_syncs() {

@@ -4,42 +4,16 @@
 
 use std::time::{Duration, Instant};
 
+use ganglion_e2e::sdk::{sdk_bodies, sdk_register};
 use ganglion_e2e::{RawClient, Split, message_bodies};
 use matrix_sdk::config::SyncSettings;
 use matrix_sdk::ruma::UInt;
-use matrix_sdk::ruma::api::client::account::register::v3::Request as RegistrationRequest;
 use matrix_sdk::ruma::api::client::filter::FilterDefinition;
 use matrix_sdk::ruma::api::client::room::create_room::v3::{Request as CreateRoomRequest, RoomPreset};
-use matrix_sdk::ruma::api::client::uiaa;
 use matrix_sdk::ruma::events::room::message::RoomMessageEventContent;
-use serde_json::{Value, json};
+use serde_json::json;
 
 const MESSAGES: usize = 200;
-
-async fn sdk_register(url: &str, username: &str) -> matrix_sdk::Client {
-    let client = matrix_sdk::Client::builder().homeserver_url(url).build().await.expect("client");
-    let mut req = RegistrationRequest::new();
-    req.username = Some(username.to_owned());
-    req.password = Some("secret".to_owned());
-    let err = client.matrix_auth().register(req.clone()).await.expect_err("UIA challenge");
-    let mut dummy = uiaa::Dummy::new();
-    dummy.session = err.as_uiaa_response().expect("UIA").session.clone();
-    req.auth = Some(uiaa::AuthData::Dummy(dummy));
-    client.matrix_auth().register(req).await.expect("registration");
-    client
-}
-
-fn sdk_bodies(resp: &matrix_sdk::sync::SyncResponse, room_id: &matrix_sdk::ruma::RoomId) -> Vec<String> {
-    let Some(update) = resp.rooms.joined.get(room_id) else { return Vec::new() };
-    update
-        .timeline
-        .events
-        .iter()
-        .filter_map(|e| serde_json::from_str::<Value>(e.raw().json().get()).ok())
-        .filter(|v| v["type"] == "m.room.message")
-        .filter_map(|v| v["content"]["body"].as_str().map(str::to_owned))
-        .collect()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_users_exchange_200_messages_through_nginx_while_a_sync_worker_dies() {
