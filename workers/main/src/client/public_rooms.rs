@@ -139,7 +139,8 @@ async fn list(
                 .collect::<Vec<_>>()
                 .join(" ")
                 .to_lowercase();
-            if !haystack.contains(t.as_str()) && !room_id.as_str().to_lowercase().contains(t.as_str()) {
+            // Name, topic and alias, as other servers search; never the random room ID.
+            if !haystack.contains(t.as_str()) {
                 continue;
             }
         }
