@@ -19,6 +19,7 @@ mod media;
 mod migrate;
 mod presence;
 mod relations;
+mod reports;
 mod users;
 
 use std::str::FromStr;
@@ -38,6 +39,7 @@ pub use media::{CompleteUpload, MediaRecord, MediaStore, MediaUsage, ThumbnailKe
 pub use migrate::{SCHEMA_VERSION, SchemaStatus};
 pub use presence::{Presence, PresenceStore};
 pub use relations::{RelationFilter, RelationRow};
+pub use reports::{Report, ReportStore};
 pub use users::{DeviceInfo, UserStore, Whoami};
 
 /// A storage failure. Absence of a row is never an error: look-ups return `Option`.

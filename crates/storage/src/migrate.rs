@@ -78,10 +78,16 @@ const MIGRATIONS: &[Migration] = &[
         postgres: include_str!("../../../migrations/postgres/0011_presence.sql"),
         sqlite: include_str!("../../../migrations/sqlite/0011_presence.sql"),
     },
+    Migration {
+        version: 12,
+        name: "reports",
+        postgres: include_str!("../../../migrations/postgres/0012_reports.sql"),
+        sqlite: include_str!("../../../migrations/sqlite/0012_reports.sql"),
+    },
 ];
 
 /// The schema version this build reads and writes: the highest migration's version.
-pub const SCHEMA_VERSION: i64 = 11;
+pub const SCHEMA_VERSION: i64 = 12;
 
 /// How the database's schema compares with this build's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

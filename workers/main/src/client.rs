@@ -8,6 +8,7 @@ mod directory;
 mod discovery;
 mod keys;
 mod membership;
+mod moderation;
 mod presence;
 mod profile;
 mod public_rooms;
@@ -206,6 +207,17 @@ pub(crate) fn routes() -> Router<MainState> {
                 &format!("/_matrix/client/{v}/presence/{{user_id}}/status"),
                 get(presence::get_status).put(presence::set_status),
             )
+            .route(
+                &format!("/_matrix/client/{v}/rooms/{{room_id}}/report/{{event_id}}"),
+                post(moderation::report_event),
+            )
+            .route(&format!("/_matrix/client/{v}/rooms/{{room_id}}/report"), post(moderation::report_room))
+            .route(&format!("/_matrix/client/{v}/users/{{user_id}}/report"), post(moderation::report_user))
+            .route(
+                &format!("/_matrix/client/{v}/user/{{user_id}}/openid/request_token"),
+                post(moderation::openid_request_token),
+            )
+            .route(&format!("/_matrix/client/{v}/voip/turnServer"), get(moderation::turn_server))
             .route(&format!("/_matrix/client/{v}/devices"), get(devices::list))
             .route(
                 &format!("/_matrix/client/{v}/devices/{{device_id}}"),

@@ -90,6 +90,7 @@ on_both_backends!(
     password_change_and_deactivation,
     public_rooms_and_user_directory,
     rate_limits_answer_limit_exceeded,
+    reports_openid_and_turn,
     relations_page_filter_and_recurse,
     threads_list_roots_by_latest_activity,
     bundled_aggregations_on_returned_events,
@@ -1797,5 +1798,77 @@ async fn room_upgrade_by_a_moderator_keeps_their_level(backend: Backend) {
     assert_eq!(pl["users"]["@alice:localhost"], json!(100));
     assert_eq!(get(old.clone(), "m.room.tombstone").await["replacement_room"].as_str(), Some(new.as_str()));
     assert_eq!(get(old.clone(), "m.room.power_levels").await["events_default"], json!(0), "bob may not restrict it");
+    app.db.cleanup().await;
+}
+
+async fn reports_openid_and_turn(backend: Backend) {
+    let app = app(backend, |_| {}).await;
+    let alice = app.register("alice").await;
+    let bob = app.register("bob").await;
+    let room = create(&app, &alice, json!({})).await;
+    let (_, sent) = app
+        .call(
+            "PUT",
+            &format!("/_matrix/client/v3/rooms/{room}/send/m.room.message/r"),
+            Some(&alice),
+            Some(json!({"body": "spam"})),
+        )
+        .await;
+    let event = sent["event_id"].as_str().unwrap().to_owned();
+    let path = format!("/_matrix/client/v3/rooms/{room}/report/{event}");
+    let (s, _) = app.call("POST", &path, Some(&alice), Some(json!({"reason": "spam", "score": -100}))).await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, b) = app.call("POST", &path, Some(&alice), Some(json!({"score": 5}))).await;
+    assert_eq!((s, b["errcode"].as_str()), (StatusCode::BAD_REQUEST, Some("M_INVALID_PARAM")));
+    let (s, b) = app.call("POST", &path, Some(&bob), Some(json!({"reason": "x"}))).await;
+    assert_eq!(
+        (s, b["errcode"].as_str()),
+        (StatusCode::NOT_FOUND, Some("M_NOT_FOUND")),
+        "only events the reporter can see"
+    );
+    let (s, _) = app
+        .call(
+            "POST",
+            &format!("/_matrix/client/v3/rooms/{room}/report"),
+            Some(&bob),
+            Some(json!({"reason": "bad room"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, _) = app.call("POST", "/_matrix/client/v3/rooms/!nope:localhost/report", Some(&bob), Some(json!({}))).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (s, _) = app
+        .call("POST", "/_matrix/client/v3/users/@alice:localhost/report", Some(&bob), Some(json!({"reason": "rude"})))
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, _) =
+        app.call("POST", "/_matrix/client/v3/users/@ghost:localhost/report", Some(&bob), Some(json!({}))).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let reports = ganglion_storage::ReportStore::new(app.db.db.clone()).all().await.unwrap();
+    assert_eq!(reports.len(), 3);
+    assert_eq!(reports[2].event_id.as_deref(), Some(event.as_str()));
+    assert_eq!(reports[2].score, Some(-100));
+    assert_eq!(reports[0].target_user_id.as_deref(), Some("@alice:localhost"));
+
+    let (s, b) = app
+        .call("POST", "/_matrix/client/v3/user/@alice:localhost/openid/request_token", Some(&alice), Some(json!({})))
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(
+        (b["token_type"].as_str(), b["matrix_server_name"].as_str(), b["expires_in"].as_i64()),
+        (Some("Bearer"), Some("localhost"), Some(3600))
+    );
+    let token = b["access_token"].as_str().unwrap();
+    let who = ganglion_storage::ReportStore::new(app.db.db.clone())
+        .openid_user(&ganglion_http::hash_token(token))
+        .await
+        .unwrap();
+    assert_eq!(who.as_deref(), Some("@alice:localhost"));
+    let (s, _) = app
+        .call("POST", "/_matrix/client/v3/user/@alice:localhost/openid/request_token", Some(&bob), Some(json!({})))
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    let (s, b) = app.call("GET", "/_matrix/client/v3/voip/turnServer", Some(&bob), None).await;
+    assert_eq!((s, b), (StatusCode::OK, json!({})));
     app.db.cleanup().await;
 }
