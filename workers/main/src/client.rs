@@ -18,6 +18,7 @@ mod relations;
 mod room_keys;
 mod room_state;
 mod rooms;
+mod spaces;
 mod upgrade;
 mod user_directory;
 
@@ -237,5 +238,7 @@ pub(crate) fn routes() -> Router<MainState> {
                 get(profile::get_field).put(profile::put_field),
             );
     }
-    r
+    r.route("/_matrix/client/v1/rooms/{room_id}/hierarchy", get(spaces::hierarchy))
+        .route("/_matrix/client/v1/room_summary/{room_id_or_alias}", get(spaces::room_summary))
+        .route("/_matrix/client/unstable/im.nheko.summary/summary/{room_id_or_alias}", get(spaces::room_summary))
 }

@@ -91,6 +91,7 @@ on_both_backends!(
     public_rooms_and_user_directory,
     rate_limits_answer_limit_exceeded,
     reports_openid_and_turn,
+    space_hierarchy_and_room_summary,
     relations_page_filter_and_recurse,
     threads_list_roots_by_latest_activity,
     bundled_aggregations_on_returned_events,
@@ -1870,5 +1871,68 @@ async fn reports_openid_and_turn(backend: Backend) {
     assert_eq!(s, StatusCode::FORBIDDEN);
     let (s, b) = app.call("GET", "/_matrix/client/v3/voip/turnServer", Some(&bob), None).await;
     assert_eq!((s, b), (StatusCode::OK, json!({})));
+    app.db.cleanup().await;
+}
+
+async fn space_hierarchy_and_room_summary(backend: Backend) {
+    let app = app(backend, |_| {}).await;
+    let alice = app.register("alice").await;
+    let bob = app.register("bob").await;
+    let space = create(&app, &alice, json!({"preset": "public_chat", "name": "Space", "creation_content": {"type": "m.space"}, "room_alias_name": "space"})).await;
+    let open = create(&app, &alice, json!({"preset": "public_chat", "name": "Open"})).await;
+    let closed = create(&app, &alice, json!({"preset": "private_chat", "name": "Closed"})).await;
+    for (child, suggested) in [(&open, true), (&closed, false)] {
+        let (s, b) = app
+            .call(
+                "PUT",
+                &format!("/_matrix/client/v3/rooms/{space}/state/m.space.child/{child}"),
+                Some(&alice),
+                Some(json!({"via": ["localhost"], "suggested": suggested})),
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{b}");
+    }
+    let names = |b: &Value| -> Vec<String> {
+        b["rooms"].as_array().unwrap().iter().map(|r| r["name"].as_str().unwrap_or("").to_owned()).collect()
+    };
+    let (s, b) = app.call("GET", &format!("/_matrix/client/v1/rooms/{space}/hierarchy"), Some(&alice), None).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    assert_eq!(names(&b), vec!["Space", "Open", "Closed"]);
+    assert_eq!(b["rooms"][0]["room_type"], "m.space");
+    assert_eq!(b["rooms"][0]["children_state"].as_array().unwrap().len(), 2);
+    let (_, b) = app.call("GET", &format!("/_matrix/client/v1/rooms/{space}/hierarchy"), Some(&bob), None).await;
+    assert_eq!(names(&b), vec!["Space", "Open"], "a private room stays hidden from outsiders");
+    let (_, b) =
+        app.call("GET", &format!("/_matrix/client/v1/rooms/{space}/hierarchy?max_depth=0"), Some(&alice), None).await;
+    assert_eq!(names(&b), vec!["Space"]);
+    let (_, b) = app
+        .call("GET", &format!("/_matrix/client/v1/rooms/{space}/hierarchy?suggested_only=true"), Some(&alice), None)
+        .await;
+    assert_eq!(names(&b), vec!["Space", "Open"]);
+    let (_, p1) =
+        app.call("GET", &format!("/_matrix/client/v1/rooms/{space}/hierarchy?limit=2"), Some(&alice), None).await;
+    assert_eq!(names(&p1), vec!["Space", "Open"]);
+    let next = p1["next_batch"].as_str().unwrap().to_owned();
+    let (_, p2) = app
+        .call("GET", &format!("/_matrix/client/v1/rooms/{space}/hierarchy?limit=2&from={next}"), Some(&alice), None)
+        .await;
+    assert_eq!(names(&p2), vec!["Closed"]);
+    let (s, _) = app.call("GET", &format!("/_matrix/client/v1/rooms/{closed}/hierarchy"), Some(&bob), None).await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    let (s, _) =
+        app.call("GET", &format!("/_matrix/client/v1/rooms/{space}/hierarchy?from=zzz"), Some(&alice), None).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+
+    let (s, b) = app.call("GET", "/_matrix/client/v1/room_summary/%23space:localhost", Some(&bob), None).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    assert_eq!(
+        (b["room_id"].as_str(), b["name"].as_str(), b["num_joined_members"].as_u64()),
+        (Some(space.as_str()), Some("Space"), Some(1))
+    );
+    assert!(b.get("membership").is_none());
+    let (_, b) = app.call("GET", &format!("/_matrix/client/v1/room_summary/{space}"), Some(&alice), None).await;
+    assert_eq!(b["membership"], "join");
+    let (s, _) = app.call("GET", &format!("/_matrix/client/v1/room_summary/{closed}"), Some(&bob), None).await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
     app.db.cleanup().await;
 }
