@@ -193,6 +193,11 @@ pub(crate) const KEYS: &[KeyDoc] = &[
         "true",
         "open only while every client listener is bound to loopback",
     ),
+    key(
+        "registration.require_token",
+        Kind::Bool,
+        "Require a registration token (created by an admin through /_synapse/admin/v1/registration_tokens/new).",
+    ),
     key("password_hashing", Kind::Section, "Argon2id password hashing cost."),
     key(
         "password_hashing.memory_kib",

@@ -158,6 +158,9 @@ pub struct RegistrationConfig {
     /// Open registration. Default: unset, meaning open only while every client listener is bound
     /// to a loopback address.
     pub enabled: Option<bool>,
+    /// Require a registration token (`m.login.registration_token`), created by an admin through
+    /// `/_synapse/admin/v1/registration_tokens/new`. Default: false.
+    pub require_token: bool,
 }
 
 /// Argon2id cost parameters.

@@ -374,9 +374,13 @@ fn registration_open_rules() {
     };
     assert!(federation_exposed.registration_open());
 
-    let forced_open = Config { registration: RegistrationConfig { enabled: Some(true) }, ..exposed };
+    let forced_open =
+        Config { registration: RegistrationConfig { enabled: Some(true), ..RegistrationConfig::default() }, ..exposed };
     assert!(forced_open.registration_open());
-    let forced_closed = Config { registration: RegistrationConfig { enabled: Some(false) }, ..Config::default() };
+    let forced_closed = Config {
+        registration: RegistrationConfig { enabled: Some(false), ..RegistrationConfig::default() },
+        ..Config::default()
+    };
     assert!(!forced_closed.registration_open());
 
     // The same through load(): an env override of the listeners closes registration.

@@ -84,10 +84,16 @@ const MIGRATIONS: &[Migration] = &[
         postgres: include_str!("../../../migrations/postgres/0012_reports.sql"),
         sqlite: include_str!("../../../migrations/sqlite/0012_reports.sql"),
     },
+    Migration {
+        version: 13,
+        name: "registration_tokens",
+        postgres: include_str!("../../../migrations/postgres/0013_registration_tokens.sql"),
+        sqlite: include_str!("../../../migrations/sqlite/0013_registration_tokens.sql"),
+    },
 ];
 
 /// The schema version this build reads and writes: the highest migration's version.
-pub const SCHEMA_VERSION: i64 = 12;
+pub const SCHEMA_VERSION: i64 = 13;
 
 /// How the database's schema compares with this build's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

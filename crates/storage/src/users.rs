@@ -423,4 +423,80 @@ impl UserStore {
         .await?;
         rows.iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?))).collect()
     }
+
+    /// Creates a registration token. Returns false when the token exists.
+    ///
+    /// # Errors
+    /// On database failure.
+    pub async fn create_registration_token(
+        &self,
+        token: &str,
+        uses_allowed: Option<i64>,
+        expiry_time: Option<i64>,
+    ) -> Result<bool> {
+        let res = sqlx::query(
+            "INSERT INTO registration_tokens (token, uses_allowed, completed, expiry_time) VALUES ($1, $2, 0, $3)
+             ON CONFLICT (token) DO NOTHING",
+        )
+        .bind(token)
+        .bind(uses_allowed)
+        .bind(expiry_time)
+        .execute(self.db.pool())
+        .await?;
+        Ok(res.rows_affected() > 0)
+    }
+
+    /// Whether a token can still be used now.
+    ///
+    /// # Errors
+    /// On database failure.
+    pub async fn registration_token_valid(&self, token: &str) -> Result<bool> {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM registration_tokens WHERE token = $1
+             AND (uses_allowed IS NULL OR completed < uses_allowed) AND (expiry_time IS NULL OR expiry_time > $2)",
+        )
+        .bind(token)
+        .bind(now_ms())
+        .fetch_one(self.db.pool())
+        .await?;
+        Ok(n > 0)
+    }
+
+    /// Uses a token once, if it still can be. Returns whether it was used.
+    ///
+    /// # Errors
+    /// On database failure.
+    pub async fn use_registration_token(&self, token: &str) -> Result<bool> {
+        let res = sqlx::query(
+            "UPDATE registration_tokens SET completed = completed + 1 WHERE token = $1
+             AND (uses_allowed IS NULL OR completed < uses_allowed) AND (expiry_time IS NULL OR expiry_time > $2)",
+        )
+        .bind(token)
+        .bind(now_ms())
+        .execute(self.db.pool())
+        .await?;
+        Ok(res.rows_affected() > 0)
+    }
+
+    /// Every registration token: `(token, uses_allowed, completed, expiry_time)`.
+    ///
+    /// # Errors
+    /// On database failure.
+    pub async fn registration_tokens(&self) -> Result<Vec<(String, Option<i64>, i64, Option<i64>)>> {
+        let rows =
+            sqlx::query("SELECT token, uses_allowed, completed, expiry_time FROM registration_tokens ORDER BY token")
+                .fetch_all(self.db.pool())
+                .await?;
+        rows.iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?))).collect()
+    }
+
+    /// Deletes a registration token. Returns whether it existed.
+    ///
+    /// # Errors
+    /// On database failure.
+    pub async fn delete_registration_token(&self, token: &str) -> Result<bool> {
+        let res =
+            sqlx::query("DELETE FROM registration_tokens WHERE token = $1").bind(token).execute(self.db.pool()).await?;
+        Ok(res.rows_affected() > 0)
+    }
 }

@@ -54,6 +54,7 @@ pub(crate) struct Accounts {
     server_name: OwnedServerName,
     hasher: PasswordHasherConfig,
     registration_open: bool,
+    require_token: bool,
 }
 
 /// What discovery endpoints need.
@@ -243,6 +244,7 @@ impl MainState {
                 server_name: server_name.clone(),
                 hasher,
                 registration_open: config.registration_open(),
+                require_token: config.registration.require_token,
             },
             discovery: Discovery {
                 server_name,

@@ -92,6 +92,7 @@ on_both_backends!(
     rate_limits_answer_limit_exceeded,
     reports_openid_and_turn,
     space_hierarchy_and_room_summary,
+    registration_tokens_gate_registration,
     relations_page_filter_and_recurse,
     threads_list_roots_by_latest_activity,
     bundled_aggregations_on_returned_events,
@@ -1934,5 +1935,60 @@ async fn space_hierarchy_and_room_summary(backend: Backend) {
     assert_eq!(b["membership"], "join");
     let (s, _) = app.call("GET", &format!("/_matrix/client/v1/room_summary/{closed}"), Some(&bob), None).await;
     assert_eq!(s, StatusCode::FORBIDDEN);
+    app.db.cleanup().await;
+}
+
+async fn registration_tokens_gate_registration(backend: Backend) {
+    let app = app(backend, |c| c.registration.require_token = true).await;
+    let mut cfg = Config::default();
+    cfg.password_hashing.memory_kib = 64;
+    cfg.password_hashing.iterations = 1;
+    crate::register_user(&cfg, app.db.db.clone(), "admin", "pw", true).await.unwrap();
+    crate::register_user(&cfg, app.db.db.clone(), "plain", "pw", false).await.unwrap();
+    let admin = login_device(&app, "admin", "A").await;
+    let plain = login_device(&app, "plain", "P").await;
+
+    let (s, b) = app
+        .call("POST", "/_matrix/client/v3/register", None, Some(json!({"username": "newbie", "password": "pw"})))
+        .await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    assert_eq!(b["flows"], json!([{"stages": ["m.login.registration_token"]}]));
+    let session = b["session"].as_str().unwrap().to_owned();
+
+    let (s, _) = app.call("POST", "/_synapse/admin/v1/registration_tokens/new", Some(&plain), Some(json!({}))).await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "only admins create tokens");
+    let (s, b) = app
+        .call(
+            "POST",
+            "/_synapse/admin/v1/registration_tokens/new",
+            Some(&admin),
+            Some(json!({"token": "welcome", "uses_allowed": 1})),
+        )
+        .await;
+    assert_eq!((s, b["token"].as_str()), (StatusCode::OK, Some("welcome")), "{b}");
+    let validity = "/_matrix/client/v1/register/m.login.registration_token/validity?token=welcome";
+    let (_, b) = app.call("GET", validity, None, None).await;
+    assert_eq!(b["valid"], true);
+
+    let wrong = json!({"username": "newbie", "password": "pw", "auth": {"type": "m.login.registration_token", "token": "nope", "session": session}});
+    let (s, b) = app.call("POST", "/_matrix/client/v3/register", None, Some(wrong)).await;
+    assert_eq!((s, b["errcode"].as_str()), (StatusCode::UNAUTHORIZED, Some("M_FORBIDDEN")));
+    let right = json!({"username": "newbie", "password": "pw", "auth": {"type": "m.login.registration_token", "token": "welcome", "session": session}});
+    let (s, b) = app.call("POST", "/_matrix/client/v3/register", None, Some(right)).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let (_, b) = app.call("GET", validity, None, None).await;
+    assert_eq!(b["valid"], false, "the only use is spent");
+    let dummy = json!({"username": "other", "password": "pw", "auth": {"type": "m.login.dummy"}});
+    let (s, _) = app.call("POST", "/_matrix/client/v3/register", None, Some(dummy)).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED, "the dummy stage does not replace the token");
+    let (s, _) = app.call("GET", "/_matrix/client/v1/register/m.login.registration_token/validity", None, None).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+
+    let (_, b) = app.call("GET", "/_synapse/admin/v1/registration_tokens", Some(&admin), None).await;
+    assert_eq!(b["registration_tokens"][0]["completed"], 1);
+    let (s, _) = app.call("DELETE", "/_synapse/admin/v1/registration_tokens/welcome", Some(&admin), None).await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, _) = app.call("DELETE", "/_synapse/admin/v1/registration_tokens/welcome", Some(&admin), None).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
     app.db.cleanup().await;
 }

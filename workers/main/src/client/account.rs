@@ -13,6 +13,7 @@ use crate::Accounts;
 use crate::writer::random_localpart;
 
 const DUMMY: &str = "m.login.dummy";
+const TOKEN: &str = "m.login.registration_token";
 
 #[derive(Debug, Deserialize)]
 pub(crate) struct RegisterQuery {
@@ -24,6 +25,8 @@ pub(crate) struct AuthData {
     #[serde(rename = "type")]
     kind: Option<String>,
     session: Option<String>,
+    /// For `m.login.registration_token`.
+    token: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -53,9 +56,9 @@ fn user_id_for(localpart: &str, accounts: &Accounts) -> Result<OwnedUserId, Matr
     OwnedUserId::try_from(id).map_err(|e| MatrixError::invalid_username(e.to_string()))
 }
 
-fn uia_challenge(session: &str, completed: &[String], error: Option<MatrixError>) -> Response {
+fn uia_challenge(stage: &str, session: &str, completed: &[String], error: Option<MatrixError>) -> Response {
     let mut body = json!({
-        "flows": [{ "stages": [DUMMY] }],
+        "flows": [{ "stages": [stage] }],
         "params": {},
         "session": session,
         "completed": completed,
@@ -117,11 +120,12 @@ pub(crate) async fn register(
         return Err(MatrixError::invalid_param("Password too long"));
     }
 
+    let stage = if accounts.require_token { TOKEN } else { DUMMY };
     let completed = match &body.auth {
         None => {
             let session = random_localpart(24);
             accounts.users.create_uia_session(&session).await?;
-            return Ok(uia_challenge(&session, &[], None));
+            return Ok(uia_challenge(stage, &session, &[], None));
         }
         Some(auth) => {
             let session = match &auth.session {
@@ -138,13 +142,30 @@ pub(crate) async fn register(
                 }
             };
             match auth.kind.as_deref() {
-                Some(DUMMY) => {
+                Some(kind) if kind == stage && stage == DUMMY => {
                     accounts.users.set_uia_stages(&session, &[DUMMY.to_owned()]).await?;
+                    session
+                }
+                Some(kind) if kind == stage => {
+                    // The token is spent as the stage completes, so two registrations cannot
+                    // both pass with the last use of a token.
+                    let token = auth.token.as_deref().unwrap_or_default();
+                    if token.is_empty() || !accounts.users.use_registration_token(token).await? {
+                        let stages = accounts.users.uia_session(&session).await?.unwrap_or_default();
+                        return Ok(uia_challenge(
+                            stage,
+                            &session,
+                            &stages,
+                            Some(MatrixError::forbidden("Invalid registration token")),
+                        ));
+                    }
+                    accounts.users.set_uia_stages(&session, &[TOKEN.to_owned()]).await?;
                     session
                 }
                 Some(other) => {
                     let stages = accounts.users.uia_session(&session).await?.unwrap_or_default();
                     return Ok(uia_challenge(
+                        stage,
                         &session,
                         &stages,
                         Some(MatrixError::bad_request(format!("Unsupported login type {other}"))),
@@ -152,8 +173,8 @@ pub(crate) async fn register(
                 }
                 None => {
                     let stages = accounts.users.uia_session(&session).await?.unwrap_or_default();
-                    if !stages.iter().any(|s| s == DUMMY) {
-                        return Ok(uia_challenge(&session, &stages, None));
+                    if !stages.iter().any(|s| s == stage) {
+                        return Ok(uia_challenge(stage, &session, &stages, None));
                     }
                     session
                 }
@@ -306,4 +327,101 @@ pub(crate) async fn logout_all(State(accounts): State<Accounts>, user: AuthUser)
 /// `GET /_matrix/client/v3/account/whoami`: who the token belongs to.
 pub(crate) async fn whoami(user: AuthUser) -> Json<Value> {
     Json(json!({ "user_id": user.user_id, "device_id": user.device_id, "is_guest": false }))
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct TokenQuery {
+    token: Option<String>,
+}
+
+/// `GET /_matrix/client/v1/register/m.login.registration_token/validity`.
+pub(crate) async fn registration_token_validity(
+    State(accounts): State<Accounts>,
+    ClientIp(ip): ClientIp,
+    Query(q): Query<TokenQuery>,
+) -> Result<Json<Value>, MatrixError> {
+    accounts.limits.registration.check(&ip)?;
+    if !accounts.registration_open {
+        return Err(MatrixError::forbidden("Registration has been disabled"));
+    }
+    let token = q.token.ok_or_else(|| MatrixError::missing_param("Missing token"))?;
+    Ok(Json(json!({ "valid": accounts.users.registration_token_valid(&token).await? })))
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct NewTokenBody {
+    token: Option<String>,
+    uses_allowed: Option<i64>,
+    expiry_time: Option<i64>,
+    length: Option<usize>,
+}
+
+fn require_admin(user: &AuthUser) -> Result<(), MatrixError> {
+    if !user.is_admin {
+        return Err(MatrixError::forbidden("You are not a server admin"));
+    }
+    Ok(())
+}
+
+/// `POST /_synapse/admin/v1/registration_tokens/new` (the admin API Synapse offers, so existing
+/// tools work): creates a token, random when none is given.
+pub(crate) async fn create_registration_token(
+    State(accounts): State<Accounts>,
+    user: AuthUser,
+    MatrixJson(body): MatrixJson<NewTokenBody>,
+) -> Result<Json<Value>, MatrixError> {
+    require_admin(&user)?;
+    if body.uses_allowed.is_some_and(|u| u < 0) || body.expiry_time.is_some_and(|t| t < 0) {
+        return Err(MatrixError::invalid_param("uses_allowed and expiry_time must not be negative"));
+    }
+    let token = match body.token {
+        Some(t) => {
+            if t.is_empty() || t.len() > 64 || !t.bytes().all(|b| b.is_ascii_alphanumeric() || b"._~-".contains(&b)) {
+                return Err(MatrixError::invalid_param("token must be 1-64 characters of A-Z a-z 0-9 . _ ~ -"));
+            }
+            t
+        }
+        None => random_localpart(body.length.unwrap_or(16).clamp(1, 64)),
+    };
+    if !accounts.users.create_registration_token(&token, body.uses_allowed, body.expiry_time).await? {
+        return Err(MatrixError::invalid_param(format!("Token {token} already exists")));
+    }
+    Ok(Json(json!({
+        "token": token,
+        "uses_allowed": body.uses_allowed,
+        "pending": 0,
+        "completed": 0,
+        "expiry_time": body.expiry_time,
+    })))
+}
+
+/// `GET /_synapse/admin/v1/registration_tokens`.
+pub(crate) async fn list_registration_tokens(
+    State(accounts): State<Accounts>,
+    user: AuthUser,
+) -> Result<Json<Value>, MatrixError> {
+    require_admin(&user)?;
+    let tokens: Vec<Value> = accounts
+        .users
+        .registration_tokens()
+        .await?
+        .into_iter()
+        .map(|(token, uses_allowed, completed, expiry_time)| {
+            json!({ "token": token, "uses_allowed": uses_allowed, "pending": 0, "completed": completed, "expiry_time": expiry_time })
+        })
+        .collect();
+    Ok(Json(json!({ "registration_tokens": tokens })))
+}
+
+/// `DELETE /_synapse/admin/v1/registration_tokens/{token}`.
+pub(crate) async fn delete_registration_token(
+    State(accounts): State<Accounts>,
+    user: AuthUser,
+    axum::extract::Path(token): axum::extract::Path<String>,
+) -> Result<Json<Value>, MatrixError> {
+    require_admin(&user)?;
+    if !accounts.users.delete_registration_token(&token).await? {
+        return Err(MatrixError::not_found("No such registration token"));
+    }
+    Ok(Json(json!({})))
 }
