@@ -261,6 +261,27 @@ impl EventStore {
         if let Some((parent, rel_type)) = &ev.relation {
             crate::relations::insert_relation(&mut tx, ev, parent, rel_type).await?;
         }
+        if let Some((key, text)) = searchable(&ev.event_type, &ev.json) {
+            let sql = match self.db.backend() {
+                crate::Backend::Postgres => {
+                    "INSERT INTO event_search (event_id, room_id, stream_ordering, origin_server_ts, key, vector)
+                     VALUES ($1, $2, $3, $4, $5, to_tsvector('simple', $6))"
+                }
+                crate::Backend::Sqlite => {
+                    "INSERT INTO event_search (event_id, room_id, stream_ordering, origin_server_ts, key, body)
+                     VALUES ($1, $2, $3, $4, $5, $6)"
+                }
+            };
+            sqlx::query(sql)
+                .bind(ev.event_id.as_str())
+                .bind(ev.room_id.as_str())
+                .bind(ev.stream_ordering)
+                .bind(ev.origin_server_ts)
+                .bind(key)
+                .bind(text)
+                .execute(&mut *tx)
+                .await?;
+        }
         if let Some((target, redacted_json)) = &ev.redacts {
             // A redacted event no longer relates to anything (its content is gone).
             sqlx::query("DELETE FROM event_relations WHERE event_id = $1")
@@ -273,6 +294,7 @@ impl EventStore {
                 .bind(ev.room_id.as_str())
                 .execute(&mut *tx)
                 .await?;
+            sqlx::query("DELETE FROM event_search WHERE event_id = $1").bind(target.as_str()).execute(&mut *tx).await?;
             sqlx::query(
                 "INSERT INTO redactions (event_id, redacted_by, redacted_ts) VALUES ($1, $2, $3)
                  ON CONFLICT (event_id) DO NOTHING",
@@ -877,5 +899,101 @@ impl EventStore {
                 decoded.transpose()
             })
             .collect()
+    }
+}
+
+/// The text an event contributes to search: `(key, text)` for message bodies, room names and
+/// topics.
+fn searchable(event_type: &str, json: &str) -> Option<(&'static str, String)> {
+    let (key, field) = match event_type {
+        "m.room.message" => ("content.body", "body"),
+        "m.room.name" => ("content.name", "name"),
+        "m.room.topic" => ("content.topic", "topic"),
+        _ => return None,
+    };
+    let v: serde_json::Value = serde_json::from_str(json).ok()?;
+    let text = v.get("content")?.get(field)?.as_str()?;
+    (!text.trim().is_empty()).then(|| (key, text.to_owned()))
+}
+
+/// One search hit.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SearchHit {
+    /// The matching event.
+    pub event_id: String,
+    /// Higher is better.
+    pub rank: f64,
+}
+
+impl EventStore {
+    /// Full-text search of `term` among events of `rooms` whose `key` is in `keys`; ordered by
+    /// rank or by recency; `offset`/`limit` page through. Returns the page and the total count.
+    ///
+    /// # Errors
+    /// On database failure.
+    pub async fn search(
+        &self,
+        term: &str,
+        rooms: &[String],
+        keys: &[&str],
+        by_rank: bool,
+        offset: i64,
+        limit: i64,
+    ) -> Result<(Vec<SearchHit>, i64)> {
+        let words: Vec<String> = term
+            .split_whitespace()
+            .map(|w| w.chars().filter(|c| c.is_alphanumeric()).collect::<String>())
+            .filter(|w| !w.is_empty())
+            .collect();
+        if rooms.is_empty() || keys.is_empty() || words.is_empty() {
+            return Ok((Vec::new(), 0));
+        }
+        let n = rooms.len();
+        let room_list: Vec<String> = (2..2 + n).map(|i| format!("${i}")).collect();
+        let key_list: Vec<String> = (2 + n..2 + n + keys.len()).map(|i| format!("${i}")).collect();
+        let (query_text, matches, rank) = match self.db.backend() {
+            crate::Backend::Postgres => (
+                words.join(" & "),
+                "vector @@ to_tsquery('simple', $1)".to_owned(),
+                "CAST(ts_rank(vector, to_tsquery('simple', $1)) AS DOUBLE PRECISION)".to_owned(),
+            ),
+            // Quoted words, implicitly ANDed; bm25 is lower for better matches.
+            crate::Backend::Sqlite => (
+                words.iter().map(|w| format!("\"{w}\"")).collect::<Vec<_>>().join(" "),
+                "event_search MATCH $1".to_owned(),
+                "CAST(-bm25(event_search) AS REAL)".to_owned(),
+            ),
+        };
+        let filter =
+            format!("{matches} AND room_id IN ({}) AND key IN ({})", room_list.join(", "), key_list.join(", "));
+        let order = if by_rank { "2 DESC, 3 DESC" } else { "3 DESC" };
+        let page_sql = format!(
+            "SELECT event_id, {rank}, CAST(stream_ordering AS BIGINT) FROM event_search WHERE {filter} ORDER BY {order} LIMIT {limit} OFFSET {offset}",
+            limit = limit.max(0),
+            offset = offset.max(0),
+        );
+        let count_sql = format!("SELECT COUNT(*) FROM event_search WHERE {filter}");
+        fn bind_all<'q>(
+            sql: &'q str,
+            text: &str,
+            rooms: &[String],
+            keys: &[&str],
+        ) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
+            let mut q = sqlx::query(sql).bind(text.to_owned());
+            for r in rooms {
+                q = q.bind(r.clone());
+            }
+            for k in keys {
+                q = q.bind((*k).to_owned());
+            }
+            q
+        }
+        let rows = bind_all(&page_sql, &query_text, rooms, keys).fetch_all(self.db.pool()).await?;
+        let hits = rows
+            .iter()
+            .map(|r| Ok(SearchHit { event_id: r.try_get(0)?, rank: r.try_get(1)? }))
+            .collect::<Result<Vec<_>>>()?;
+        let total: i64 = bind_all(&count_sql, &query_text, rooms, keys).fetch_one(self.db.pool()).await?.try_get(0)?;
+        Ok((hits, total))
     }
 }

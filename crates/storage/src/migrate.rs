@@ -90,10 +90,16 @@ const MIGRATIONS: &[Migration] = &[
         postgres: include_str!("../../../migrations/postgres/0013_registration_tokens.sql"),
         sqlite: include_str!("../../../migrations/sqlite/0013_registration_tokens.sql"),
     },
+    Migration {
+        version: 14,
+        name: "search",
+        postgres: include_str!("../../../migrations/postgres/0014_search.sql"),
+        sqlite: include_str!("../../../migrations/sqlite/0014_search.sql"),
+    },
 ];
 
 /// The schema version this build reads and writes: the highest migration's version.
-pub const SCHEMA_VERSION: i64 = 13;
+pub const SCHEMA_VERSION: i64 = 14;
 
 /// How the database's schema compares with this build's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -31,6 +31,7 @@ on_both_backends!(
     e2ee_keys_and_inbox,
     receipts_and_typing,
     unread_counts_stop_at_the_read_receipt,
+    full_text_search_finds_words_in_visible_rooms,
     memberships_and_bump_stamps_at_a_position,
     relations_threads_and_timestamps,
 );
@@ -515,4 +516,43 @@ async fn relations_threads_and_timestamps(t: &TestDb) {
     assert_eq!(near(2000, true, i64::MAX).await, None);
     assert_eq!(near(2000, false, i64::MAX).await, Some(10));
     assert_eq!(near(2000, false, 7).await, Some(7), "only visible events");
+}
+
+async fn full_text_search_finds_words_in_visible_rooms(t: &TestDb) {
+    let events = EventStore::new(t.db.clone());
+    let room = owned_room_id!("!r:example.org");
+    let other = owned_room_id!("!o:example.org");
+    let alice = owned_user_id!("@alice:example.org");
+    events.persist(&event(1, &room, &alice, "m.room.create", Some(""), &[])).await.unwrap();
+    let bodies = [
+        (2, &room, "the quick brown fox"),
+        (3, &room, "a lazy dog sleeps"),
+        (4, &other, "quick thinking"),
+        (5, &room, "quick quick quick"),
+    ];
+    for (pos, r, body) in bodies {
+        let mut e = event(pos, r, &alice, "m.room.message", None, &[]);
+        e.creates_room = None;
+        e.json = serde_json::json!({ "content": { "body": body, "msgtype": "m.text" } }).to_string();
+        events.persist(&e).await.unwrap();
+    }
+    let rooms = vec![room.to_string()];
+    let keys = ["content.body", "content.name", "content.topic"];
+    let (hits, total) = events.search("QUICK", &rooms, &keys, false, 0, 10).await.unwrap();
+    assert_eq!(total, 2, "case-insensitive, only the rooms asked for");
+    assert_eq!(hits.iter().map(|h| h.event_id.as_str()).collect::<Vec<_>>(), vec!["$e5", "$e2"], "recent first");
+    let (hits, _) = events.search("quick brown", &rooms, &keys, true, 0, 10).await.unwrap();
+    assert_eq!(hits.iter().map(|h| h.event_id.as_str()).collect::<Vec<_>>(), vec!["$e2"], "every word must match");
+    let (page, total) = events.search("quick", &rooms, &keys, true, 1, 1).await.unwrap();
+    assert_eq!((page.len(), total), (1, 2));
+    let (none, _) = events.search("quick", &rooms, &["content.name"], true, 0, 10).await.unwrap();
+    assert!(none.is_empty(), "keys restrict the fields");
+    let (none, _) = events.search("\"); DROP", &rooms, &keys, true, 0, 10).await.unwrap();
+    assert!(none.is_empty(), "odd input is just words");
+    let mut redaction = event(6, &room, &alice, "m.room.redaction", None, &[]);
+    redaction.creates_room = None;
+    redaction.redacts = Some((OwnedEventId::try_from("$e3").unwrap(), "{}".to_owned()));
+    events.persist(&redaction).await.unwrap();
+    let (none, _) = events.search("lazy", &rooms, &keys, true, 0, 10).await.unwrap();
+    assert!(none.is_empty(), "a redacted event is no longer found");
 }

@@ -18,6 +18,7 @@ mod relations;
 mod room_keys;
 mod room_state;
 mod rooms;
+mod search;
 mod spaces;
 mod upgrade;
 mod user_directory;
@@ -219,6 +220,7 @@ pub(crate) fn routes() -> Router<MainState> {
                 post(moderation::openid_request_token),
             )
             .route(&format!("/_matrix/client/{v}/voip/turnServer"), get(moderation::turn_server))
+            .route(&format!("/_matrix/client/{v}/search"), post(search::search))
             .route(&format!("/_matrix/client/{v}/devices"), get(devices::list))
             .route(
                 &format!("/_matrix/client/{v}/devices/{{device_id}}"),

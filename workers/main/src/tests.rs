@@ -93,6 +93,7 @@ on_both_backends!(
     reports_openid_and_turn,
     space_hierarchy_and_room_summary,
     registration_tokens_gate_registration,
+    search_finds_messages_in_joined_rooms,
     relations_page_filter_and_recurse,
     threads_list_roots_by_latest_activity,
     bundled_aggregations_on_returned_events,
@@ -1990,5 +1991,84 @@ async fn registration_tokens_gate_registration(backend: Backend) {
     assert_eq!(s, StatusCode::OK);
     let (s, _) = app.call("DELETE", "/_synapse/admin/v1/registration_tokens/welcome", Some(&admin), None).await;
     assert_eq!(s, StatusCode::NOT_FOUND);
+    app.db.cleanup().await;
+}
+
+async fn search_finds_messages_in_joined_rooms(backend: Backend) {
+    let app = app(backend, |_| {}).await;
+    let alice = app.register("alice").await;
+    let bob = app.register("bob").await;
+    let room = create(&app, &alice, json!({"name": "Garden talk"})).await;
+    for (i, body) in ["tomatoes need sun", "water the tomatoes daily", "basil likes sun too"].iter().enumerate() {
+        app.call(
+            "PUT",
+            &format!("/_matrix/client/v3/rooms/{room}/send/m.room.message/s{i}"),
+            Some(&alice),
+            Some(json!({"msgtype": "m.text", "body": body})),
+        )
+        .await;
+    }
+    let query = |term: &str, extra: Value| {
+        let mut c = json!({"search_term": term});
+        if let (Some(o), Some(e)) = (c.as_object_mut(), extra.as_object()) {
+            o.extend(e.clone());
+        }
+        json!({"search_categories": {"room_events": c}})
+    };
+    let (s, b) = app
+        .call("POST", "/_matrix/client/v3/search", Some(&alice), Some(query("tomatoes", json!({"order_by": "recent"}))))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let re = &b["search_categories"]["room_events"];
+    assert_eq!(re["count"], 2);
+    let bodies: Vec<&str> =
+        re["results"].as_array().unwrap().iter().filter_map(|r| r["result"]["content"]["body"].as_str()).collect();
+    assert_eq!(bodies, vec!["water the tomatoes daily", "tomatoes need sun"]);
+    let (_, b) = app
+        .call(
+            "POST",
+            "/_matrix/client/v3/search",
+            Some(&alice),
+            Some(query("garden", json!({"keys": ["content.name"]}))),
+        )
+        .await;
+    assert_eq!(b["search_categories"]["room_events"]["count"], 1, "room names are searchable");
+    let (_, b) = app
+        .call(
+            "POST",
+            "/_matrix/client/v3/search",
+            Some(&alice),
+            Some(query("sun", json!({"filter": {"limit": 1}, "event_context": {"before_limit": 1, "after_limit": 1}}))),
+        )
+        .await;
+    let re = &b["search_categories"]["room_events"];
+    assert_eq!(re["results"].as_array().unwrap().len(), 1);
+    assert!(re["results"][0]["context"]["events_before"].is_array());
+    let next = re["next_batch"].as_str().unwrap().to_owned();
+    let (_, b) = app
+        .call(
+            "POST",
+            &format!("/_matrix/client/v3/search?next_batch={next}"),
+            Some(&alice),
+            Some(query("sun", json!({"filter": {"limit": 1}}))),
+        )
+        .await;
+    assert_eq!(b["search_categories"]["room_events"]["results"].as_array().unwrap().len(), 1);
+    assert!(b["search_categories"]["room_events"].get("next_batch").is_none());
+    let (_, b) = app.call("POST", "/_matrix/client/v3/search", Some(&bob), Some(query("tomatoes", json!({})))).await;
+    assert_eq!(b["search_categories"]["room_events"]["count"], 0, "other people's rooms stay private");
+    let (s, _) = app
+        .call("POST", "/_matrix/client/v3/search", Some(&alice), Some(query("x", json!({"order_by": "sideways"}))))
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    let (s, _) = app
+        .call(
+            "POST",
+            "/_matrix/client/v3/search",
+            Some(&alice),
+            Some(json!({"search_categories": {"room_events": {}}})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "search_term is required");
     app.db.cleanup().await;
 }
