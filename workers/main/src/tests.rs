@@ -138,7 +138,7 @@ async fn closed_registration_and_guests_are_refused(backend: Backend) {
     let (s, b) = app.call("POST", "/_matrix/client/v3/register", None, Some(json!({"username": "alice"}))).await;
     assert_eq!((s, b["errcode"].as_str()), (StatusCode::FORBIDDEN, Some("M_FORBIDDEN")));
     let (s, b) = app.call("POST", "/_matrix/client/v3/register?kind=guest", None, Some(json!({}))).await;
-    assert_eq!((s, b["errcode"].as_str()), (StatusCode::FORBIDDEN, Some("M_FORBIDDEN")));
+    assert_eq!((s, b["errcode"].as_str()), (StatusCode::FORBIDDEN, Some("M_GUEST_ACCESS_FORBIDDEN")));
     app.db.cleanup().await;
 }
 

@@ -94,7 +94,13 @@ pub(crate) async fn register(
     accounts.limits.registration.check(&ip)?;
     match q.kind.as_deref() {
         None | Some("user") => {}
-        Some("guest") => return Err(MatrixError::forbidden("Guest access is disabled")),
+        Some("guest") => {
+            return Err(MatrixError::new(
+                StatusCode::FORBIDDEN,
+                "M_GUEST_ACCESS_FORBIDDEN",
+                "Guest access is disabled",
+            ));
+        }
         Some(other) => return Err(MatrixError::invalid_param(format!("Unknown kind {other}"))),
     }
     if !accounts.registration_open {
