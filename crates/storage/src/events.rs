@@ -997,3 +997,54 @@ impl EventStore {
         Ok((hits, total))
     }
 }
+
+/// One entry of a user's notification list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NotificationEntry {
+    /// The notifying event.
+    pub event: PersistedEvent,
+    /// Whether it highlights.
+    pub highlight: bool,
+    /// Whether the user's read receipt in the room has passed it.
+    pub read: bool,
+}
+
+impl EventStore {
+    /// A user's notifications, newest first, before stream position `before` (exclusive), at most
+    /// `limit`; `only_highlight` keeps highlights only.
+    ///
+    /// # Errors
+    /// On database failure.
+    pub async fn notifications(
+        &self,
+        user_id: &UserId,
+        before: i64,
+        limit: i64,
+        only_highlight: bool,
+    ) -> Result<Vec<NotificationEntry>> {
+        let cols = EVENT_COLUMNS.split(", ").map(|c| format!("e.{c}")).collect::<Vec<_>>().join(", ");
+        let sql = format!(
+            "SELECT {cols}, p.highlight, CAST(CASE WHEN p.stream_ordering <= COALESCE((SELECT MAX(e2.stream_ordering) FROM receipts r
+                 JOIN events e2 ON e2.event_id = r.event_id
+                 WHERE r.room_id = p.room_id AND r.user_id = p.user_id AND r.receipt_type IN ('m.read', 'm.read.private')), 0)
+               THEN 1 ELSE 0 END AS BIGINT)
+             FROM event_push_actions p JOIN events e ON e.stream_ordering = p.stream_ordering
+             WHERE p.user_id = $1 AND p.stream_ordering < $2 AND ($3 = 0 OR p.highlight = 1)
+             ORDER BY p.stream_ordering DESC LIMIT $4"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(user_id.as_str())
+            .bind(before)
+            .bind(i64::from(only_highlight))
+            .bind(limit)
+            .fetch_all(self.db.pool())
+            .await?;
+        rows.iter()
+            .map(|r| {
+                let highlight: i64 = r.try_get(11)?;
+                let read: i64 = r.try_get(12)?;
+                Ok(NotificationEntry { event: decode_event(r)?, highlight: highlight != 0, read: read != 0 })
+            })
+            .collect()
+    }
+}

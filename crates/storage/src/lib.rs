@@ -32,7 +32,9 @@ pub use account_data::{AccountDataEntry, AccountDataStore};
 pub use catch_up::{DbCatchUp, account_data_row, event_row, follow_events, follow_stream, user_row};
 pub use e2ee::{E2eeStore, ToDeviceMessage};
 pub use ephemeral::{EphemeralStore, Receipt};
-pub use events::{EventStore, NewEvent, PersistedEvent, RoomMembership, SearchHit, StateEntry, UnreadCounts};
+pub use events::{
+    EventStore, NewEvent, NotificationEntry, PersistedEvent, RoomMembership, SearchHit, StateEntry, UnreadCounts,
+};
 pub use key_backup::{BackedUpKey, BackupVersion, KeyBackupStore};
 pub use keys::{KeyStore, StoredSigningKey};
 pub use media::{CompleteUpload, MediaRecord, MediaStore, MediaUsage, ThumbnailKey, ThumbnailRecord, UploadedContent};

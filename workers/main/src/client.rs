@@ -9,6 +9,7 @@ mod discovery;
 mod keys;
 mod membership;
 mod moderation;
+mod notifications;
 mod presence;
 mod profile;
 mod public_rooms;
@@ -221,6 +222,8 @@ pub(crate) fn routes() -> Router<MainState> {
             )
             .route(&format!("/_matrix/client/{v}/voip/turnServer"), get(moderation::turn_server))
             .route(&format!("/_matrix/client/{v}/search"), post(search::search))
+            .route(&format!("/_matrix/client/{v}/notifications"), get(notifications::notifications))
+            .route(&format!("/_matrix/client/{v}/thirdparty/protocols"), get(notifications::protocols))
             .route(&format!("/_matrix/client/{v}/devices"), get(devices::list))
             .route(
                 &format!("/_matrix/client/{v}/devices/{{device_id}}"),

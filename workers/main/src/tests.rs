@@ -94,6 +94,7 @@ on_both_backends!(
     space_hierarchy_and_room_summary,
     registration_tokens_gate_registration,
     search_finds_messages_in_joined_rooms,
+    notifications_list_what_notified,
     relations_page_filter_and_recurse,
     threads_list_roots_by_latest_activity,
     bundled_aggregations_on_returned_events,
@@ -2070,5 +2071,58 @@ async fn search_finds_messages_in_joined_rooms(backend: Backend) {
         )
         .await;
     assert_eq!(s, StatusCode::BAD_REQUEST, "search_term is required");
+    app.db.cleanup().await;
+}
+
+async fn notifications_list_what_notified(backend: Backend) {
+    let app = app(backend, |_| {}).await;
+    let alice = app.register("alice").await;
+    let bob = app.register("bob").await;
+    let room = create(&app, &alice, json!({"preset": "public_chat"})).await;
+    app.call("POST", &format!("/_matrix/client/v3/rooms/{room}/join"), Some(&bob), Some(json!({}))).await;
+    let mut ids = Vec::new();
+    for (i, content) in [
+        json!({"msgtype": "m.text", "body": "one"}),
+        json!({"msgtype": "m.text", "body": "two", "m.mentions": {"user_ids": ["@alice:localhost"]}}),
+        json!({"msgtype": "m.text", "body": "three"}),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let (_, b) = app
+            .call(
+                "PUT",
+                &format!("/_matrix/client/v3/rooms/{room}/send/m.room.message/n{i}"),
+                Some(&bob),
+                Some(content.clone()),
+            )
+            .await;
+        ids.push(b["event_id"].as_str().unwrap().to_owned());
+    }
+    app.call(
+        "POST",
+        &format!("/_matrix/client/v3/rooms/{room}/receipt/m.read/{}", ids[0]),
+        Some(&alice),
+        Some(json!({})),
+    )
+    .await;
+    let (s, b) = app.call("GET", "/_matrix/client/v3/notifications?limit=2", Some(&alice), None).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let list = b["notifications"].as_array().unwrap();
+    let bodies: Vec<&str> = list.iter().filter_map(|n| n["event"]["content"]["body"].as_str()).collect();
+    assert_eq!(bodies, vec!["three", "two"], "newest first");
+    assert_eq!(list[1]["actions"][1]["set_tweak"], "highlight");
+    assert_eq!((list[0]["read"].as_bool(), list[0]["room_id"].as_str()), (Some(false), Some(room.as_str())));
+    let next = b["next_token"].as_str().unwrap().to_owned();
+    let (_, b) = app.call("GET", &format!("/_matrix/client/v3/notifications?from={next}"), Some(&alice), None).await;
+    let rest = b["notifications"].as_array().unwrap();
+    assert_eq!(rest.len(), 1);
+    assert_eq!((rest[0]["event"]["content"]["body"].as_str(), rest[0]["read"].as_bool()), (Some("one"), Some(true)));
+    let (_, b) = app.call("GET", "/_matrix/client/v3/notifications?only=highlight", Some(&alice), None).await;
+    assert_eq!(b["notifications"].as_array().unwrap().len(), 1);
+    let (s, _) = app.call("GET", "/_matrix/client/v3/notifications?from=abc", Some(&alice), None).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    let (s, b) = app.call("GET", "/_matrix/client/v3/thirdparty/protocols", Some(&alice), None).await;
+    assert_eq!((s, b), (StatusCode::OK, json!({})));
     app.db.cleanup().await;
 }
