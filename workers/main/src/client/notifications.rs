@@ -55,10 +55,10 @@ pub(crate) async fn notifications(
         }));
     }
     let mut body = json!({ "notifications": list });
-    if entries.len() as i64 == limit {
-        if let Some(last) = entries.last() {
-            body["next_token"] = json!(last.event.stream_ordering.to_string());
-        }
+    if entries.len() as i64 == limit
+        && let Some(last) = entries.last()
+    {
+        body["next_token"] = json!(last.event.stream_ordering.to_string());
     }
     Ok(Json(body))
 }
