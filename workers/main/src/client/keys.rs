@@ -17,6 +17,22 @@ use super::devices::{PasswordAuth, password_uia};
 use crate::Keys;
 use crate::e2ee_writer::OutgoingToDevice;
 
+/// A user ID from a request body, or `M_INVALID_PARAM`.
+fn parse_user(uid: &str) -> Result<OwnedUserId, MatrixError> {
+    OwnedUserId::try_from(uid).map_err(|_| MatrixError::invalid_param(format!("Invalid user ID {uid}")))
+}
+
+/// Whether `target` is ours. Remote users go under `failures` for their server: this is the one
+/// place federation will plug in to ask the remote server instead.
+fn is_local(keys: &Keys, target: &OwnedUserId, failures: &mut Map<String, Value>) -> bool {
+    if target.server_name() == keys.server_name {
+        return true;
+    }
+    failures
+        .insert(target.server_name().to_string(), json!({ "status": 503, "message": "Federation is not available" }));
+    false
+}
+
 #[derive(Debug, Deserialize)]
 pub(crate) struct UploadBody {
     device_keys: Option<Map<String, Value>>,
@@ -98,13 +114,8 @@ pub(crate) async fn query(
     let mut user_signing = Map::new();
     let mut failures = Map::new();
     for (uid, wanted) in &body.device_keys {
-        let target = OwnedUserId::try_from(uid.as_str())
-            .map_err(|_| MatrixError::invalid_param(format!("Invalid user ID {uid}")))?;
-        if target.server_name() != keys.server_name {
-            failures.insert(
-                target.server_name().to_string(),
-                json!({ "status": 503, "message": "Federation is not available" }),
-            );
+        let target = parse_user(uid)?;
+        if !is_local(&keys, &target, &mut failures) {
             continue;
         }
         let wanted: Vec<&str> =
@@ -164,13 +175,8 @@ pub(crate) async fn claim(
     let mut claimed = Map::new();
     let mut failures = Map::new();
     for (uid, devices) in &body.one_time_keys {
-        let target = OwnedUserId::try_from(uid.as_str())
-            .map_err(|_| MatrixError::invalid_param(format!("Invalid user ID {uid}")))?;
-        if target.server_name() != keys.server_name {
-            failures.insert(
-                target.server_name().to_string(),
-                json!({ "status": 503, "message": "Federation is not available" }),
-            );
+        let target = parse_user(uid)?;
+        if !is_local(&keys, &target, &mut failures) {
             continue;
         }
         let Some(devices) = devices.as_object() else {
@@ -278,8 +284,7 @@ pub(crate) async fn signatures_upload(
 ) -> Result<Json<Value>, MatrixError> {
     let mut failures = Map::new();
     for (uid, signed) in &body {
-        let target = OwnedUserId::try_from(uid.as_str())
-            .map_err(|_| MatrixError::invalid_param(format!("Invalid user ID {uid}")))?;
+        let target = parse_user(uid)?;
         let Some(signed) = signed.as_object() else { return Err(MatrixError::bad_json("signed keys must be objects")) };
         let mut user_failures = Map::new();
         for (key_id, object) in signed {
@@ -354,8 +359,7 @@ pub(crate) async fn send_to_device(
 ) -> Result<Json<Value>, MatrixError> {
     let mut out = Vec::new();
     for (uid, devices) in &body.messages {
-        let target = OwnedUserId::try_from(uid.as_str())
-            .map_err(|_| MatrixError::invalid_param(format!("Invalid user ID {uid}")))?;
+        let target = parse_user(uid)?;
         let Some(devices) = devices.as_object() else {
             return Err(MatrixError::bad_json("messages values must be objects"));
         };
