@@ -208,7 +208,7 @@ impl E2eeStore {
     /// On database failure.
     pub async fn delete_device(&self, user_id: &UserId, device_id: &str) -> Result<()> {
         let mut tx = self.db.pool().begin().await?;
-        for table in ["device_keys", "one_time_keys", "fallback_keys", "to_device_log"] {
+        for table in ["device_keys", "one_time_keys", "fallback_keys", "to_device_log", "dehydrated_devices"] {
             sqlx::query(&format!("DELETE FROM {table} WHERE user_id = $1 AND device_id = $2"))
                 .bind(user_id.as_str())
                 .bind(device_id)
@@ -361,6 +361,142 @@ impl E2eeStore {
         .execute(self.db.pool())
         .await?;
         Ok(res.rows_affected() > 0)
+    }
+
+    /// The user's dehydrated device, if any: `(device_id, device_data_json)`.
+    ///
+    /// # Errors
+    /// On database failure.
+    pub async fn dehydrated_device(&self, user_id: &UserId) -> Result<Option<(String, String)>> {
+        let row = sqlx::query("SELECT device_id, device_data FROM dehydrated_devices WHERE user_id = $1")
+            .bind(user_id.as_str())
+            .fetch_optional(self.db.pool())
+            .await?;
+        row.map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).transpose()
+    }
+
+    /// Records `device_id` as the user's dehydrated device, replacing any earlier one. Returns the
+    /// device it replaced, which the caller deletes.
+    ///
+    /// # Errors
+    /// On database failure.
+    pub async fn set_dehydrated_device(
+        &self,
+        user_id: &UserId,
+        device_id: &str,
+        device_data: &str,
+    ) -> Result<Option<String>> {
+        let mut tx = self.db.pool().begin().await?;
+        let previous: Option<String> =
+            sqlx::query_scalar("SELECT device_id FROM dehydrated_devices WHERE user_id = $1")
+                .bind(user_id.as_str())
+                .fetch_optional(&mut *tx)
+                .await?;
+        sqlx::query(
+            "INSERT INTO dehydrated_devices (user_id, device_id, device_data) VALUES ($1, $2, $3)
+             ON CONFLICT (user_id) DO UPDATE SET device_id = excluded.device_id, device_data = excluded.device_data",
+        )
+        .bind(user_id.as_str())
+        .bind(device_id)
+        .bind(device_data)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(previous.filter(|p| p != device_id))
+    }
+
+    /// Forgets the user's dehydrated device. Returns its ID, if there was one.
+    ///
+    /// # Errors
+    /// On database failure.
+    pub async fn remove_dehydrated_device(&self, user_id: &UserId) -> Result<Option<String>> {
+        let Some((device_id, _)) = self.dehydrated_device(user_id).await? else { return Ok(None) };
+        sqlx::query("DELETE FROM dehydrated_devices WHERE user_id = $1 AND device_id = $2")
+            .bind(user_id.as_str())
+            .bind(&device_id)
+            .execute(self.db.pool())
+            .await?;
+        Ok(Some(device_id))
+    }
+
+    /// A device's messages after `after`, oldest first, at most `limit`.
+    ///
+    /// # Errors
+    /// On database failure.
+    pub async fn to_device_after_for(
+        &self,
+        user_id: &UserId,
+        device_id: &str,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<ToDeviceMessage>> {
+        let rows = sqlx::query(
+            "SELECT stream_id, user_id, device_id, sender, event_type, content FROM to_device_log
+             WHERE user_id = $1 AND device_id = $2 AND stream_id > $3 ORDER BY stream_id LIMIT $4",
+        )
+        .bind(user_id.as_str())
+        .bind(device_id)
+        .bind(after)
+        .bind(limit)
+        .fetch_all(self.db.pool())
+        .await?;
+        rows.iter().map(to_device_row).collect()
+    }
+
+    /// Records `signer`'s signature (with their user-signing key `signing_key_id`) on `target`'s
+    /// master key.
+    ///
+    /// # Errors
+    /// On database failure.
+    pub async fn put_cross_user_signature(
+        &self,
+        signer: &UserId,
+        signing_key_id: &str,
+        target: &UserId,
+        signature: &str,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO cross_user_signatures (signer_user_id, signing_key_id, target_user_id, signature)
+             VALUES ($1, $2, $3, $4)
+             ON CONFLICT (signer_user_id, target_user_id, signing_key_id) DO UPDATE SET signature = excluded.signature",
+        )
+        .bind(signer.as_str())
+        .bind(signing_key_id)
+        .bind(target.as_str())
+        .bind(signature)
+        .execute(self.db.pool())
+        .await?;
+        Ok(())
+    }
+
+    /// `signer`'s signatures on `target`'s master key: `(signing_key_id, signature)`.
+    ///
+    /// # Errors
+    /// On database failure.
+    pub async fn cross_user_signatures(&self, signer: &UserId, target: &UserId) -> Result<Vec<(String, String)>> {
+        let rows = sqlx::query(
+            "SELECT signing_key_id, signature FROM cross_user_signatures
+             WHERE signer_user_id = $1 AND target_user_id = $2 ORDER BY signing_key_id",
+        )
+        .bind(signer.as_str())
+        .bind(target.as_str())
+        .fetch_all(self.db.pool())
+        .await?;
+        rows.iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).collect()
+    }
+
+    /// Drops signatures that no longer hold: those on `user`'s master key (`as_target`) or those
+    /// made with `user`'s user-signing key (otherwise).
+    ///
+    /// # Errors
+    /// On database failure.
+    pub async fn drop_cross_user_signatures(&self, user: &UserId, as_target: bool) -> Result<()> {
+        let column = if as_target { "target_user_id" } else { "signer_user_id" };
+        sqlx::query(&format!("DELETE FROM cross_user_signatures WHERE {column} = $1"))
+            .bind(user.as_str())
+            .execute(self.db.pool())
+            .await?;
+        Ok(())
     }
 
     /// Highest position of the `device_lists` stream.

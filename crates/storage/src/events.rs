@@ -675,6 +675,38 @@ impl EventStore {
         .await?)
     }
 
+    /// Membership changes with `after < stream_ordering <= upto` in the rooms `user_id` has a
+    /// membership in: `(room_id, member, membership)`, oldest first. Device-list tracking uses
+    /// it to see who started or stopped sharing a room with the user.
+    ///
+    /// # Errors
+    /// On database failure.
+    pub async fn membership_changes_around(
+        &self,
+        user_id: &UserId,
+        after: i64,
+        upto: i64,
+    ) -> Result<Vec<(String, String, String)>> {
+        let rows = sqlx::query(
+            "SELECT e.room_id, e.state_key, e.membership FROM events e
+             WHERE e.stream_ordering > $2 AND e.stream_ordering <= $3 AND e.event_type = 'm.room.member'
+               AND e.room_id IN (SELECT c.room_id FROM current_state c
+                                 WHERE c.event_type = 'm.room.member' AND c.state_key = $1)
+             ORDER BY e.stream_ordering",
+        )
+        .bind(user_id.as_str())
+        .bind(after)
+        .bind(upto)
+        .fetch_all(self.db.pool())
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let membership: Option<String> = r.try_get(2)?;
+                Ok((r.try_get(0)?, r.try_get(1)?, membership.unwrap_or_default()))
+            })
+            .collect()
+    }
+
     /// The user IDs with `membership` in a room now.
     ///
     /// # Errors

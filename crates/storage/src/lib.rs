@@ -10,6 +10,7 @@
 
 mod account_data;
 mod catch_up;
+mod device_lists;
 mod e2ee;
 mod ephemeral;
 mod events;
@@ -30,6 +31,7 @@ use sqlx::{AnyPool, ConnectOptions};
 
 pub use account_data::{AccountDataEntry, AccountDataStore};
 pub use catch_up::{DbCatchUp, account_data_row, event_row, follow_events, follow_stream, user_row};
+pub use device_lists::{DeviceListWindow, device_list_changes};
 pub use e2ee::{E2eeStore, ToDeviceMessage};
 pub use ephemeral::{EphemeralStore, Receipt};
 pub use events::{

@@ -34,6 +34,8 @@ on_both_backends!(
     full_text_search_finds_words_in_visible_rooms,
     memberships_and_bump_stamps_at_a_position,
     relations_threads_and_timestamps,
+    dehydrated_devices_replace_each_other,
+    cross_user_signatures_are_per_signer,
 );
 
 async fn e2ee_keys_and_inbox(t: &TestDb) {
@@ -74,8 +76,47 @@ async fn e2ee_keys_and_inbox(t: &TestDb) {
     store.log_device_change(2, &alice).await.unwrap();
     assert_eq!(store.users_with_device_changes(0, 2).await.unwrap(), vec![alice.to_string()]);
     assert!(store.users_with_device_changes(2, 2).await.unwrap().is_empty());
+    store.queue_to_device(&[msg(4), msg(5)]).await.unwrap();
+    let after = store.to_device_after_for(&alice, "D", 4, 10).await.unwrap();
+    assert_eq!(after.iter().map(|m| m.position).collect::<Vec<_>>(), vec![5]);
     store.delete_device(&alice, "D").await.unwrap();
     assert!(store.device_keys(&alice).await.unwrap().is_empty());
+    assert!(store.to_device_after_for(&alice, "D", 0, 10).await.unwrap().is_empty());
+}
+
+async fn dehydrated_devices_replace_each_other(t: &TestDb) {
+    use crate::E2eeStore;
+    let store = E2eeStore::new(t.db.clone());
+    let alice = owned_user_id!("@alice:example.org");
+    assert_eq!(store.dehydrated_device(&alice).await.unwrap(), None);
+    assert_eq!(store.set_dehydrated_device(&alice, "D1", "{\"a\":1}").await.unwrap(), None);
+    assert_eq!(
+        store.set_dehydrated_device(&alice, "D1", "{\"a\":2}").await.unwrap(),
+        None,
+        "same device: nothing replaced"
+    );
+    assert_eq!(store.set_dehydrated_device(&alice, "D2", "{\"a\":3}").await.unwrap(), Some("D1".to_owned()));
+    assert_eq!(store.dehydrated_device(&alice).await.unwrap(), Some(("D2".to_owned(), "{\"a\":3}".to_owned())));
+    assert_eq!(store.remove_dehydrated_device(&alice).await.unwrap(), Some("D2".to_owned()));
+    assert_eq!(store.remove_dehydrated_device(&alice).await.unwrap(), None);
+    store.set_dehydrated_device(&alice, "D3", "{}").await.unwrap();
+    store.delete_device(&alice, "D3").await.unwrap();
+    assert_eq!(store.dehydrated_device(&alice).await.unwrap(), None, "deleting the device forgets it");
+}
+
+async fn cross_user_signatures_are_per_signer(t: &TestDb) {
+    use crate::E2eeStore;
+    let store = E2eeStore::new(t.db.clone());
+    let (alice, bob, carol) = (owned_user_id!("@alice:x"), owned_user_id!("@bob:x"), owned_user_id!("@carol:x"));
+    store.put_cross_user_signature(&alice, "ed25519:A", &bob, "s1").await.unwrap();
+    store.put_cross_user_signature(&alice, "ed25519:A", &bob, "s2").await.unwrap();
+    store.put_cross_user_signature(&carol, "ed25519:C", &bob, "s3").await.unwrap();
+    assert_eq!(store.cross_user_signatures(&alice, &bob).await.unwrap(), vec![("ed25519:A".into(), "s2".into())]);
+    store.drop_cross_user_signatures(&alice, false).await.unwrap();
+    assert!(store.cross_user_signatures(&alice, &bob).await.unwrap().is_empty());
+    assert_eq!(store.cross_user_signatures(&carol, &bob).await.unwrap().len(), 1);
+    store.drop_cross_user_signatures(&bob, true).await.unwrap();
+    assert!(store.cross_user_signatures(&carol, &bob).await.unwrap().is_empty());
 }
 
 async fn receipts_and_typing(t: &TestDb) {
@@ -366,6 +407,13 @@ async fn memberships_and_bump_stamps_at_a_position(t: &TestDb) {
     assert_eq!(at(events.memberships_at(&alice, 7).await.unwrap())[1].1, "leave");
     assert_eq!(at(events.memberships_at(&alice, 1).await.unwrap()), Vec::new());
     assert!(events.memberships_at(&bob, 7).await.unwrap().is_empty(), "bob has no member events");
+    let r2s = r2.to_string();
+    assert_eq!(
+        events.membership_changes_around(&alice, 3, 7).await.unwrap(),
+        vec![(r2s.clone(), alice.to_string(), "join".to_owned()), (r2s, alice.to_string(), "leave".to_owned())]
+    );
+    assert_eq!(events.membership_changes_around(&alice, 4, 6).await.unwrap(), Vec::new());
+    assert!(events.membership_changes_around(&bob, 0, 7).await.unwrap().is_empty(), "bob is in no room");
 
     let rooms = vec![r1.clone(), r2.clone()];
     let types = ["m.room.message", "m.room.create"];

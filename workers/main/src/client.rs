@@ -3,6 +3,7 @@
 mod account;
 mod account_admin;
 mod account_data;
+mod dehydrated;
 mod devices;
 mod directory;
 mod discovery;
@@ -253,4 +254,12 @@ pub(crate) fn routes() -> Router<MainState> {
     .route("/_matrix/client/v1/rooms/{room_id}/hierarchy", get(spaces::hierarchy))
     .route("/_matrix/client/v1/room_summary/{room_id_or_alias}", get(spaces::room_summary))
     .route("/_matrix/client/unstable/im.nheko.summary/summary/{room_id_or_alias}", get(spaces::room_summary))
+    .route(
+        "/_matrix/client/unstable/org.matrix.msc3814.v1/dehydrated_device",
+        get(dehydrated::get).put(dehydrated::put).delete(dehydrated::delete),
+    )
+    .route(
+        "/_matrix/client/unstable/org.matrix.msc3814.v1/dehydrated_device/{device_id}/events",
+        post(dehydrated::events),
+    )
 }

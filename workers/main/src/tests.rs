@@ -101,6 +101,9 @@ on_both_backends!(
     timestamp_to_event_finds_the_nearest_visible_event,
     room_upgrade_tombstones_and_carries_state_over,
     room_upgrade_by_a_moderator_keeps_their_level,
+    cross_signing_signatures_are_verified,
+    dehydrated_device_lifecycle,
+    key_changes_report_users_who_left,
 );
 
 async fn registration_follows_uia_and_validates_usernames(backend: Backend) {
@@ -979,19 +982,19 @@ async fn keys_upload_query_claim_and_to_device(backend: Backend) {
         )
         .await;
     assert_eq!(s, StatusCode::UNAUTHORIZED);
-    let (_, b) = app
-        .call(
-            "POST",
-            "/_matrix/client/v3/keys/query",
-            Some(&bob),
-            Some(json!({"device_keys": {"@alice:localhost": []}})),
-        )
-        .await;
+    let b = query_keys(&app, &bob, "@alice:localhost").await;
     assert_eq!(b["master_keys"]["@alice:localhost"]["keys"]["ed25519:master1"], "bWFzdGVy");
-    let sigs = json!({"@alice:localhost": {"ALICEDEV": {"signatures": {"@alice:localhost": {"ed25519:master1": "c2ln"}}}, "NOPE": {}}});
+    let sigs = json!({"@alice:localhost": {
+        "ALICEDEV": {"signatures": {"@alice:localhost": {"ed25519:master1": "c2ln"}}},
+        "NOPE": {"signatures": {"@alice:localhost": {"ed25519:master1": "c2ln"}}},
+    }});
     let (s, b) = app.call("POST", "/_matrix/client/v3/keys/signatures/upload", Some(&alice), Some(sigs)).await;
     assert_eq!(s, StatusCode::OK);
     assert_eq!(b["failures"]["@alice:localhost"]["NOPE"]["errcode"], "M_NOT_FOUND");
+    assert_eq!(
+        b["failures"]["@alice:localhost"]["ALICEDEV"]["errcode"], "M_INVALID_SIGNATURE",
+        "devices are signed by the self-signing key, and alice has none: {b}"
+    );
 
     // To-device: idempotent per txn id; * reaches every device.
     let msg = json!({"messages": {"@alice:localhost": {"*": {"hello": 1}}}});
@@ -2124,5 +2127,295 @@ async fn notifications_list_what_notified(backend: Backend) {
     assert_eq!(s, StatusCode::BAD_REQUEST);
     let (s, b) = app.call("GET", "/_matrix/client/v3/thirdparty/protocols", Some(&alice), None).await;
     assert_eq!((s, b), (StatusCode::OK, json!({})));
+    app.db.cleanup().await;
+}
+
+/// An ed25519 key pair whose key ID is its own public key, as cross-signing keys are named.
+fn cross_signing_pair() -> (ruma::signatures::Ed25519KeyPair, String) {
+    use base64::Engine as _;
+    let der = ruma::signatures::Ed25519KeyPair::generate();
+    let probe = ruma::signatures::Ed25519KeyPair::from_der(&der, "x".to_owned()).unwrap();
+    let public = base64::engine::general_purpose::STANDARD_NO_PAD.encode(probe.public_key());
+    (ruma::signatures::Ed25519KeyPair::from_der(&der, public.clone()).unwrap(), public)
+}
+
+/// `object` with a signature by `signer`'s `pair` added.
+fn signed(object: Value, signer: &str, pair: &ruma::signatures::Ed25519KeyPair) -> Value {
+    let mut canonical: ruma::CanonicalJsonObject = serde_json::from_value(object).unwrap();
+    ruma::signatures::sign_json(signer, pair, &mut canonical).unwrap();
+    serde_json::to_value(canonical).unwrap()
+}
+
+fn cross_signing_key(user: &str, usage: &str, public: &str) -> Value {
+    json!({"user_id": user, "usage": [usage], "keys": {format!("ed25519:{public}"): public}})
+}
+
+/// Uploads a full set of cross-signing keys for `user`; returns the (master, self, user) pairs.
+async fn bootstrap_cross_signing(
+    app: &App,
+    user: &str,
+    token: &str,
+) -> [(ruma::signatures::Ed25519KeyPair, String); 3] {
+    let (master, ssk, usk) = (cross_signing_pair(), cross_signing_pair(), cross_signing_pair());
+    let body = json!({
+        "master_key": cross_signing_key(user, "master", &master.1),
+        "self_signing_key": signed(cross_signing_key(user, "self_signing", &ssk.1), user, &master.0),
+        "user_signing_key": signed(cross_signing_key(user, "user_signing", &usk.1), user, &master.0),
+    });
+    let (s, b) = app.call("POST", "/_matrix/client/v3/keys/device_signing/upload", Some(token), Some(body)).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    [master, ssk, usk]
+}
+
+async fn query_keys(app: &App, token: &str, user: &str) -> Value {
+    let (s, b) =
+        app.call("POST", "/_matrix/client/v3/keys/query", Some(token), Some(json!({"device_keys": {user: []}}))).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    b
+}
+
+async fn upload_signatures(app: &App, token: &str, body: Value) -> Value {
+    let (s, b) = app.call("POST", "/_matrix/client/v3/keys/signatures/upload", Some(token), Some(body)).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    b
+}
+
+async fn cross_signing_signatures_are_verified(backend: Backend) {
+    let app = app(backend, |_| {}).await;
+    app.register("alice").await;
+    app.register("bob").await;
+    let alice = login_device(&app, "alice", "ALICEDEV").await;
+    let bob = login_device(&app, "bob", "BOBDEV").await;
+    let (alice_keys, alice_device) = device_keys("@alice:localhost", "ALICEDEV");
+    let (s, _) = app
+        .call("POST", "/_matrix/client/v3/keys/upload", Some(&alice), Some(json!({"device_keys": alice_keys.clone()})))
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let (bob_keys, _) = device_keys("@bob:localhost", "BOBDEV");
+    app.call("POST", "/_matrix/client/v3/keys/upload", Some(&bob), Some(json!({"device_keys": bob_keys}))).await;
+
+    // Sub-keys must be signed by the master key and name their usage.
+    let (master, stranger) = (cross_signing_pair(), cross_signing_pair());
+    let ssk = cross_signing_pair();
+    let bad = json!({
+        "master_key": cross_signing_key("@alice:localhost", "master", &master.1),
+        "self_signing_key": signed(cross_signing_key("@alice:localhost", "self_signing", &ssk.1), "@alice:localhost", &stranger.0),
+    });
+    let (s, b) = app.call("POST", "/_matrix/client/v3/keys/device_signing/upload", Some(&alice), Some(bad)).await;
+    assert_eq!((s, b["errcode"].as_str()), (StatusCode::BAD_REQUEST, Some("M_INVALID_SIGNATURE")), "{b}");
+    let wrong_usage = json!({"master_key": cross_signing_key("@alice:localhost", "self_signing", &master.1)});
+    let (s, b) =
+        app.call("POST", "/_matrix/client/v3/keys/device_signing/upload", Some(&alice), Some(wrong_usage)).await;
+    assert_eq!((s, b["errcode"].as_str()), (StatusCode::BAD_REQUEST, Some("M_INVALID_PARAM")), "{b}");
+
+    let [alice_master, alice_ssk, alice_usk] = bootstrap_cross_signing(&app, "@alice:localhost", &alice).await;
+    let [bob_master, _, _] = bootstrap_cross_signing(&app, "@bob:localhost", &bob).await;
+
+    // Alice cross-signs her device; a tampered copy is refused and changes nothing.
+    let device_signed = signed(alice_keys.clone(), "@alice:localhost", &alice_ssk.0);
+    let mut tampered = alice_keys.clone();
+    tampered["algorithms"] = json!(["tampered"]);
+    let tampered = signed(tampered, "@alice:localhost", &alice_ssk.0);
+    let b = upload_signatures(&app, &alice, json!({"@alice:localhost": {"ALICEDEV": tampered}})).await;
+    assert_eq!(b["failures"]["@alice:localhost"]["ALICEDEV"]["errcode"], "M_INVALID_SIGNATURE", "{b}");
+    let b = upload_signatures(&app, &alice, json!({"@alice:localhost": {"ALICEDEV": device_signed}})).await;
+    assert_eq!(b["failures"], json!({}), "{b}");
+    // Her device signs her master key.
+    let master_by_device =
+        signed(cross_signing_key("@alice:localhost", "master", &alice_master.1), "@alice:localhost", &alice_device);
+    let b =
+        upload_signatures(&app, &alice, json!({"@alice:localhost": {alice_master.1.clone(): master_by_device}})).await;
+    assert_eq!(b["failures"], json!({}), "{b}");
+
+    // Alice verifies bob: her user-signing key signs his master key. Only she sees it.
+    let bob_master_signed =
+        signed(cross_signing_key("@bob:localhost", "master", &bob_master.1), "@alice:localhost", &alice_usk.0);
+    let b = upload_signatures(
+        &app,
+        &alice,
+        json!({"@bob:localhost": {bob_master.1.clone(): bob_master_signed, "BOBDEV": {"signatures": {}}}}),
+    )
+    .await;
+    assert_eq!(b["failures"]["@bob:localhost"]["BOBDEV"]["errcode"], "M_INVALID_SIGNATURE", "{b}");
+    assert!(b["failures"]["@bob:localhost"].get(&bob_master.1).is_none(), "{b}");
+    let bob_device_by_alice = signed(device_keys("@bob:localhost", "BOBDEV").0, "@alice:localhost", &alice_usk.0);
+    let b = upload_signatures(&app, &alice, json!({"@bob:localhost": {"BOBDEV": bob_device_by_alice}})).await;
+    assert_eq!(b["failures"]["@bob:localhost"]["BOBDEV"]["errcode"], "M_FORBIDDEN", "{b}");
+
+    let query = json!({"device_keys": {"@alice:localhost": [], "@bob:localhost": []}});
+    let (_, seen_by_alice) = app.call("POST", "/_matrix/client/v3/keys/query", Some(&alice), Some(query.clone())).await;
+    let (_, seen_by_bob) = app.call("POST", "/_matrix/client/v3/keys/query", Some(&bob), Some(query)).await;
+    let ssk_id = format!("ed25519:{}", alice_ssk.1);
+    let usk_id = format!("ed25519:{}", alice_usk.1);
+    for seen in [&seen_by_alice, &seen_by_bob] {
+        assert!(
+            seen["device_keys"]["@alice:localhost"]["ALICEDEV"]["signatures"]["@alice:localhost"][&ssk_id].is_string(),
+            "alice's device carries her self-signing signature for everyone: {seen}"
+        );
+        assert!(
+            seen["master_keys"]["@alice:localhost"]["signatures"]["@alice:localhost"]["ed25519:ALICEDEV"].is_string(),
+            "{seen}"
+        );
+    }
+    assert!(seen_by_alice["master_keys"]["@bob:localhost"]["signatures"]["@alice:localhost"][&usk_id].is_string());
+    assert!(seen_by_bob["master_keys"]["@bob:localhost"]["signatures"].get("@alice:localhost").is_none());
+    assert!(seen_by_bob["user_signing_keys"].get("@alice:localhost").is_none(), "user-signing keys stay private");
+    assert!(seen_by_alice["user_signing_keys"]["@alice:localhost"].is_object());
+
+    // A new master key invalidates others' signatures on the old one (UIA needed to replace).
+    let new_master = cross_signing_pair();
+    let body = json!({
+        "master_key": cross_signing_key("@bob:localhost", "master", &new_master.1),
+        "auth": {"type": "m.login.password", "identifier": {"type": "m.id.user", "user": "bob"}, "password": "pw"},
+    });
+    let (s, b) = app.call("POST", "/_matrix/client/v3/keys/device_signing/upload", Some(&bob), Some(body)).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let b = query_keys(&app, &alice, "@bob:localhost").await;
+    assert!(b["master_keys"]["@bob:localhost"]["signatures"].get("@alice:localhost").is_none(), "{b}");
+    app.db.cleanup().await;
+}
+
+async fn dehydrated_device_lifecycle(backend: Backend) {
+    const PATH: &str = "/_matrix/client/unstable/org.matrix.msc3814.v1/dehydrated_device";
+    let app = app(backend, |_| {}).await;
+    app.register("alice").await;
+    app.register("bob").await;
+    let alice = login_device(&app, "alice", "ALICEDEV").await;
+    let bob = login_device(&app, "bob", "BOBDEV").await;
+    let (s, b) = app.call("GET", PATH, Some(&alice), None).await;
+    assert_eq!((s, b["errcode"].as_str()), (StatusCode::NOT_FOUND, Some("M_NOT_FOUND")), "{b}");
+    let (s, _) = app.call("DELETE", PATH, Some(&alice), None).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+
+    let put = |device: &str| {
+        json!({
+            "device_id": device,
+            "device_data": {"algorithm": "m.dehydration.v1.olm", "device_pickle": format!("pickle-{device}"), "nonce": "n"},
+            "initial_device_display_name": "Offline device",
+            "device_keys": device_keys("@alice:localhost", device).0,
+            "one_time_keys": {"signed_curve25519:AAA": {"key": "a"}},
+            "fallback_keys": {"signed_curve25519:FFF": {"key": "f", "fallback": true}},
+        })
+    };
+    let (s, b) = app.call("PUT", PATH, Some(&alice), Some(put("DEHYD1"))).await;
+    assert_eq!((s, &b), (StatusCode::OK, &json!({"device_id": "DEHYD1"})));
+    let (s, b) = app.call("GET", PATH, Some(&alice), None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(
+        (b["device_id"].as_str(), b["device_data"]["device_pickle"].as_str()),
+        (Some("DEHYD1"), Some("pickle-DEHYD1"))
+    );
+    let (_, b) = app.call("GET", "/_matrix/client/v3/devices/DEHYD1", Some(&alice), None).await;
+    assert_eq!(b["display_name"], "Offline device");
+
+    // Others see it as a device: its keys, a one-time key to claim, to-device messages.
+    let b = query_keys(&app, &bob, "@alice:localhost").await;
+    assert!(b["device_keys"]["@alice:localhost"]["DEHYD1"].is_object(), "{b}");
+    let claim = json!({"one_time_keys": {"@alice:localhost": {"DEHYD1": "signed_curve25519"}}});
+    let (_, b) = app.call("POST", "/_matrix/client/v3/keys/claim", Some(&bob), Some(claim)).await;
+    assert!(b["one_time_keys"]["@alice:localhost"]["DEHYD1"]["signed_curve25519:AAA"].is_object(), "{b}");
+    for (i, txn) in ["t1", "t2", "t3"].iter().enumerate() {
+        let msg = json!({"messages": {"@alice:localhost": {"DEHYD1": {"n": i}}}});
+        let (s, _) =
+            app.call("PUT", &format!("/_matrix/client/v3/sendToDevice/m.test/{txn}"), Some(&bob), Some(msg)).await;
+        assert_eq!(s, StatusCode::OK);
+    }
+
+    let events = |device: &str| format!("{PATH}/{device}/events");
+    let (s, b) = app.call("POST", &events("ALICEDEV"), Some(&alice), Some(json!({}))).await;
+    assert_eq!((s, b["errcode"].as_str()), (StatusCode::FORBIDDEN, Some("M_FORBIDDEN")), "only the dehydrated device");
+    let (s, b) = app.call("POST", &events("DEHYD1"), Some(&alice), Some(json!({}))).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let ns: Vec<i64> = b["events"].as_array().unwrap().iter().map(|e| e["content"]["n"].as_i64().unwrap()).collect();
+    assert_eq!(ns, vec![0, 1, 2]);
+    assert_eq!(
+        (b["events"][0]["sender"].as_str(), b["events"][0]["type"].as_str()),
+        (Some("@bob:localhost"), Some("m.test"))
+    );
+    let next = b["next_batch"].as_str().unwrap().to_owned();
+    let (_, b) = app.call("POST", &events("DEHYD1"), Some(&alice), Some(json!({"next_batch": next}))).await;
+    assert_eq!(b["events"], json!([]), "nothing after the last batch");
+    let (_, again) = app.call("POST", &events("DEHYD1"), Some(&alice), Some(json!({}))).await;
+    assert_eq!(again["events"].as_array().unwrap().len(), 3, "kept until the device is replaced: {again}");
+    let (s, b) = app.call("POST", &events("DEHYD1"), Some(&alice), Some(json!({"next_batch": "nope"}))).await;
+    assert_eq!((s, b["errcode"].as_str()), (StatusCode::BAD_REQUEST, Some("M_INVALID_PARAM")));
+
+    // Bad keys or a live device's ID are refused and leave the current device alone.
+    let mut forged = put("DEHYD2");
+    forged["device_keys"]["algorithms"] = json!(["tampered"]);
+    let (s, _) = app.call("PUT", PATH, Some(&alice), Some(forged)).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    let (s, b) = app.call("PUT", PATH, Some(&alice), Some(put("ALICEDEV"))).await;
+    assert_eq!((s, b["errcode"].as_str()), (StatusCode::BAD_REQUEST, Some("M_INVALID_PARAM")));
+    let (s, _) = app.call("PUT", PATH, Some(&alice), Some(json!({"device_id": "X"}))).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    let (_, b) = app.call("GET", PATH, Some(&alice), None).await;
+    assert_eq!(b["device_id"], "DEHYD1");
+
+    // A new dehydrated device replaces the old one, which is deleted with its keys and inbox.
+    let (s, _) = app.call("PUT", PATH, Some(&alice), Some(put("DEHYD2"))).await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, _) = app.call("GET", "/_matrix/client/v3/devices/DEHYD1", Some(&alice), None).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (s, _) = app.call("POST", &events("DEHYD1"), Some(&alice), Some(json!({}))).await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    let b = query_keys(&app, &bob, "@alice:localhost").await;
+    let devices: Vec<&str> =
+        b["device_keys"]["@alice:localhost"].as_object().unwrap().keys().map(String::as_str).collect();
+    assert_eq!(devices, vec!["DEHYD2"], "only ALICEDEV and DEHYD2 exist, and ALICEDEV has no keys: {b}");
+    let (s, b) = app.call("DELETE", PATH, Some(&alice), None).await;
+    assert_eq!((s, &b), (StatusCode::OK, &json!({"device_id": "DEHYD2"})));
+    let (s, _) = app.call("GET", PATH, Some(&alice), None).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (s, _) = app.call("GET", PATH, None, None).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    app.db.cleanup().await;
+}
+
+async fn key_changes_report_users_who_left(backend: Backend) {
+    use ganglion_replication::SyncToken;
+    let app = app(backend, |_| {}).await;
+    let alice = app.register("alice").await;
+    let bob = app.register("bob").await;
+    let room = public_room(&app, &alice, &[&bob]).await;
+    let events = ganglion_storage::EventStore::new(app.db.db.clone());
+    let e2ee = ganglion_storage::E2eeStore::new(app.db.db.clone());
+    let now = |events_pos: i64, device_pos: i64| {
+        SyncToken { events: events_pos as u64, device_lists: device_pos as u64, ..SyncToken::default() }.to_string()
+    };
+    let changes = |from: String, to: String| {
+        let app = &app;
+        let alice = alice.clone();
+        async move {
+            let (s, b) = app
+                .call("GET", &format!("/_matrix/client/v3/keys/changes?from={from}&to={to}"), Some(&alice), None)
+                .await;
+            assert_eq!(s, StatusCode::OK, "{b}");
+            b
+        }
+    };
+    let before = now(events.max_stream_ordering().await.unwrap(), e2ee.max_device_list_position().await.unwrap());
+    let (keys, _) = device_keys("@bob:localhost", "BOBDEV");
+    let bob_dev = login_device(&app, "bob", "BOBDEV").await;
+    app.call("POST", "/_matrix/client/v3/keys/upload", Some(&bob_dev), Some(json!({"device_keys": keys}))).await;
+    let after_keys = now(events.max_stream_ordering().await.unwrap(), e2ee.max_device_list_position().await.unwrap());
+    let b = changes(before.clone(), after_keys.clone()).await;
+    assert_eq!((&b["changed"], &b["left"]), (&json!(["@bob:localhost"]), &json!([])), "{b}");
+
+    let (s, _) = app.call("POST", &format!("/_matrix/client/v3/rooms/{room}/leave"), Some(&bob), Some(json!({}))).await;
+    assert_eq!(s, StatusCode::OK);
+    let after_leave = now(events.max_stream_ordering().await.unwrap(), e2ee.max_device_list_position().await.unwrap());
+    let b = changes(after_keys.clone(), after_leave.clone()).await;
+    assert_eq!((&b["changed"], &b["left"]), (&json!([]), &json!(["@bob:localhost"])), "{b}");
+
+    let (s, _) = app.call("POST", &format!("/_matrix/client/v3/rooms/{room}/join"), Some(&bob), Some(json!({}))).await;
+    assert_eq!(s, StatusCode::OK);
+    let after_join = now(events.max_stream_ordering().await.unwrap(), e2ee.max_device_list_position().await.unwrap());
+    let b = changes(after_leave, after_join).await;
+    assert_eq!(
+        (&b["changed"], &b["left"]),
+        (&json!(["@bob:localhost"]), &json!([])),
+        "a user who starts sharing a room is changed: {b}"
+    );
     app.db.cleanup().await;
 }

@@ -169,3 +169,19 @@ pub fn router(state: SyncState) -> Router {
     r = r.route("/_matrix/client/unstable/org.matrix.simplified_msc3575/sync", post(sliding::sliding_sync));
     r.with_state(state)
 }
+
+/// `(changed, left)` device lists between two sync tokens.
+pub(crate) async fn device_list_changes(
+    ctx: &SyncContext,
+    user: &ruma::UserId,
+    since: &SyncToken,
+    upto: &SyncToken,
+) -> Result<(Vec<String>, Vec<String>), ganglion_http::MatrixError> {
+    let window = ganglion_storage::DeviceListWindow {
+        device_lists_after: since.device_lists as i64,
+        device_lists_upto: upto.device_lists as i64,
+        events_after: since.events as i64,
+        events_upto: upto.events as i64,
+    };
+    Ok(ganglion_storage::device_list_changes(&ctx.events, &ctx.e2ee, user, window).await?)
+}

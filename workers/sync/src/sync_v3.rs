@@ -389,17 +389,11 @@ async fn e2ee_sections(
         .iter()
         .map(|m| json!({ "sender": m.sender, "type": m.event_type, "content": serde_json::from_str::<Value>(&m.content).unwrap_or_default() }))
         .collect();
-    let mut changed = Vec::new();
-    if let Some(s) = since
-        && next.device_lists > s.device_lists
-    {
-        let users = ctx.e2ee.users_with_device_changes(s.device_lists as i64, next.device_lists as i64).await?;
-        if !users.is_empty() {
-            let sharing = ctx.events.users_sharing_rooms(&user.user_id).await?;
-            changed = users.into_iter().filter(|u| sharing.contains(u) || u == user.user_id.as_str()).collect();
-        }
-    }
-    if !to_device.is_empty() || !changed.is_empty() {
+    let (changed, left) = match since {
+        Some(s) => crate::device_list_changes(ctx, &user.user_id, &s, next).await?,
+        None => (Vec::new(), Vec::new()),
+    };
+    if !to_device.is_empty() || !changed.is_empty() || !left.is_empty() {
         *has_data = true;
     }
     let counts: serde_json::Map<String, Value> =
@@ -407,7 +401,7 @@ async fn e2ee_sections(
     let fallback = ctx.e2ee.unused_fallback_algorithms(&user.user_id, device).await?;
     Ok(json!({
         "to_device": { "events": to_device },
-        "device_lists": { "changed": changed, "left": [] },
+        "device_lists": { "changed": changed, "left": left },
         "device_one_time_keys_count": counts,
         "device_unused_fallback_key_types": fallback,
     }))

@@ -12,7 +12,9 @@ const VERSIONS: &[&str] = &["r0.6.1", "v1.1", "v1.2", "v1.3", "v1.4", "v1.5", "v
 
 /// `GET /_matrix/client/versions`: the spec versions supported. No auth.
 pub(crate) async fn versions() -> Json<Value> {
-    Json(json!({ "versions": VERSIONS, "unstable_features": { "org.matrix.simplified_msc3575": true } }))
+    Json(
+        json!({ "versions": VERSIONS, "unstable_features": { "org.matrix.simplified_msc3575": true, "org.matrix.msc3814": true } }),
+    )
 }
 
 /// `GET /.well-known/matrix/client`: where clients find the client API.

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use ganglion_http::{AuthUser, MatrixError, MatrixJson};
 use ganglion_replication::SyncToken;
@@ -35,7 +36,7 @@ fn is_local(keys: &Keys, target: &OwnedUserId, failures: &mut Map<String, Value>
 
 #[derive(Debug, Deserialize)]
 pub(crate) struct UploadBody {
-    device_keys: Option<Map<String, Value>>,
+    pub(crate) device_keys: Option<Map<String, Value>>,
     #[serde(default)]
     one_time_keys: Map<String, Value>,
     #[serde(default)]
@@ -50,16 +51,72 @@ fn verify_self_signed(keys: &Map<String, Value>, user: &UserId, device_id: &str)
         .and_then(|k| k.get(&key_id))
         .and_then(Value::as_str)
         .ok_or_else(|| MatrixError::bad_json(format!("device_keys.keys has no {key_id}")))?;
-    let public = ruma::serde::Base64::<ruma::serde::base64::Standard>::parse(ed25519)
-        .map_err(|_| MatrixError::bad_json("the ed25519 key is not base64"))?;
-    let mut entity = BTreeMap::new();
-    entity.insert(key_id, public);
-    let mut map = ruma::signatures::PublicKeyMap::new();
-    map.insert(user.to_string(), entity);
-    let object: ruma::CanonicalJsonObject = serde_json::from_value(Value::Object(keys.clone()))
-        .map_err(|e| MatrixError::bad_json(format!("device_keys is not canonical JSON: {e}")))?;
-    ruma::signatures::verify_json(&map, &object)
+    verify_signed_by(keys, user.as_str(), &key_id, ed25519)
         .map_err(|e| MatrixError::bad_json(format!("device_keys signature: {e}")))
+}
+
+/// Checks that `object` carries a valid signature by `signer`'s key `key_id` (`ed25519:…`),
+/// whose public half is `public_key` (unpadded base64).
+fn verify_signed_by(object: &Map<String, Value>, signer: &str, key_id: &str, public_key: &str) -> Result<(), String> {
+    let public = ruma::serde::Base64::<ruma::serde::base64::Standard>::parse(public_key)
+        .map_err(|_| format!("the key {key_id} is not base64"))?;
+    let mut object = object.clone();
+    // Only the one signature in question counts: others may be by keys we cannot check here.
+    let own = object
+        .get("signatures")
+        .and_then(|s| s.get(signer))
+        .and_then(|s| s.get(key_id))
+        .cloned()
+        .ok_or_else(|| format!("no signature by {signer} with {key_id}"))?;
+    object.insert("signatures".into(), json!({ signer: { key_id: own } }));
+    let mut entity = BTreeMap::new();
+    entity.insert(key_id.to_owned(), public);
+    let mut map = ruma::signatures::PublicKeyMap::new();
+    map.insert(signer.to_owned(), entity);
+    let canonical: ruma::CanonicalJsonObject =
+        serde_json::from_value(Value::Object(object)).map_err(|e| format!("not canonical JSON: {e}"))?;
+    ruma::signatures::verify_json(&map, &canonical).map_err(|e| e.to_string())
+}
+
+/// Checks uploaded keys before anything is stored: device keys are for `user`'s `device` and
+/// self-signed, key IDs are `algorithm:id`.
+pub(crate) fn check_uploaded_keys(body: &UploadBody, user: &UserId, device: &str) -> Result<(), MatrixError> {
+    if let Some(dk) = &body.device_keys {
+        if dk.get("user_id").and_then(Value::as_str) != Some(user.as_str())
+            || dk.get("device_id").and_then(Value::as_str) != Some(device)
+        {
+            return Err(MatrixError::bad_json("device_keys must be for the requesting user and device"));
+        }
+        verify_self_signed(dk, user, device)?;
+    }
+    if body.one_time_keys.keys().any(|id| !id.contains(':')) {
+        return Err(MatrixError::bad_json("one-time key IDs are algorithm:id"));
+    }
+    if body.fallback_keys.keys().any(|id| !id.contains(':')) {
+        return Err(MatrixError::bad_json("fallback key IDs are algorithm:id"));
+    }
+    Ok(())
+}
+
+/// Stores keys that passed [`check_uploaded_keys`]; a change of device keys is a device-list change.
+pub(crate) async fn store_uploaded_keys(
+    keys: &Keys,
+    user: &UserId,
+    device: &str,
+    body: &UploadBody,
+) -> Result<(), MatrixError> {
+    if let Some(dk) = &body.device_keys {
+        let json = Value::Object(dk.clone()).to_string();
+        if keys.e2ee.set_device_keys(user, device, &json).await? {
+            keys.writer.device_list_changed(user).await?;
+        }
+    }
+    let otks: Vec<(String, String)> = body.one_time_keys.iter().map(|(id, k)| (id.clone(), k.to_string())).collect();
+    keys.e2ee.add_one_time_keys(user, device, &otks).await?;
+    for (id, k) in &body.fallback_keys {
+        keys.e2ee.set_fallback_key(user, device, id, &k.to_string()).await?;
+    }
+    Ok(())
 }
 
 /// `POST /_matrix/client/v3/keys/upload`.
@@ -69,29 +126,8 @@ pub(crate) async fn upload(
     MatrixJson(body): MatrixJson<UploadBody>,
 ) -> Result<Json<Value>, MatrixError> {
     let device = user.device_id.as_str();
-    if let Some(dk) = &body.device_keys {
-        if dk.get("user_id").and_then(Value::as_str) != Some(user.user_id.as_str())
-            || dk.get("device_id").and_then(Value::as_str) != Some(device)
-        {
-            return Err(MatrixError::bad_json("device_keys must be for the requesting user and device"));
-        }
-        verify_self_signed(dk, &user.user_id, device)?;
-        let json = Value::Object(dk.clone()).to_string();
-        if keys.e2ee.set_device_keys(&user.user_id, device, &json).await? {
-            keys.writer.device_list_changed(&user.user_id).await?;
-        }
-    }
-    let otks: Vec<(String, String)> = body.one_time_keys.iter().map(|(id, k)| (id.clone(), k.to_string())).collect();
-    if otks.iter().any(|(id, _)| !id.contains(':')) {
-        return Err(MatrixError::bad_json("one-time key IDs are algorithm:id"));
-    }
-    keys.e2ee.add_one_time_keys(&user.user_id, device, &otks).await?;
-    for (id, k) in &body.fallback_keys {
-        if !id.contains(':') {
-            return Err(MatrixError::bad_json("fallback key IDs are algorithm:id"));
-        }
-        keys.e2ee.set_fallback_key(&user.user_id, device, id, &k.to_string()).await?;
-    }
+    check_uploaded_keys(&body, &user.user_id, device)?;
+    store_uploaded_keys(&keys, &user.user_id, device, &body).await?;
     let counts: Map<String, Value> =
         keys.e2ee.one_time_key_counts(&user.user_id, device).await?.into_iter().map(|(a, n)| (a, json!(n))).collect();
     Ok(Json(json!({ "one_time_key_counts": counts })))
@@ -135,9 +171,15 @@ pub(crate) async fn query(
         }
         device_keys.insert(uid.clone(), Value::Object(devices));
         for (kind, json) in keys.e2ee.cross_signing_keys(&target).await? {
-            let v: Value = serde_json::from_str(&json).unwrap_or_default();
+            let mut v: Value = serde_json::from_str(&json).unwrap_or_default();
             match kind.as_str() {
                 "master" => {
+                    if target != user.user_id {
+                        for (key_id, sig) in keys.e2ee.cross_user_signatures(&user.user_id, &target).await? {
+                            let sig: Value = serde_json::from_str(&sig).unwrap_or_default();
+                            v = with_signature(v, user.user_id.as_str(), &key_id, &sig);
+                        }
+                    }
                     master.insert(uid.clone(), v);
                 }
                 "self_signing" => {
@@ -220,11 +262,15 @@ pub(crate) async fn changes(
     };
     let from = parse(q.from.as_deref(), "from")?;
     let to = parse(q.to.as_deref(), "to")?;
-    let changed = keys.e2ee.users_with_device_changes(from.device_lists as i64, to.device_lists as i64).await?;
-    let sharing = keys.events.users_sharing_rooms(&user.user_id).await?;
-    let changed: Vec<String> =
-        changed.into_iter().filter(|u| sharing.contains(u) || u == user.user_id.as_str()).collect();
-    Ok(Json(json!({ "changed": changed, "left": [] })))
+    let window = ganglion_storage::DeviceListWindow {
+        device_lists_after: from.device_lists as i64,
+        device_lists_upto: to.device_lists as i64,
+        events_after: from.events as i64,
+        events_upto: to.events as i64,
+    };
+    let (changed, left) =
+        ganglion_storage::device_list_changes(&keys.events, &keys.e2ee, &user.user_id, window).await?;
+    Ok(Json(json!({ "changed": changed, "left": left })))
 }
 
 #[derive(Debug, Deserialize)]
@@ -235,48 +281,210 @@ pub(crate) struct DeviceSigningBody {
     auth: Option<PasswordAuth>,
 }
 
-/// `POST /_matrix/client/v3/keys/device_signing/upload`: the first upload needs no UIA; replacing
-/// existing keys does (password).
+fn invalid_signature(message: impl Into<String>) -> MatrixError {
+    MatrixError::new(StatusCode::BAD_REQUEST, "M_INVALID_SIGNATURE", message)
+}
+
+/// The one `(key_id, public_key)` of a cross-signing key.
+fn single_key(key: &Value) -> Option<(String, String)> {
+    let keys = key.get("keys")?.as_object()?;
+    let (id, public) = keys.iter().next()?;
+    Some((id.clone(), public.as_str()?.to_owned()))
+}
+
+/// Checks a cross-signing key's shape: for `user`, exactly one key, `usage` naming `kind`.
+fn check_cross_signing_key(key: &Value, user: &UserId, kind: &str) -> Result<(), MatrixError> {
+    if key.get("user_id").and_then(Value::as_str) != Some(user.as_str()) {
+        return Err(MatrixError::invalid_param(format!("{kind} key is not for the requesting user")));
+    }
+    if key.get("keys").and_then(Value::as_object).is_none_or(|k| k.len() != 1) || single_key(key).is_none() {
+        return Err(MatrixError::invalid_param(format!("{kind} key must hold exactly one key")));
+    }
+    let usage = key.get("usage").and_then(Value::as_array);
+    if !usage.is_some_and(|u| u.iter().any(|x| x.as_str() == Some(kind))) {
+        return Err(MatrixError::invalid_param(format!("{kind} key must list \"{kind}\" in usage")));
+    }
+    Ok(())
+}
+
+/// `POST /_matrix/client/v3/keys/device_signing/upload`. A user without a master key uploads
+/// without UIA; changing existing keys needs the password. Self-signing and user-signing keys
+/// must be signed by the master key (the new one, or the stored one).
 pub(crate) async fn device_signing_upload(
     State(keys): State<Keys>,
     user: AuthUser,
     MatrixJson(body): MatrixJson<DeviceSigningBody>,
 ) -> Result<Response, MatrixError> {
-    let existing = keys.e2ee.cross_signing_keys(&user.user_id).await?;
-    let replacing = body.master_key.as_ref().is_some_and(|new| {
-        existing.iter().any(|(k, json)| k == "master" && serde_json::from_str::<Value>(json).ok().as_ref() != Some(new))
-    });
-    if replacing && let Some(challenge) = password_uia(&keys, &user, body.auth.as_ref()).await? {
-        return Ok(challenge);
-    }
-    let mut changed = false;
-    for (kind, key) in [
+    let existing: BTreeMap<String, Value> = keys
+        .e2ee
+        .cross_signing_keys(&user.user_id)
+        .await?
+        .into_iter()
+        .filter_map(|(kind, json)| Some((kind, serde_json::from_str(&json).ok()?)))
+        .collect();
+    let uploads = [
         ("master", &body.master_key),
         ("self_signing", &body.self_signing_key),
         ("user_signing", &body.user_signing_key),
-    ] {
-        let Some(key) = key else { continue };
-        if key.get("user_id").and_then(Value::as_str) != Some(user.user_id.as_str()) {
-            return Err(MatrixError::invalid_param(format!("{kind} key is not for the requesting user")));
-        }
-        if key.get("keys").and_then(Value::as_object).is_none_or(|k| k.len() != 1) {
-            return Err(MatrixError::invalid_param(format!("{kind} key must hold exactly one key")));
-        }
-        keys.e2ee.set_cross_signing_key(&user.user_id, kind, &key.to_string()).await?;
-        changed = true;
-    }
-    if !changed && existing.is_empty() {
+    ];
+    if uploads.iter().all(|(_, k)| k.is_none()) {
         return Err(MatrixError::missing_param("No cross-signing keys given"));
     }
-    if changed {
+    for (kind, key) in &uploads {
+        if let Some(key) = key {
+            check_cross_signing_key(key, &user.user_id, kind)?;
+        }
+    }
+    let master = body.master_key.as_ref().or_else(|| existing.get("master"));
+    for (kind, key) in &uploads[1..] {
+        let Some(key) = key else { continue };
+        let Some((master_id, master_public)) = master.and_then(single_key) else {
+            return Err(MatrixError::missing_param(format!("A master key is needed to check the {kind} key")));
+        };
+        let object = key.as_object().expect("checked to be an object");
+        verify_signed_by(object, user.user_id.as_str(), &master_id, &master_public)
+            .map_err(|e| invalid_signature(format!("{kind} key is not signed by the master key: {e}")))?;
+    }
+    let changes: Vec<(&str, &Value)> = uploads
+        .iter()
+        .filter_map(|(kind, key)| key.as_ref().map(|k| (*kind, k)))
+        .filter(|(kind, key)| existing.get(*kind) != Some(*key))
+        .collect();
+    if existing.contains_key("master")
+        && !changes.is_empty()
+        && let Some(challenge) = password_uia(&keys, &user, body.auth.as_ref()).await?
+    {
+        return Ok(challenge);
+    }
+    for (kind, key) in &changes {
+        keys.e2ee.set_cross_signing_key(&user.user_id, kind, &key.to_string()).await?;
+        match *kind {
+            // Others' signatures were on the old master key; ours were made with the old key.
+            "master" => keys.e2ee.drop_cross_user_signatures(&user.user_id, true).await?,
+            "user_signing" => keys.e2ee.drop_cross_user_signatures(&user.user_id, false).await?,
+            _ => {}
+        }
+    }
+    if !changes.is_empty() {
         keys.writer.device_list_changed(&user.user_id).await?;
     }
     Ok(Json(json!({})).into_response())
 }
 
-/// `POST /_matrix/client/v3/keys/signatures/upload`: signatures are merged into the signed keys
-/// (a device's keys, or the user's own cross-signing keys). Keys we do not have are reported
-/// under `failures`.
+fn failure(errcode: &str, error: &str) -> Value {
+    json!({ "errcode": errcode, "error": error })
+}
+
+/// Adds `signature` by `signer`'s `key_id` to `object`'s signatures.
+fn with_signature(mut object: Value, signer: &str, key_id: &str, signature: &Value) -> Value {
+    if !object.get("signatures").is_some_and(Value::is_object) {
+        object["signatures"] = json!({});
+    }
+    let sigs = &mut object["signatures"];
+    if !sigs.get(signer).is_some_and(Value::is_object) {
+        sigs[signer] = json!({});
+    }
+    sigs[signer][key_id] = signature.clone();
+    object
+}
+
+/// One entry of a signatures upload: `uploader` signs `target`'s key `key_id` (a device ID or a
+/// cross-signing public key). The signature is checked against the key we store, never against
+/// the uploaded copy. `Ok(Err(failure))` is a per-key failure for the response.
+async fn apply_signature(
+    keys: &Keys,
+    uploader: &UserId,
+    target: &UserId,
+    key_id: &str,
+    uploaded: &Value,
+) -> Result<Result<(), Value>, MatrixError> {
+    let Some(new_sigs) = uploaded.get("signatures").and_then(|s| s.get(uploader.as_str())).and_then(Value::as_object)
+    else {
+        return Ok(Err(failure("M_INVALID_SIGNATURE", "No signature by the uploading user")));
+    };
+    let own_cross: BTreeMap<String, Value> = keys
+        .e2ee
+        .cross_signing_keys(uploader)
+        .await?
+        .into_iter()
+        .filter_map(|(kind, json)| Some((kind, serde_json::from_str(&json).ok()?)))
+        .collect();
+    let device = keys.e2ee.device_keys(target).await?.into_iter().find(|(d, _)| d == key_id);
+    let target_master: Option<Value> = keys
+        .e2ee
+        .cross_signing_keys(target)
+        .await?
+        .into_iter()
+        .find(|(kind, _)| kind == "master")
+        .and_then(|(_, json)| serde_json::from_str(&json).ok())
+        .filter(|m: &Value| single_key(m).is_some_and(|(id, _)| id == format!("ed25519:{key_id}")));
+    // Verifies `stored` with one of the candidate signing keys; returns the signature that held.
+    let verify = |stored: &Value, candidates: &[(String, String)]| -> Option<(String, Value)> {
+        candidates.iter().find_map(|(signing_id, public)| {
+            let sig = new_sigs.get(signing_id)?;
+            let signed = with_signature(stored.clone(), uploader.as_str(), signing_id, sig);
+            verify_signed_by(signed.as_object()?, uploader.as_str(), signing_id, public)
+                .ok()
+                .map(|()| (signing_id.clone(), sig.clone()))
+        })
+    };
+    if target == uploader {
+        if let Some((device_id, json)) = device {
+            // Our own device, signed with our self-signing key.
+            let Some(ssk) = own_cross.get("self_signing").and_then(single_key) else {
+                return Ok(Err(failure("M_INVALID_SIGNATURE", "No self-signing key to sign devices with")));
+            };
+            let stored: Value = serde_json::from_str(&json).unwrap_or_default();
+            let Some((signing_id, sig)) = verify(&stored, &[ssk]) else {
+                return Ok(Err(failure("M_INVALID_SIGNATURE", "Invalid signature by the self-signing key")));
+            };
+            let signed = with_signature(stored, uploader.as_str(), &signing_id, &sig);
+            keys.e2ee.set_device_keys(target, &device_id, &signed.to_string()).await?;
+        } else if let Some(master) = target_master {
+            // Our own master key, signed by one of our devices.
+            let candidates: Vec<(String, String)> = keys
+                .e2ee
+                .device_keys(uploader)
+                .await?
+                .into_iter()
+                .filter_map(|(d, json)| {
+                    let v: Value = serde_json::from_str(&json).ok()?;
+                    let id = format!("ed25519:{d}");
+                    let public = v.get("keys")?.get(&id)?.as_str()?.to_owned();
+                    Some((id, public))
+                })
+                .collect();
+            let Some((signing_id, sig)) = verify(&master, &candidates) else {
+                return Ok(Err(failure("M_INVALID_SIGNATURE", "Invalid signature by a device")));
+            };
+            let signed = with_signature(master, uploader.as_str(), &signing_id, &sig);
+            keys.e2ee.set_cross_signing_key(target, "master", &signed.to_string()).await?;
+        } else {
+            return Ok(Err(failure("M_NOT_FOUND", "No such key")));
+        }
+    } else {
+        // Another user's master key, signed with our user-signing key. Their devices are theirs.
+        let Some(master) = target_master else {
+            return Ok(Err(if device.is_some() {
+                failure("M_FORBIDDEN", "Cannot sign another user's devices")
+            } else {
+                failure("M_NOT_FOUND", "No such key")
+            }));
+        };
+        let Some(usk) = own_cross.get("user_signing").and_then(single_key) else {
+            return Ok(Err(failure("M_INVALID_SIGNATURE", "No user-signing key to sign users with")));
+        };
+        let Some((signing_id, sig)) = verify(&master, &[usk]) else {
+            return Ok(Err(failure("M_INVALID_SIGNATURE", "Invalid signature by the user-signing key")));
+        };
+        keys.e2ee.put_cross_user_signature(uploader, &signing_id, target, &sig.to_string()).await?;
+    }
+    keys.writer.device_list_changed(target).await?;
+    Ok(Ok(()))
+}
+
+/// `POST /_matrix/client/v3/keys/signatures/upload`: each signature is verified against the key
+/// it signs; invalid ones are reported per key under `failures` and not stored.
 pub(crate) async fn signatures_upload(
     State(keys): State<Keys>,
     user: AuthUser,
@@ -288,54 +496,9 @@ pub(crate) async fn signatures_upload(
         let Some(signed) = signed.as_object() else { return Err(MatrixError::bad_json("signed keys must be objects")) };
         let mut user_failures = Map::new();
         for (key_id, object) in signed {
-            let new_sigs = object.get("signatures").and_then(Value::as_object).cloned().unwrap_or_default();
-            let devices = keys.e2ee.device_keys(&target).await?;
-            let cross = keys.e2ee.cross_signing_keys(&target).await?;
-            let mut stored: Option<(bool, String, Value)> = devices
-                .into_iter()
-                .find(|(d, _)| d == key_id)
-                .map(|(d, j)| (true, d, serde_json::from_str(&j).unwrap_or_default()));
-            if stored.is_none() {
-                stored = cross.into_iter().find_map(|(kind, j)| {
-                    let v: Value = serde_json::from_str(&j).ok()?;
-                    let has =
-                        v["keys"].as_object().is_some_and(|k| k.keys().any(|k| k.ends_with(&format!(":{key_id}"))));
-                    has.then_some((false, kind, v))
-                });
+            if let Err(f) = apply_signature(&keys, &user.user_id, &target, key_id, object).await? {
+                user_failures.insert(key_id.clone(), f);
             }
-            let Some((is_device, id, mut value)) = stored else {
-                user_failures.insert(key_id.clone(), json!({ "errcode": "M_NOT_FOUND", "error": "No such key" }));
-                continue;
-            };
-            if target != user.user_id && is_device {
-                user_failures.insert(
-                    key_id.clone(),
-                    json!({ "errcode": "M_FORBIDDEN", "error": "Cannot sign another user's devices" }),
-                );
-                continue;
-            }
-            let sigs = value["signatures"].as_object_mut();
-            let sigs = match sigs {
-                Some(s) => s,
-                None => {
-                    value["signatures"] = json!({});
-                    value["signatures"].as_object_mut().expect("just set")
-                }
-            };
-            for (signer, by_key) in new_sigs {
-                let entry = sigs.entry(signer).or_insert_with(|| json!({}));
-                if let (Some(e), Some(n)) = (entry.as_object_mut(), by_key.as_object()) {
-                    for (k, v) in n {
-                        e.insert(k.clone(), v.clone());
-                    }
-                }
-            }
-            if is_device {
-                keys.e2ee.set_device_keys(&target, &id, &value.to_string()).await?;
-            } else {
-                keys.e2ee.set_cross_signing_key(&target, &id, &value.to_string()).await?;
-            }
-            keys.writer.device_list_changed(&target).await?;
         }
         if !user_failures.is_empty() {
             failures.insert(uid.clone(), Value::Object(user_failures));

@@ -122,18 +122,11 @@ pub(crate) async fn build(
         out.insert("to_device".into(), json!({ "next_batch": next.to_string(), "events": events }));
     }
     if req.e2ee.on() {
-        let mut changed = Vec::new();
-        if let Some(s) = scope.since
-            && scope.upto.device_lists > s.device_lists
-        {
-            let users =
-                ctx.e2ee.users_with_device_changes(s.device_lists as i64, scope.upto.device_lists as i64).await?;
-            if !users.is_empty() {
-                let sharing = ctx.events.users_sharing_rooms(&user.user_id).await?;
-                changed = users.into_iter().filter(|u| sharing.contains(u) || u == user.user_id.as_str()).collect();
-            }
-        }
-        news |= !changed.is_empty();
+        let (changed, left) = match scope.since {
+            Some(s) => crate::device_list_changes(ctx, &user.user_id, &s, &scope.upto).await?,
+            None => (Vec::new(), Vec::new()),
+        };
+        news |= !changed.is_empty() || !left.is_empty();
         let counts: Map<String, Value> = ctx
             .e2ee
             .one_time_key_counts(&user.user_id, user.device_id.as_str())
@@ -145,7 +138,7 @@ pub(crate) async fn build(
         out.insert(
             "e2ee".into(),
             json!({
-                "device_lists": { "changed": changed, "left": [] },
+                "device_lists": { "changed": changed, "left": left },
                 "device_one_time_keys_count": counts,
                 "device_unused_fallback_key_types": fallback,
             }),
