@@ -48,9 +48,19 @@ redis-cli -h 127.0.0.1 -p 6379 ping
 log "building the ganglion binary (the end-to-end tests run it)"
 cargo build -p ganglion
 
-log "running the tests"
+# matrix-sdk's encryption tests are a workspace of their own (see tests/sdk-e2ee/Cargo.toml);
+# they share the target directory, so they find the ganglion binary built above.
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
+status=0
 if cargo nextest --version >/dev/null 2>&1; then
-  cargo nextest run --workspace --no-fail-fast "$@"
+  log "running the tests"
+  cargo nextest run --workspace --no-fail-fast --no-tests=pass "$@" || status=$?
+  log "running the matrix-sdk encryption tests (tests/sdk-e2ee)"
+  cargo nextest run --manifest-path tests/sdk-e2ee/Cargo.toml --no-fail-fast --no-tests=pass "$@" || status=$?
 else
-  cargo test --workspace --no-fail-fast "$@"
+  log "running the tests"
+  cargo test --workspace --no-fail-fast "$@" || status=$?
+  log "running the matrix-sdk encryption tests (tests/sdk-e2ee)"
+  cargo test --manifest-path tests/sdk-e2ee/Cargo.toml --no-fail-fast "$@" || status=$?
 fi
+exit "$status"

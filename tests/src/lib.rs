@@ -12,8 +12,6 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
-use ganglion_storage::Backend;
-use ganglion_storage::test_util::TestDb;
 use serde_json::{Value, json};
 use tokio::process::{Child, Command};
 
@@ -189,8 +187,54 @@ pub struct Split {
     pub nginx: Proc,
     /// `main`'s gRPC write API, `http://127.0.0.1:port`.
     pub rpc_url: String,
-    db: Option<TestDb>,
+    db: Option<ScratchPostgres>,
     dir: tempfile::TempDir,
+}
+
+/// A throwaway PostgreSQL database, created and dropped with `psql`. The harness talks to
+/// PostgreSQL only through the client binary, so it links no database driver (matrix-sdk's
+/// SQLite and sqlx's cannot share one dependency graph; see tests/sdk-e2ee).
+pub struct ScratchPostgres {
+    /// The database's URL.
+    pub url: String,
+    admin_url: String,
+    name: String,
+}
+
+impl ScratchPostgres {
+    /// A new empty database on the server at `TEST_POSTGRES_URL` (default
+    /// `postgres://postgres@127.0.0.1:5432/postgres`, trust auth).
+    ///
+    /// # Errors
+    /// When `psql` is missing or the server refuses.
+    pub async fn create() -> Result<Self> {
+        let admin_url =
+            std::env::var("TEST_POSTGRES_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+        let name = format!("ganglion_test_{:016x}", rand::random::<u64>());
+        psql(&admin_url, &format!("CREATE DATABASE {name}")).await?;
+        let base = admin_url.rsplit_once('/').map_or(admin_url.as_str(), |(b, _)| b);
+        Ok(Self { url: format!("{base}/{name}"), name, admin_url })
+    }
+
+    /// Drops the database, disconnecting whoever is still on it.
+    pub async fn drop_database(self) {
+        if let Err(e) = psql(&self.admin_url, &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name)).await {
+            eprintln!("dropping {}: {e:#}", self.name);
+        }
+    }
+}
+
+async fn psql(url: &str, sql: &str) -> Result<()> {
+    let out = Command::new("psql")
+        .arg(url)
+        .args(["-v", "ON_ERROR_STOP=1", "-q", "-c", sql])
+        .output()
+        .await
+        .context("running psql (the PostgreSQL client)")?;
+    if !out.status.success() {
+        bail!("psql {sql:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(())
 }
 
 /// nginx's path, if installed.
@@ -215,7 +259,7 @@ impl Split {
     pub async fn start_with_media(n_sync: usize, n_media: usize, media: Value) -> Result<Self> {
         let nginx = nginx_bin().context("nginx is not installed (apt-get install nginx-light); .ci/run installs it")?;
         let dir = tempfile::tempdir()?;
-        let db = TestDb::new(Backend::Postgres).await;
+        let db = ScratchPostgres::create().await?;
         let redis_url = std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
         let prefix = format!("ganglion-test-{:016x}", rand::random::<u64>());
         let rpc_port = free_port();
@@ -327,7 +371,7 @@ impl Split {
         }
         self.main.kill().await;
         if let Some(db) = self.db.take() {
-            db.cleanup().await;
+            db.drop_database().await;
         }
     }
 }

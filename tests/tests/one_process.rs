@@ -330,6 +330,22 @@ async fn to_device_messages_and_device_lists_reach_sync() {
         .await
         .unwrap();
     assert_eq!(changes.body["changed"], json!(["@bob:localhost"]));
+
+    // Bob leaves their only shared room: alice may stop tracking him (`left`). Joining again
+    // puts him back in `changed`.
+    let next = s3["next_batch"].as_str().unwrap().to_owned();
+    let r = bob.call("POST", &format!("/_matrix/client/v3/rooms/{room_id}/leave"), Some(&json!({}))).await.unwrap();
+    assert_eq!(r.status, 200);
+    let s4 =
+        alice.sync_until(&next, |r| !r["device_lists"]["left"].as_array().is_none_or(|a| a.is_empty())).await.unwrap();
+    assert_eq!((&s4["device_lists"]["left"], &s4["device_lists"]["changed"]), (&json!(["@bob:localhost"]), &json!([])));
+    let next = s4["next_batch"].as_str().unwrap().to_owned();
+    bob.call("POST", &format!("/_matrix/client/v3/rooms/{room_id}/join"), Some(&json!({}))).await.unwrap();
+    let s5 = alice
+        .sync_until(&next, |r| !r["device_lists"]["changed"].as_array().is_none_or(|a| a.is_empty()))
+        .await
+        .unwrap();
+    assert_eq!((&s5["device_lists"]["changed"], &s5["device_lists"]["left"]), (&json!(["@bob:localhost"]), &json!([])));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

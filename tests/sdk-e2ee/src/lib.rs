@@ -1,0 +1,1 @@
+//! See tests/: matrix-sdk end-to-end encryption tests against ganglion.
