@@ -14,6 +14,7 @@ use ganglion_e2e::{OneProcess, Split};
 use matrix_sdk::Client;
 use matrix_sdk::config::SyncSettings;
 use matrix_sdk::deserialized_responses::EncryptionInfo;
+use matrix_sdk::encryption::verification::{SasVerification, Verification};
 use matrix_sdk::ruma::api::client::dehydrated_device::{get_dehydrated_device, get_events};
 use matrix_sdk::ruma::api::client::keys::upload_signing_keys::v3::Request as UploadSigningKeys;
 use matrix_sdk::ruma::api::client::message::get_message_events;
@@ -120,8 +121,8 @@ async fn send_text(client: &Client, room: &OwnedRoomId, body: &str) -> OwnedEven
     room.send(RoomMessageEventContent::text_plain(body)).await.expect("send").response.event_id
 }
 
-/// Two users chat in an encrypted room, cross-sign, verify each other and a second device, and
-/// one restores the history from key backup on a third login.
+/// Two users chat in an encrypted room, cross-sign, verify each other and a second device (by
+/// signature and interactively), and one restores the history from key backup on a third login.
 async fn chat_verify_and_restore(url: &str) {
     let alice = sdk_register(url, "alice").await;
     let bob = sdk_register(url, "bob").await;
@@ -168,6 +169,40 @@ async fn chat_verify_and_restore(url: &str) {
         device.is_cross_signed_by_owner().then_some(())
     })
     .await;
+
+    // Interactive verification (SAS, emoji) between bob and alice's second device, carried by
+    // to-device messages: both sides show the same emoji and end verified.
+    let alice2_device = bob.encryption().get_device(&alice_id, device_id!("ALICETWO")).await.unwrap().unwrap();
+    let request = alice2_device.request_verification().await.expect("bob requests verification");
+    let incoming = eventually("alice's second device receiving the request", || async {
+        alice2.encryption().get_verification_request(&bob_id, request.flow_id()).await
+    })
+    .await;
+    incoming.accept().await.expect("accept");
+    eventually("the request being ready", || async { request.is_ready().then_some(()) }).await;
+    let bob_sas = request.start_sas().await.expect("start SAS").expect("SAS started");
+    let alice_sas = eventually("alice's side of the SAS", || async {
+        match alice2.encryption().get_verification(&bob_id, request.flow_id()).await {
+            Some(Verification::SasV1(sas)) => Some(sas),
+            _ => None,
+        }
+    })
+    .await;
+    alice_sas.accept().await.expect("accept SAS");
+    eventually("both sides able to show emoji", || async {
+        (bob_sas.can_be_presented() && alice_sas.can_be_presented()).then_some(())
+    })
+    .await;
+    let symbols = |sas: &SasVerification| sas.emoji().expect("emoji").map(|e| e.symbol).to_vec();
+    assert_eq!(symbols(&bob_sas), symbols(&alice_sas), "both sides derived the same emoji");
+    bob_sas.confirm().await.expect("bob confirms");
+    alice_sas.confirm().await.expect("alice confirms");
+    eventually("the verification to finish on both sides", || async {
+        (bob_sas.is_done() && alice_sas.is_done()).then_some(())
+    })
+    .await;
+    let verified = bob.encryption().get_device(&alice_id, device_id!("ALICETWO")).await.unwrap().unwrap();
+    assert!(verified.is_verified(), "bob now trusts alice's second device");
 
     // Key backup behind a recovery key; a new login restores the first message from it.
     let recovery_key = alice.encryption().recovery().enable().await.expect("recovery and backup enabled");
