@@ -133,7 +133,38 @@ pub struct OneProcess {
     pub url: String,
     /// The process.
     pub proc: Proc,
+    /// The server name (`localhost`, or `127.0.0.1:port` when federating).
+    pub server_name: String,
     _dir: tempfile::TempDir,
+}
+
+/// `(status, errcode)` of a Matrix error response.
+pub async fn errcode(resp: reqwest::Response) -> (u16, String) {
+    let status = resp.status().as_u16();
+    let v: Value = resp.json().await.unwrap_or(Value::Null);
+    (status, v["errcode"].as_str().unwrap_or_default().to_owned())
+}
+
+/// A self-signed certificate and key for `127.0.0.1`, made with the `openssl` CLI, in `dir`.
+///
+/// # Errors
+/// When `openssl` is missing or fails.
+pub async fn self_signed_cert(dir: &Path) -> Result<(PathBuf, PathBuf)> {
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let out = Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "1"])
+        .args(["-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .await
+        .context("running openssl")?;
+    if !out.status.success() {
+        bail!("openssl: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok((cert, key))
 }
 
 impl OneProcess {
@@ -158,15 +189,41 @@ impl OneProcess {
                 cfg[k] = v;
             }
         }
-        cfg["data_dir"] = json!(dir.path().join("data"));
         cfg["listeners"] = listener(port);
+        Self::launch(dir, cfg, port, "localhost".into()).await
+    }
+
+    /// Runs `ganglion serve` on `cfg` in `dir`, waiting for the client listener on `port`.
+    async fn launch(dir: tempfile::TempDir, mut cfg: Value, port: u16, server_name: String) -> Result<Self> {
+        cfg["data_dir"] = json!(dir.path().join("data"));
         let path = write_config(dir.path(), "serve", &cfg)?;
         let mut cmd = Command::new(ganglion_bin());
         cmd.arg("--config").arg(&path).arg("serve").current_dir(dir.path());
         let proc = spawn("serve", cmd, dir.path())?;
         let url = format!("http://127.0.0.1:{port}");
         wait_ready(&format!("{url}/health/ready"), Duration::from_secs(30), &proc).await?;
-        Ok(Self { url, proc, _dir: dir })
+        Ok(Self { url, proc, server_name, _dir: dir })
+    }
+
+    /// Starts `ganglion serve` able to federate on loopback: its server name is
+    /// `127.0.0.1:<port>` of a TLS listener serving the `federation` resource (self-signed, so
+    /// `federation.verify_tls` is off); clients use [`OneProcess::url`], plain HTTP.
+    ///
+    /// # Errors
+    /// When `openssl` is missing or the server does not become ready.
+    pub async fn start_federating() -> Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let (cert, key) = self_signed_cert(dir.path()).await?;
+        let (port, fed_port) = (free_port(), free_port());
+        let server_name = format!("127.0.0.1:{fed_port}");
+        let mut cfg = base_config(&server_name);
+        cfg["federation"] = json!({ "verify_tls": false, "request_timeout_ms": 10_000 });
+        cfg["listeners"] = json!([
+            { "bind": "127.0.0.1", "port": port, "resources": ["client", "media", "health", "metrics"] },
+            { "bind": "127.0.0.1", "port": fed_port, "resources": ["federation"],
+              "tls": { "certificate_path": cert, "key_path": key } },
+        ]);
+        Self::launch(dir, cfg, port, server_name).await
     }
 }
 
@@ -312,6 +369,8 @@ impl Split {
         let ngx_dir = dir.path().join("nginx");
         std::fs::create_dir_all(&ngx_dir)?;
         let out = Command::new(&bin)
+            .arg("--config")
+            .arg(&main_cfg)
             .args(["routes", "--format", "nginx", "--listen", &proxy_port.to_string()])
             .arg("--prefix")
             .arg(&ngx_dir)

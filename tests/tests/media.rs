@@ -1,23 +1,15 @@
 //! The media repository end to end: `ganglion serve` (SQLite, every role in one process) and two
 //! media workers behind nginx sharing one store (PostgreSQL, Redis).
 
-use std::io::Cursor;
 use std::time::Duration;
 
-use ganglion_e2e::{Moto, OneProcess, RawClient, Split};
+use ganglion_e2e::{Moto, OneProcess, RawClient, Split, errcode};
 use serde_json::{Value, json};
 use sha2::{Digest as _, Sha256};
 
-fn png(w: u32, h: u32) -> Vec<u8> {
-    let img = image::RgbaImage::from_fn(w, h, |x, y| image::Rgba([(x % 256) as u8, (y % 256) as u8, 200, 255]));
-    let mut out = Vec::new();
-    image::DynamicImage::ImageRgba8(img).write_to(&mut Cursor::new(&mut out), image::ImageFormat::Png).unwrap();
-    out
-}
-
-fn dims(b: &[u8]) -> (u32, u32) {
-    image::ImageReader::new(Cursor::new(b)).with_guessed_format().unwrap().into_dimensions().unwrap()
-}
+#[path = "support/images.rs"]
+mod images;
+use images::{dims, png};
 
 struct Media {
     http: reqwest::Client,
@@ -52,12 +44,6 @@ impl Media {
     async fn get(&self, path: &str) -> reqwest::Response {
         self.http.get(format!("{}{path}", self.url)).bearer_auth(&self.token).send().await.unwrap()
     }
-}
-
-async fn errcode(resp: reqwest::Response) -> (u16, String) {
-    let status = resp.status().as_u16();
-    let v: Value = resp.json().await.unwrap_or(Value::Null);
-    (status, v["errcode"].as_str().unwrap_or_default().to_owned())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -126,8 +112,9 @@ async fn serve_uploads_downloads_thumbnails_and_refuses_what_it_must() {
     assert_eq!(errcode(big).await, (413, "M_TOO_LARGE".into()));
     let none = m.get("/_matrix/client/v1/media/download/localhost/doesNotExist").await;
     assert_eq!(errcode(none).await, (404, "M_NOT_FOUND".into()));
-    let remote = m.get("/_matrix/client/v1/media/download/elsewhere.example/abc").await;
-    assert_eq!(errcode(remote).await, (404, "M_NOT_FOUND".into()));
+    // A remote server that cannot be reached (nothing listens on port 1): a gateway error.
+    let remote = m.get("/_matrix/client/v1/media/download/127.0.0.1:1/abc").await;
+    assert_eq!(errcode(remote).await, (502, "M_UNKNOWN".into()));
 
     // create + PUT, and the errors around it.
     let created: Value = m

@@ -247,6 +247,17 @@ pub(crate) const KEYS: &[KeyDoc] = &[
     key("rate_limits.registration", Kind::Section, "Registration attempts from one client address."),
     key("rate_limits.registration.per_minute", Kind::Uint(u32::MAX as u64), "Sustained registrations per minute."),
     key("rate_limits.registration.burst", Kind::Uint(u32::MAX as u64), "Registrations allowed at once."),
+    key("federation", Kind::Section, "Outbound federation requests (signed with the server key)."),
+    key(
+        "federation.verify_tls",
+        Kind::Bool,
+        "Check other servers' TLS certificates; turn off only for test servers with self-signed ones.",
+    ),
+    key(
+        "federation.request_timeout_ms",
+        Kind::Uint(u64::MAX),
+        "Longest one outbound federation request may take, in milliseconds.",
+    ),
     key("well_known", Kind::Section, "The /.well-known/matrix/* answers."),
     optional(
         "well_known.server",

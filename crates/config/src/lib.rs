@@ -70,6 +70,8 @@ pub struct Config {
     pub rate_limits: RateLimitsConfig,
     /// The `/.well-known/matrix/*` answers.
     pub well_known: WellKnownConfig,
+    /// Outbound federation: how this server talks to others.
+    pub federation: FederationConfig,
     /// The media repository (the `media` role).
     pub media: MediaConfig,
 }
@@ -263,6 +265,23 @@ pub struct WellKnownConfig {
     pub server: Option<String>,
 }
 
+/// Outbound federation requests (signed with the server key, `X-Matrix`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct FederationConfig {
+    /// Check other servers' TLS certificates. Turn off only for test servers with self-signed
+    /// certificates. Default: true.
+    pub verify_tls: bool,
+    /// Longest one outbound federation request may take, in milliseconds. Default: 30000.
+    pub request_timeout_ms: u64,
+}
+
+impl Default for FederationConfig {
+    fn default() -> Self {
+        Self { verify_tls: true, request_timeout_ms: 30_000 }
+    }
+}
+
 /// The media repository: storage, limits, thumbnails and the unauthenticated endpoints.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -429,6 +448,7 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             rate_limits: RateLimitsConfig::default(),
             well_known: WellKnownConfig::default(),
+            federation: FederationConfig::default(),
             media: MediaConfig::default(),
         }
     }

@@ -56,6 +56,11 @@ impl ServerSigningKey {
         base64::engine::general_purpose::STANDARD.encode(&self.pkcs8)
     }
 
+    /// The public key, unpadded base64, as `verify_keys` lists it.
+    pub fn public_key_base64(&self) -> String {
+        base64::engine::general_purpose::STANDARD_NO_PAD.encode(self.pair.public_key())
+    }
+
     /// The key pair, for ruma's signing functions.
     pub fn pair(&self) -> &Ed25519KeyPair {
         &self.pair

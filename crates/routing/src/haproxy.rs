@@ -114,8 +114,8 @@ mod tests {
             "server sync-1 sync-1:8008",
             "server sync-2 sync-2:8008",
             "server main-1 main:8008",
-            "use_backend ganglion_media if route_08",
-            "use_backend ganglion_federation_reader_by_source_ip if route_09",
+            "use_backend ganglion_media if route_10",
+            "use_backend ganglion_federation_reader_by_source_ip if route_11",
         ] {
             assert!(cfg.contains(needle), "missing {needle:?} in\n{cfg}");
         }

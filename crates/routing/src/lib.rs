@@ -40,7 +40,7 @@ mod upstreams;
 pub use files::{GeneratedFile, PROXY_PORT, helm_placeholder, repository_files};
 pub use haproxy::haproxy;
 pub use markdown::markdown;
-pub use nginx::{NginxOptions, nginx, nginx_with_options};
+pub use nginx::{DEFAULT_MAX_BODY_BYTES, NginxOptions, nginx, nginx_with_options};
 pub use role::{Balance, ParseRoleError, Role};
 pub use table::{ROUTES, Route, role_for_path, route_for_path, routes_for};
 pub use upstreams::{UpstreamSpecError, Upstreams};

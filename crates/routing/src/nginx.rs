@@ -11,6 +11,9 @@ use crate::upstreams::Upstreams;
 /// Seconds nginx waits for a backend response; longer than any `/sync` long-poll timeout.
 const READ_TIMEOUT_SECS: u32 = 300;
 
+/// The default `media.max_upload_bytes` (50 MiB).
+pub const DEFAULT_MAX_BODY_BYTES: u64 = 50 * 1024 * 1024;
+
 /// Options of the generated `nginx.conf` beyond the routing itself.
 ///
 /// Every file nginx writes (pid, logs, temp directories) is set explicitly, so nothing points
@@ -31,6 +34,9 @@ pub struct NginxOptions {
     pub worker_processes: Option<u32>,
     /// `worker_connections` per worker; long-polls hold two connections each (client, backend).
     pub worker_connections: u32,
+    /// `client_max_body_size` in bytes: the media role's `media.max_upload_bytes`, so nginx
+    /// neither refuses uploads the server accepts nor buffers ones it would refuse.
+    pub max_body_bytes: u64,
 }
 
 impl NginxOptions {
@@ -44,6 +50,7 @@ impl NginxOptions {
             access_log: "/dev/stdout".to_owned(),
             worker_processes: None,
             worker_connections: 4096,
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
         }
     }
 
@@ -126,7 +133,7 @@ pub fn nginx_with_options(upstreams: &Upstreams, options: &NginxOptions) -> Stri
     line(o, 1, "sendfile on;");
     line(o, 1, "tcp_nodelay on;");
     line(o, 1, "keepalive_timeout 65s;");
-    line(o, 1, "client_max_body_size 50m;");
+    line(o, 1, &format!("client_max_body_size {};", options.max_body_bytes));
 
     for pool in pools() {
         line(o, 0, "");
@@ -233,7 +240,7 @@ mod tests {
             "proxy_set_header Host $host;",
             "proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;",
             "proxy_set_header X-Request-Id $ganglion_request_id;",
-            "client_max_body_size 50m;",
+            "client_max_body_size 52428800;",
             "proxy_read_timeout 300s;",
             "proxy_next_upstream error timeout http_502;",
             "proxy_buffering off;",

@@ -78,6 +78,18 @@ pub const ROUTES: &[Route] = &[
     },
     Route {
         role: Role::Media,
+        pattern: r"^/_synapse/admin/v1/media/",
+        balance: Balance::RoundRobin,
+        description: "Media admin: quarantine and delete by media ID",
+    },
+    Route {
+        role: Role::Media,
+        pattern: r"^/_synapse/admin/v1/(user|users|room)/[^/]+/media(/|$)",
+        balance: Balance::RoundRobin,
+        description: "Media admin: quarantine or delete a user's or a room's media",
+    },
+    Route {
+        role: Role::Media,
         pattern: r"^/_matrix/federation/v1/media/",
         balance: Balance::RoundRobin,
         description: "Authenticated federation media; must precede the generic federation route",
@@ -198,6 +210,14 @@ mod tests {
         assert_role("/_matrix/client/v1/media/download/example.org/abcDEF", Role::Media);
         assert_role("/_matrix/client/v1/media/thumbnail/example.org/abc?width=32&height=32", Role::Media);
         assert_role("/_matrix/federation/v1/media/download/abcDEF", Role::Media);
+        assert_role("/_synapse/admin/v1/media/quarantine/example.org/abc", Role::Media);
+        assert_role("/_synapse/admin/v1/media/example.org/abc", Role::Media);
+        assert_role("/_synapse/admin/v1/user/@a:example.org/media/quarantine", Role::Media);
+        assert_role("/_synapse/admin/v1/users/@a:example.org/media", Role::Media);
+        assert_role("/_synapse/admin/v1/room/!r:example.org/media/quarantine", Role::Media);
+        // Other admin paths stay on main.
+        assert_role("/_synapse/admin/v1/registration_tokens", Role::Main);
+        assert_role("/_synapse/admin/v1/users/@a:example.org/mediax", Role::Main);
     }
 
     #[test]
@@ -232,7 +252,7 @@ mod tests {
     #[test]
     fn routes_for_groups_by_role() {
         assert_eq!(routes_for(Role::Sync).count(), 5);
-        assert_eq!(routes_for(Role::Media).count(), 3);
+        assert_eq!(routes_for(Role::Media).count(), 5);
         assert_eq!(routes_for(Role::FederationReader).count(), 3);
         assert_eq!(routes_for(Role::Main).count(), 0);
         assert_eq!(routes_for(Role::Pusher).count(), 0);

@@ -58,6 +58,10 @@ enum Command {
         /// With nginx: put pid, logs and temp files under this directory (absolute paths).
         #[arg(long)]
         prefix: Option<PathBuf>,
+        /// With nginx: the largest request body, in bytes. Default: `media.max_upload_bytes` of
+        /// the `--config` file, else that key's default.
+        #[arg(long)]
+        max_body_bytes: Option<u64>,
     },
 }
 
@@ -105,7 +109,7 @@ pub(crate) fn run() -> ExitCode {
             }
             Err(code) => code,
         },
-        Command::Routes { format, upstreams, listen, prefix } => {
+        Command::Routes { format, upstreams, listen, prefix, max_body_bytes } => {
             let mut ups = if upstreams.is_empty() {
                 Upstreams::default_kubernetes()
             } else {
@@ -119,9 +123,17 @@ pub(crate) fn run() -> ExitCode {
             }
             let out = match format {
                 RouteFormat::Nginx => {
-                    let opts = match &prefix {
+                    let mut opts = match &prefix {
                         Some(dir) => ganglion_routing::NginxOptions::in_prefix(listen, dir),
                         None => ganglion_routing::NginxOptions::new(listen),
+                    };
+                    opts.max_body_bytes = match (max_body_bytes, cli.config.as_deref()) {
+                        (Some(n), _) => n,
+                        (None, Some(path)) => match load_config(Some(path)) {
+                            Ok(cfg) => cfg.media.max_upload_bytes,
+                            Err(code) => return code,
+                        },
+                        (None, None) => ganglion_routing::DEFAULT_MAX_BODY_BYTES,
                     };
                     ganglion_routing::nginx_with_options(&ups, &opts)
                 }

@@ -128,7 +128,10 @@ async fn start_role(
             routers.client.push(ganglion_sync::router(state));
         }
         Role::FederationReader => {
-            let r = ganglion_federation_reader::FederationReader::start(db, bus).await.map_err(&db_err)?;
+            let r = ganglion_federation_reader::FederationReader::start(cfg, db, bus).await.map_err(|e| match e {
+                ganglion_federation_reader::StartError::Config(m) => Fatal::Runtime(format!("federation-reader: {m}")),
+                other => Fatal::Runtime(format!("federation-reader: {other}")),
+            })?;
             watch_replication(health, r.position());
             routers.federation.push(r.router());
             routers.keep(Box::new(r));
@@ -145,6 +148,7 @@ async fn start_role(
             })?;
             watch_replication(health, r.position());
             routers.media.push(r.media_router());
+            routers.federation.push(r.federation_router());
             // `/_matrix/client/v1/media/*` is reachable on listeners serving `client` or `media`.
             routers.client_media.push(r.client_router());
             routers.keep(Box::new(r));

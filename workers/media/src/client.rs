@@ -32,14 +32,45 @@ pub(crate) struct DownloadQuery {
     timeout_ms: Option<u64>,
 }
 
+impl DownloadQuery {
+    /// How long to wait for a pending upload.
+    pub(crate) fn wait(&self) -> Duration {
+        Duration::from_millis(self.timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS))
+    }
+}
+
 /// `?width=&height=&method=&animated=&timeout_ms=` of thumbnails.
 #[derive(Debug, Deserialize)]
 pub(crate) struct ThumbnailQuery {
-    width: u32,
-    height: u32,
+    pub(crate) width: u32,
+    pub(crate) height: u32,
     method: Option<String>,
     animated: Option<bool>,
     timeout_ms: Option<u64>,
+}
+
+impl ThumbnailQuery {
+    /// The method asked for, once the request is checked.
+    pub(crate) fn method(&self) -> Result<ThumbnailMethod, MatrixError> {
+        if self.width == 0 || self.height == 0 {
+            return Err(MatrixError::invalid_param("width and height must be positive"));
+        }
+        match self.method.as_deref() {
+            None | Some("scale") => Ok(ThumbnailMethod::Scale),
+            Some("crop") => Ok(ThumbnailMethod::Crop),
+            Some(other) => Err(MatrixError::invalid_param(format!("Unknown thumbnail method {other:?}"))),
+        }
+    }
+
+    /// Whether an animated thumbnail is wanted.
+    pub(crate) fn animated(&self) -> bool {
+        self.animated.unwrap_or(false)
+    }
+
+    /// How long to wait for a pending upload.
+    pub(crate) fn wait(&self) -> Duration {
+        Duration::from_millis(self.timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS))
+    }
 }
 
 /// `?url=&ts=` of URL previews.
@@ -101,8 +132,7 @@ pub(crate) async fn download(
     headers: &HeaderMap,
 ) -> Result<Response, MatrixError> {
     let server = server_name(&server)?;
-    let wait = Duration::from_millis(q.timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS));
-    let record = repo.find(&server, &media_id, wait, access).await?;
+    let record = repo.find(&server, &media_id, q.wait(), access).await?;
     let size = record.size_bytes.unwrap_or(0);
     let range = parse_range(headers.get(header::RANGE), size);
     let content_type = record.content_type.clone().unwrap_or_else(|| "application/octet-stream".to_owned());
@@ -122,18 +152,10 @@ pub(crate) async fn thumbnail(
     (server, media_id): (String, String),
     q: ThumbnailQuery,
 ) -> Result<Response, MatrixError> {
-    let method = match q.method.as_deref() {
-        None | Some("scale") => ThumbnailMethod::Scale,
-        Some("crop") => ThumbnailMethod::Crop,
-        Some(other) => return Err(MatrixError::invalid_param(format!("Unknown thumbnail method {other:?}"))),
-    };
-    if q.width == 0 || q.height == 0 {
-        return Err(MatrixError::invalid_param("width and height must be positive"));
-    }
+    let method = q.method()?;
     let server = server_name(&server)?;
-    let wait = Duration::from_millis(q.timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS));
-    let record = repo.find(&server, &media_id, wait, access).await?;
-    let served = repo.thumbnail(&record, q.width, q.height, method, q.animated.unwrap_or(false)).await?;
+    let record = repo.find(&server, &media_id, q.wait(), access).await?;
+    let served = repo.thumbnail(&record, q.width, q.height, method, q.animated()).await?;
     let ext = served.content_type.rsplit('/').next().unwrap_or("bin").to_owned();
     let disposition = content_disposition(&served.content_type, Some(&format!("thumbnail.{ext}")));
     let mut resp =

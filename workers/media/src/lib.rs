@@ -12,7 +12,9 @@
 //! - `response.rs`: safety headers, `Content-Disposition`, HTTP ranges.
 //! - `preview.rs`: [`Previewer`], URL previews that refuse non-global addresses unless allow-listed,
 //!   cap redirects, bytes and time, and parse OpenGraph.
-//! - `remote.rs`: [`RemoteMedia`], the seam the federation work implements ([`NoRemoteMedia`] now).
+//! - `remote.rs`: [`RemoteMedia`], how other servers' media is fetched ([`NoRemoteMedia`] for tests).
+//! - `federation.rs`: `/_matrix/federation/v1/media/*` (signed requests, `multipart/mixed`) and
+//!   [`FederatedRemoteMedia`], which fetches other servers' media that way and caches it.
 //! - `error.rs`: [`MediaError`] and its one mapping to Matrix errors.
 //! - `client.rs`, `client/authenticated_media.rs`, `client/media.rs`: the handlers.
 //! - `admin.rs`: quarantine by media ID, user and room, delete by media ID and user, at Synapse's
@@ -28,6 +30,7 @@ mod admin;
 mod backend;
 mod client;
 mod error;
+mod federation;
 mod preview;
 mod remote;
 mod repo;
@@ -41,9 +44,10 @@ use axum::Router;
 use axum::extract::FromRef;
 use axum::routing::{get, post, put};
 use ganglion_config::Config;
+use ganglion_federation::{FederationClient, InboundAuth, KeyFetcher};
 use ganglion_http::Authenticator;
 use ganglion_replication::{Bus, Follower, StreamPosition};
-use ganglion_storage::{Db, EventStore, MediaStore, UserStore, follow_events};
+use ganglion_storage::{Db, EventStore, KeyStore, MediaStore, UserStore, follow_events};
 use ruma::OwnedServerName;
 use tokio::sync::watch;
 
@@ -51,6 +55,7 @@ pub use backend::{
     BackendError, ByteRange, ByteStream, FsBackend, MediaBackend, S3Backend, Stored, content_key, thumbnail_key,
 };
 pub use error::MediaError;
+pub use federation::FederatedRemoteMedia;
 pub use preview::{IpNet, PreviewError, Previewer, is_global, opengraph};
 pub use remote::{NoRemoteMedia, RemoteError, RemoteMedia};
 pub use repo::{Access, MediaRepo, Served, UploadMeta};
@@ -84,13 +89,21 @@ pub struct MediaState {
     repo: MediaRepo,
     events: EventStore,
     preview: Option<Previewer>,
+    federation: Option<ganglion_federation::InboundAuth>,
 }
 
 impl MediaState {
     /// State from its parts, without URL previews. `events` is read (never written) to find the
     /// media a room refers to.
     pub fn new(auth: Authenticator, repo: MediaRepo, events: EventStore) -> Self {
-        Self { auth, repo, events, preview: None }
+        Self { auth, repo, events, preview: None, federation: None }
+    }
+
+    /// Serves `/_matrix/federation/v1/media/*` to servers that `auth` authenticates.
+    #[must_use]
+    pub fn with_federation(mut self, auth: ganglion_federation::InboundAuth) -> Self {
+        self.federation = Some(auth);
+        self
     }
 
     /// Serves `preview_url` with `previewer`.
@@ -161,13 +174,19 @@ impl Media {
             }
             None => Arc::new(FsBackend::open(cfg.media_path()).await.map_err(StartError::Store)?),
         };
-        let repo = MediaRepo::new(
-            server_name,
+        let key =
+            ganglion_federation::load_signing_key(&KeyStore::new(db.clone())).await.map_err(StartError::Config)?;
+        let federation = FederationClient::new(&cfg.federation, server_name.clone(), Arc::new(key))
+            .map_err(|e| StartError::Config(format!("federation client: {e}")))?;
+        let remote = FederatedRemoteMedia::new(
+            federation.clone(),
             MediaStore::new(db.clone()),
-            backend,
-            Arc::new(NoRemoteMedia),
-            cfg.media.clone(),
+            backend.clone(),
+            cfg.media.max_upload_bytes,
         );
+        let inbound = InboundAuth::new(server_name.clone(), KeyFetcher::new(federation));
+        let repo =
+            MediaRepo::new(server_name, MediaStore::new(db.clone()), backend, Arc::new(remote), cfg.media.clone());
         let (follower, position) = follow_events(&EventStore::new(db.clone()), bus).await?;
         let expiring = repo.clone();
         let expiry = tokio::spawn(async move {
@@ -181,7 +200,8 @@ impl Media {
                 }
             }
         });
-        let mut state = MediaState::new(Authenticator::new(UserStore::new(db.clone())), repo, EventStore::new(db));
+        let mut state = MediaState::new(Authenticator::new(UserStore::new(db.clone())), repo, EventStore::new(db))
+            .with_federation(inbound);
         if cfg.media.url_preview.enabled {
             state = state.with_previews(Previewer::new(&cfg.media.url_preview).map_err(StartError::Config)?);
         }
@@ -196,6 +216,11 @@ impl Media {
     /// The `/_matrix/client/v1/media/*` routes: see [`client_router`].
     pub fn client_router(&self) -> Router {
         client_router(self.state.clone())
+    }
+
+    /// The `/_matrix/federation/v1/media/*` routes: see [`federation_router`].
+    pub fn federation_router(&self) -> Router {
+        federation_router(self.state.clone())
     }
 
     /// The `/_matrix/media/*` routes and the media admin routes: see [`media_router`] and
@@ -252,6 +277,17 @@ pub fn media_router(state: MediaState) -> Router {
     rest.merge(downloads).with_state(state)
 }
 
+/// `/_matrix/federation/v1/media/{download,thumbnail}/{mediaId}`, for listeners serving the
+/// `federation` resource. Empty without [`MediaState::with_federation`]. No fallback.
+pub fn federation_router(state: MediaState) -> Router {
+    let Some(auth) = state.federation.clone() else { return Router::new() };
+    let fed = federation::FederationMedia { auth, repo: state.repo.clone() };
+    Router::new()
+        .route("/_matrix/federation/v1/media/download/{media_id}", get(federation::download))
+        .route("/_matrix/federation/v1/media/thumbnail/{media_id}", get(federation::thumbnail))
+        .with_state(fed)
+}
+
 /// Media administration at Synapse's admin paths (`/_synapse/admin/v1/…`), server admins only.
 /// No fallback.
 pub fn admin_router(state: MediaState) -> Router {
@@ -267,7 +303,10 @@ pub fn admin_router(state: MediaState) -> Router {
 
 /// Every route of the role (for tests and single-router use).
 pub fn router(state: MediaState) -> Router {
-    client_router(state.clone()).merge(media_router(state.clone())).merge(admin_router(state))
+    client_router(state.clone())
+        .merge(media_router(state.clone()))
+        .merge(federation_router(state.clone()))
+        .merge(admin_router(state))
 }
 
 #[cfg(test)]

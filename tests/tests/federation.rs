@@ -1,0 +1,92 @@
+//! Two Ganglion servers federating on loopback (TLS listeners with self-signed certificates):
+//! server keys, signed requests, and media fetched from the other server and cached.
+
+use ganglion_e2e::{OneProcess, RawClient, errcode};
+use serde_json::Value;
+
+#[path = "support/images.rs"]
+mod images;
+use images::png;
+
+/// The other server's federation API, as a stranger without a signing key would call it.
+fn insecure() -> reqwest::Client {
+    reqwest::Client::builder().danger_accept_invalid_certs(true).build().unwrap()
+}
+
+async fn get(http: &reqwest::Client, url: &str, token: &str) -> reqwest::Response {
+    http.get(url).bearer_auth(token).send().await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn media_is_fetched_over_federation_with_signed_requests_and_cached() {
+    let a = OneProcess::start_federating().await.expect("server A");
+    let b = OneProcess::start_federating().await.expect("server B");
+
+    // Each server publishes its key, signed by itself.
+    let keys: Value = insecure()
+        .get(format!("https://{}/_matrix/key/v2/server", a.server_name))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(keys["server_name"], a.server_name.as_str(), "{keys}");
+    let key_id = keys["verify_keys"].as_object().unwrap().keys().next().unwrap().clone();
+    assert!(keys["signatures"][&a.server_name][&key_id].is_string(), "{keys}");
+
+    // Alice uploads on A.
+    let alice = RawClient::register(&a.url, "alice").await.unwrap();
+    let image = png(256, 128);
+    let http = reqwest::Client::new();
+    let up: Value = http
+        .post(format!("{}/_matrix/media/v3/upload?filename=cat%20photo.png", a.url))
+        .bearer_auth(&alice.token)
+        .header("content-type", "image/png")
+        .body(image.clone())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let mxc = up["content_uri"].as_str().unwrap().strip_prefix("mxc://").unwrap().to_owned();
+    let media_id = mxc.rsplit('/').next().unwrap().to_owned();
+    assert!(mxc.starts_with(&a.server_name), "{mxc}");
+
+    // A refuses federation requests that are not signed, or signed badly.
+    let fed_url = format!("https://{}/_matrix/federation/v1/media/download/{media_id}", a.server_name);
+    let (status, code) = errcode(insecure().get(&fed_url).send().await.unwrap()).await;
+    assert_eq!((status, code.as_str()), (401, "M_UNAUTHORIZED"));
+    let forged = format!(
+        "X-Matrix origin=\"{}\",destination=\"{}\",key=\"{key_id}\",sig=\"AAAA\"",
+        b.server_name, a.server_name
+    );
+    let (status, code) = errcode(insecure().get(&fed_url).header("authorization", forged).send().await.unwrap()).await;
+    assert_eq!((status, code.as_str()), (401, "M_UNAUTHORIZED"));
+
+    // Bob on B asks for it: B fetches it from A with a signed request (A checks it with B's key).
+    let bob = RawClient::register(&b.url, "bob").await.unwrap();
+    let resp = get(&http, &format!("{}/_matrix/client/v1/media/download/{mxc}", b.url), &bob.token).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["content-type"], "image/png");
+    let disposition = resp.headers()["content-disposition"].to_str().unwrap().to_owned();
+    assert!(disposition.contains("cat photo.png"), "the file name travels: {disposition}");
+    assert_eq!(resp.bytes().await.unwrap().to_vec(), image);
+    let thumb =
+        get(&http, &format!("{}/_matrix/client/v1/media/thumbnail/{mxc}?width=32&height=32", b.url), &bob.token).await;
+    assert_eq!(thumb.status(), 200);
+    assert!(thumb.headers()["content-type"].to_str().unwrap().starts_with("image/"));
+
+    // Media A does not have is 404 on B too.
+    let missing = format!("{}/_matrix/client/v1/media/download/{}/nosuchmedia", b.url, a.server_name);
+    let (status, code) = errcode(get(&http, &missing, &bob.token).await).await;
+    assert_eq!((status, code.as_str()), (404, "M_NOT_FOUND"));
+
+    // With A gone, B still serves its cached copy.
+    let mut a = a;
+    a.proc.kill().await;
+    let resp = get(&http, &format!("{}/_matrix/client/v1/media/download/{mxc}", b.url), &bob.token).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.bytes().await.unwrap().to_vec(), image, "served from B's cache");
+}
