@@ -96,10 +96,16 @@ const MIGRATIONS: &[Migration] = &[
         postgres: include_str!("../../../migrations/postgres/0014_search.sql"),
         sqlite: include_str!("../../../migrations/sqlite/0014_search.sql"),
     },
+    Migration {
+        version: 15,
+        name: "sessions_and_profiles",
+        postgres: include_str!("../../../migrations/postgres/0015_sessions_and_profiles.sql"),
+        sqlite: include_str!("../../../migrations/sqlite/0015_sessions_and_profiles.sql"),
+    },
 ];
 
 /// The schema version this build reads and writes: the highest migration's version.
-pub const SCHEMA_VERSION: i64 = 14;
+pub const SCHEMA_VERSION: i64 = 15;
 
 /// How the database's schema compares with this build's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
