@@ -55,6 +55,11 @@ pub(crate) struct Accounts {
     hasher: PasswordHasherConfig,
     registration_open: bool,
     require_token: bool,
+    guest_access: bool,
+    /// Lifetime of access tokens issued with a refresh token.
+    access_token_lifetime_ms: i64,
+    /// Lifetime of login tokens from `/login/get_token`.
+    login_token_lifetime_ms: i64,
 }
 
 /// What discovery endpoints need.
@@ -245,6 +250,9 @@ impl MainState {
                 hasher,
                 registration_open: config.registration_open(),
                 require_token: config.registration.require_token,
+                guest_access: config.registration.guest_access,
+                access_token_lifetime_ms: secs_to_ms(config.sessions.refreshable_access_token_lifetime_secs),
+                login_token_lifetime_ms: secs_to_ms(config.sessions.login_token_lifetime_secs),
             },
             discovery: Discovery {
                 server_name,
@@ -267,6 +275,10 @@ impl MainState {
     pub(crate) async fn events_position(&self) -> i64 {
         self.rooms.writer.position().await
     }
+}
+
+fn secs_to_ms(secs: u64) -> i64 {
+    i64::try_from(secs.saturating_mul(1000)).unwrap_or(i64::MAX)
 }
 
 /// `main`'s client-API router (without the common layers, which the binary adds once per listener).

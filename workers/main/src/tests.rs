@@ -101,6 +101,11 @@ on_both_backends!(
     timestamp_to_event_finds_the_nearest_visible_event,
     room_upgrade_tombstones_and_carries_state_over,
     room_upgrade_by_a_moderator_keeps_their_level,
+    refresh_tokens_rotate_and_expire,
+    expired_access_tokens_are_a_soft_logout,
+    login_tokens_from_get_token_are_single_use,
+    expired_login_tokens_are_refused,
+    guests_are_limited_to_their_endpoints,
 );
 
 async fn registration_follows_uia_and_validates_usernames(backend: Backend) {
@@ -164,7 +169,7 @@ async fn login_logout_and_whoami(backend: Backend) {
     let (s, b) = app.call("POST", "/_matrix/client/v3/login", None, Some(wrong)).await;
     assert_eq!((s, b["errcode"].as_str()), (StatusCode::FORBIDDEN, Some("M_FORBIDDEN")));
     let (s, b) =
-        app.call("POST", "/_matrix/client/v3/login", None, Some(json!({"type": "m.login.token", "token": "x"}))).await;
+        app.call("POST", "/_matrix/client/v3/login", None, Some(json!({"type": "m.login.sso", "token": "x"}))).await;
     assert_eq!((s, b["errcode"].as_str()), (StatusCode::BAD_REQUEST, Some("M_UNKNOWN")));
     let (s, b) = app
         .call(
@@ -2124,5 +2129,224 @@ async fn notifications_list_what_notified(backend: Backend) {
     assert_eq!(s, StatusCode::BAD_REQUEST);
     let (s, b) = app.call("GET", "/_matrix/client/v3/thirdparty/protocols", Some(&alice), None).await;
     assert_eq!((s, b), (StatusCode::OK, json!({})));
+    app.db.cleanup().await;
+}
+
+fn password_login(user: &str, refresh: bool) -> Value {
+    json!({"type": "m.login.password", "identifier": {"type": "m.id.user", "user": user}, "password": "pw", "refresh_token": refresh})
+}
+
+async fn refresh_tokens_rotate_and_expire(backend: Backend) {
+    let app = app(backend, |_| {}).await;
+    app.register("alice").await;
+    let (s, b) = app.call("POST", "/_matrix/client/v3/login", None, Some(password_login("alice", false))).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    assert!(b.get("refresh_token").is_none() && b.get("expires_in_ms").is_none(), "no refresh unless asked: {b}");
+
+    let (s, b) = app.call("POST", "/_matrix/client/v3/login", None, Some(password_login("alice", true))).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    assert_eq!(b["expires_in_ms"], 300_000, "the default lifetime: {b}");
+    let (a1, r1) = (b["access_token"].as_str().unwrap().to_owned(), b["refresh_token"].as_str().unwrap().to_owned());
+    let (s, _) = app.call("GET", "/_matrix/client/v3/account/whoami", Some(&a1), None).await;
+    assert_eq!(s, StatusCode::OK);
+
+    let refresh = |t: &str| json!({"refresh_token": t});
+    let (s, b) = app.call("POST", "/_matrix/client/v3/refresh", None, Some(refresh(&r1))).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    assert_eq!(b["expires_in_ms"], 300_000);
+    let (a2, r2) = (b["access_token"].as_str().unwrap().to_owned(), b["refresh_token"].as_str().unwrap().to_owned());
+    // Until the new tokens are used, the old refresh token still works (a lost response is retried).
+    let (s, b) = app.call("POST", "/_matrix/client/v3/refresh", None, Some(refresh(&r1))).await;
+    assert_eq!(s, StatusCode::OK, "the old refresh token stays valid until the new access token is used: {b}");
+    let (s, b) = app.call("GET", "/_matrix/client/v3/account/whoami", Some(&a2), None).await;
+    assert_eq!((s, b["device_id"].is_string()), (StatusCode::OK, true), "{b}");
+    // Using the new access token retired the old refresh token and its access token.
+    let (s, b) = app.call("POST", "/_matrix/client/v3/refresh", None, Some(refresh(&r1))).await;
+    assert_eq!((s, b["errcode"].as_str()), (StatusCode::UNAUTHORIZED, Some("M_UNKNOWN_TOKEN")), "{b}");
+    let (s, b) = app.call("GET", "/_matrix/client/v3/account/whoami", Some(&a1), None).await;
+    assert_eq!((s, b["errcode"].as_str()), (StatusCode::UNAUTHORIZED, Some("M_UNKNOWN_TOKEN")), "{b}");
+
+    // Using the new refresh token retires the one it replaced too.
+    let (s, b) = app.call("POST", "/_matrix/client/v3/refresh", None, Some(refresh(&r2))).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let (a3, r3) = (b["access_token"].as_str().unwrap().to_owned(), b["refresh_token"].as_str().unwrap().to_owned());
+    let (s, b) = app.call("POST", "/_matrix/client/v3/refresh", None, Some(refresh(&r3))).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let a4 = b["access_token"].as_str().unwrap().to_owned();
+    let (s, _) = app.call("POST", "/_matrix/client/v3/refresh", None, Some(refresh(&r2))).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED, "r2 was retired by the use of r3");
+    let (s, _) = app.call("GET", "/_matrix/client/v3/account/whoami", Some(&a3), None).await;
+    assert_eq!(s, StatusCode::OK, "a3 lives until a4 is used");
+    let (s, _) = app.call("GET", "/_matrix/client/v3/account/whoami", Some(&a4), None).await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, _) = app.call("GET", "/_matrix/client/v3/account/whoami", Some(&a3), None).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED, "the first use of a4 retired r3 and a3");
+
+    let (s, b) = app.call("POST", "/_matrix/client/v3/refresh", None, Some(refresh("ganr_nope"))).await;
+    assert_eq!((s, b["errcode"].as_str()), (StatusCode::UNAUTHORIZED, Some("M_UNKNOWN_TOKEN")), "{b}");
+    let (s, b) = app.call("POST", "/_matrix/client/v3/refresh", None, Some(json!({}))).await;
+    assert_eq!((s, b["errcode"].as_str()), (StatusCode::BAD_REQUEST, Some("M_BAD_JSON")), "{b}");
+
+    // Logging out ends the refresh token with the session.
+    let (s, _) = app.call("POST", "/_matrix/client/v3/logout", Some(&a4), Some(json!({}))).await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, b) = app.call("GET", "/_matrix/client/v3/account/whoami", Some(&a4), None).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED, "{b}");
+    app.db.cleanup().await;
+}
+
+async fn expired_access_tokens_are_a_soft_logout(backend: Backend) {
+    // A zero lifetime: every refreshable access token has expired by its first use.
+    let app = app(backend, |c| c.sessions.refreshable_access_token_lifetime_secs = 0).await;
+    let (s, b) = app
+        .call(
+            "POST",
+            "/_matrix/client/v3/register",
+            None,
+            Some(json!({"username": "alice", "password": "pw", "refresh_token": true, "auth": {"type": "m.login.dummy"}})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    assert_eq!(b["expires_in_ms"], 0);
+    let (token, refresh) =
+        (b["access_token"].as_str().unwrap().to_owned(), b["refresh_token"].as_str().unwrap().to_owned());
+    let (s, b) = app.call("GET", "/_matrix/client/v3/account/whoami", Some(&token), None).await;
+    assert_eq!((s, b["errcode"].as_str()), (StatusCode::UNAUTHORIZED, Some("M_UNKNOWN_TOKEN")), "{b}");
+    assert_eq!(b["soft_logout"], true, "{b}");
+    let (s, b) = app.call("POST", "/_matrix/client/v3/refresh", None, Some(json!({"refresh_token": refresh}))).await;
+    assert_eq!(s, StatusCode::OK, "an expired access token can still be refreshed: {b}");
+    // Tokens issued without a refresh token never expire.
+    let (s, b) = app.call("POST", "/_matrix/client/v3/login", None, Some(password_login("alice", false))).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let (s, _) =
+        app.call("GET", "/_matrix/client/v3/account/whoami", Some(b["access_token"].as_str().unwrap()), None).await;
+    assert_eq!(s, StatusCode::OK);
+    app.db.cleanup().await;
+}
+
+async fn login_tokens_from_get_token_are_single_use(backend: Backend) {
+    let app = app(backend, |_| {}).await;
+    let alice = app.register("alice").await;
+    let (s, b) = app.call("GET", "/_matrix/client/v3/login", None, None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(
+        b["flows"].as_array().unwrap().iter().any(|f| f["type"] == "m.login.token" && f["get_login_token"] == true),
+        "{b}"
+    );
+    const GET_TOKEN: &str = "/_matrix/client/v1/login/get_token";
+    let (s, b) = app.call("POST", GET_TOKEN, None, Some(json!({}))).await;
+    assert_eq!((s, b["errcode"].as_str()), (StatusCode::UNAUTHORIZED, Some("M_MISSING_TOKEN")));
+    let (s, b) = app.call("POST", GET_TOKEN, Some(&alice), Some(json!({}))).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED, "User-Interactive Auth first: {b}");
+    assert_eq!(b["flows"], json!([{"stages": ["m.login.password"]}]));
+    let session = b["session"].as_str().unwrap().to_owned();
+    let auth = |pw: &str| json!({"auth": {"type": "m.login.password", "identifier": {"type": "m.id.user", "user": "alice"}, "password": pw, "session": session}});
+    let (s, b) = app.call("POST", GET_TOKEN, Some(&alice), Some(auth("wrong"))).await;
+    assert_eq!((s, b["errcode"].as_str()), (StatusCode::UNAUTHORIZED, Some("M_FORBIDDEN")), "{b}");
+    let (s, b) = app.call("POST", GET_TOKEN, Some(&alice), Some(auth("pw"))).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    assert_eq!(b["expires_in_ms"], 120_000);
+    let login_token = b["login_token"].as_str().unwrap().to_owned();
+
+    let login = json!({"type": "m.login.token", "token": login_token, "device_id": "TV"});
+    let (s, b) = app.call("POST", "/_matrix/client/v3/login", None, Some(login.clone())).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    assert_eq!((b["user_id"].as_str(), b["device_id"].as_str()), (Some("@alice:localhost"), Some("TV")));
+    let (s, b) = app.call("POST", "/_matrix/client/v3/login", None, Some(login)).await;
+    assert_eq!((s, b["errcode"].as_str()), (StatusCode::FORBIDDEN, Some("M_FORBIDDEN")), "single use: {b}");
+    let (s, b) =
+        app.call("POST", "/_matrix/client/v3/login", None, Some(json!({"type": "m.login.token", "token": "x"}))).await;
+    assert_eq!((s, b["errcode"].as_str()), (StatusCode::FORBIDDEN, Some("M_FORBIDDEN")), "{b}");
+    let (s, b) = app.call("POST", "/_matrix/client/v3/login", None, Some(json!({"type": "m.login.token"}))).await;
+    assert_eq!((s, b["errcode"].as_str()), (StatusCode::BAD_REQUEST, Some("M_MISSING_PARAM")), "{b}");
+    app.db.cleanup().await;
+}
+
+async fn expired_login_tokens_are_refused(backend: Backend) {
+    let app = app(backend, |c| {
+        c.sessions.login_token_lifetime_secs = 0;
+        c.rate_limits.login.burst = 3;
+        c.rate_limits.login.per_minute = 1;
+    })
+    .await;
+    let alice = app.register("alice").await;
+    let auth = json!({"auth": {"type": "m.login.password", "user": "@alice:localhost", "password": "pw"}});
+    let (s, b) = app.call("POST", "/_matrix/client/v1/login/get_token", Some(&alice), Some(auth.clone())).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let login = json!({"type": "m.login.token", "token": b["login_token"]});
+    let (s, b) = app.call("POST", "/_matrix/client/v3/login", None, Some(login)).await;
+    assert_eq!((s, b["errcode"].as_str()), (StatusCode::FORBIDDEN, Some("M_FORBIDDEN")), "expired: {b}");
+    // get_token shares login's rate limit (burst 3: two calls above, one more, then refused).
+    app.call("POST", "/_matrix/client/v1/login/get_token", Some(&alice), Some(auth.clone())).await;
+    let (s, b) = app.call("POST", "/_matrix/client/v1/login/get_token", Some(&alice), Some(auth)).await;
+    assert_eq!((s, b["errcode"].as_str()), (StatusCode::TOO_MANY_REQUESTS, Some("M_LIMIT_EXCEEDED")), "{b}");
+    app.db.cleanup().await;
+}
+
+async fn guests_are_limited_to_their_endpoints(backend: Backend) {
+    let app = app(backend, |c| c.registration.guest_access = true).await;
+    let alice = app.register("alice").await;
+    let (s, b) = app.call("POST", "/_matrix/client/v3/register?kind=guest", None, Some(json!({}))).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let guest = b["access_token"].as_str().unwrap().to_owned();
+    let guest_id = b["user_id"].as_str().unwrap().to_owned();
+    let (s, b) = app.call("GET", "/_matrix/client/v3/account/whoami", Some(&guest), None).await;
+    assert_eq!((s, b["is_guest"].as_bool()), (StatusCode::OK, Some(true)), "{b}");
+    let (s, b) = app.call("GET", "/_matrix/client/v3/account/whoami", Some(&alice), None).await;
+    assert_eq!((s, b["is_guest"].as_bool()), (StatusCode::OK, Some(false)), "{b}");
+
+    let (s, b) = app.call("POST", "/_matrix/client/v3/createRoom", Some(&guest), Some(json!({}))).await;
+    assert_eq!((s, b["errcode"].as_str()), (StatusCode::FORBIDDEN, Some("M_GUEST_ACCESS_FORBIDDEN")), "{b}");
+    let search = json!({"search_categories": {"room_events": {"search_term": "x"}}});
+    let (s, b) = app.call("POST", "/_matrix/client/v3/search", Some(&guest), Some(search)).await;
+    assert_eq!((s, b["errcode"].as_str()), (StatusCode::FORBIDDEN, Some("M_GUEST_ACCESS_FORBIDDEN")), "{b}");
+
+    let room = create(&app, &alice, json!({"preset": "public_chat"})).await;
+    let (s, b) =
+        app.call("POST", &format!("/_matrix/client/v3/rooms/{room}/join"), Some(&guest), Some(json!({}))).await;
+    assert_eq!((s, b["errcode"].as_str()), (StatusCode::FORBIDDEN, Some("M_GUEST_ACCESS_FORBIDDEN")), "{b}");
+    let (s, b) = app
+        .call(
+            "PUT",
+            &format!("/_matrix/client/v3/rooms/{room}/state/m.room.guest_access"),
+            Some(&alice),
+            Some(json!({"guest_access": "can_join"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let (s, b) = app.call("POST", &format!("/_matrix/client/v3/join/{room}"), Some(&guest), Some(json!({}))).await;
+    assert_eq!(s, StatusCode::OK, "guests join rooms whose guest_access is can_join: {b}");
+    let (s, b) = app
+        .call(
+            "PUT",
+            &format!("/_matrix/client/v3/rooms/{room}/send/m.room.message/g1"),
+            Some(&guest),
+            Some(json!({"msgtype": "m.text", "body": "hi from a guest"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let (s, b) = app.call("GET", &format!("/_matrix/client/v3/rooms/{room}/messages?dir=b"), Some(&guest), None).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let (s, b) = app
+        .call(
+            "PUT",
+            &format!("/_matrix/client/v3/profile/{guest_id}/displayname"),
+            Some(&guest),
+            Some(json!({"displayname": "Visitor"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let (s, b) = app
+        .call(
+            "PUT",
+            &format!("/_matrix/client/v3/profile/{guest_id}/avatar_url"),
+            Some(&guest),
+            Some(json!({"avatar_url": "mxc://localhost/a"})),
+        )
+        .await;
+    assert_eq!((s, b["errcode"].as_str()), (StatusCode::FORBIDDEN, Some("M_GUEST_ACCESS_FORBIDDEN")), "{b}");
+    let (s, b) =
+        app.call("POST", &format!("/_matrix/client/v3/rooms/{room}/leave"), Some(&guest), Some(json!({}))).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
     app.db.cleanup().await;
 }
