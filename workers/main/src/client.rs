@@ -241,7 +241,7 @@ pub(crate) fn routes() -> Router<MainState> {
             .route(&format!("/_matrix/client/{v}/profile/{{user_id}}"), get(profile::get_profile))
             .route(
                 &format!("/_matrix/client/{v}/profile/{{user_id}}/{{field}}"),
-                get(profile::get_field).put(profile::put_field),
+                get(profile::get_field).put(profile::put_field).delete(profile::delete_field),
             );
     }
     r.route("/_matrix/client/v1/login/get_token", post(account::get_login_token))

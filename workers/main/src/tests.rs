@@ -105,6 +105,7 @@ on_both_backends!(
     expired_access_tokens_are_a_soft_logout,
     login_tokens_from_get_token_are_single_use,
     expired_login_tokens_are_refused,
+    extended_profile_fields,
     guests_are_limited_to_their_endpoints,
 );
 
@@ -2348,5 +2349,58 @@ async fn guests_are_limited_to_their_endpoints(backend: Backend) {
     let (s, b) =
         app.call("POST", &format!("/_matrix/client/v3/rooms/{room}/leave"), Some(&guest), Some(json!({}))).await;
     assert_eq!(s, StatusCode::OK, "{b}");
+    app.db.cleanup().await;
+}
+
+async fn extended_profile_fields(backend: Backend) {
+    let app = app(backend, |_| {}).await;
+    let alice = app.register("alice").await;
+    let bob = app.register("bob").await;
+    let field = |key: &str| format!("/_matrix/client/v3/profile/@alice:localhost/{key}");
+    let (s, b) = app.call("PUT", &field("m.tz"), Some(&alice), Some(json!({"m.tz": "Europe/Paris"}))).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let (s, b) =
+        app.call("PUT", &field("com.example.pets"), Some(&alice), Some(json!({"com.example.pets": ["cat", 2]}))).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let (s, _) = app.call("PUT", &field("displayname"), Some(&alice), Some(json!({"displayname": "Alice"}))).await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, b) = app.call("GET", "/_matrix/client/v3/profile/@alice:localhost", None, None).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    assert_eq!(b, json!({"displayname": "Alice", "m.tz": "Europe/Paris", "com.example.pets": ["cat", 2]}));
+    let (s, b) = app.call("GET", &field("com.example.pets"), None, None).await;
+    assert_eq!((s, b), (StatusCode::OK, json!({"com.example.pets": ["cat", 2]})));
+
+    // Errors: the owner only, valid keys, the body holding the key, m.tz a string, size limits.
+    let (s, b) = app.call("PUT", &field("m.tz"), Some(&bob), Some(json!({"m.tz": "UTC"}))).await;
+    assert_eq!((s, b["errcode"].as_str()), (StatusCode::FORBIDDEN, Some("M_FORBIDDEN")));
+    let (s, b) = app.call("DELETE", &field("m.tz"), Some(&bob), None).await;
+    assert_eq!((s, b["errcode"].as_str()), (StatusCode::FORBIDDEN, Some("M_FORBIDDEN")));
+    let (s, b) = app.call("PUT", &field("m.tz"), Some(&alice), Some(json!({"m.tz": 2}))).await;
+    assert_eq!((s, b["errcode"].as_str()), (StatusCode::BAD_REQUEST, Some("M_INVALID_PARAM")));
+    let (s, b) = app.call("PUT", &field("Nope"), Some(&alice), Some(json!({"Nope": 1}))).await;
+    assert_eq!((s, b["errcode"].as_str()), (StatusCode::BAD_REQUEST, Some("M_INVALID_PARAM")));
+    let (s, b) = app.call("PUT", &field("com.example.a"), Some(&alice), Some(json!({"other": 1}))).await;
+    assert_eq!((s, b["errcode"].as_str()), (StatusCode::BAD_REQUEST, Some("M_MISSING_PARAM")));
+    let long_key = format!("com.{}", "a".repeat(300));
+    let (s, b) = app.call("PUT", &field(&long_key), Some(&alice), Some(json!({ long_key.clone(): 1 }))).await;
+    assert_eq!((s, b["errcode"].as_str()), (StatusCode::BAD_REQUEST, Some("M_KEY_TOO_LARGE")));
+    let big = "x".repeat(40_000);
+    let (s, b) = app.call("PUT", &field("com.example.big"), Some(&alice), Some(json!({"com.example.big": big}))).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let (s, b) =
+        app.call("PUT", &field("com.example.more"), Some(&alice), Some(json!({"com.example.more": big}))).await;
+    assert_eq!((s, b["errcode"].as_str()), (StatusCode::BAD_REQUEST, Some("M_PROFILE_TOO_LARGE")), "{b}");
+
+    // DELETE removes custom fields and the standard ones alike.
+    for key in ["com.example.big", "com.example.pets", "displayname"] {
+        let (s, b) = app.call("DELETE", &field(key), Some(&alice), None).await;
+        assert_eq!(s, StatusCode::OK, "{key}: {b}");
+    }
+    let (s, b) = app.call("GET", &field("com.example.pets"), None, None).await;
+    assert_eq!((s, b["errcode"].as_str()), (StatusCode::NOT_FOUND, Some("M_NOT_FOUND")));
+    let (_, b) = app.call("GET", "/_matrix/client/v3/profile/@alice:localhost", None, None).await;
+    assert_eq!(b, json!({"m.tz": "Europe/Paris"}));
+    let (s, b) = app.call("GET", "/_matrix/client/v3/profile/@nobody:localhost", None, None).await;
+    assert_eq!((s, b["errcode"].as_str()), (StatusCode::NOT_FOUND, Some("M_NOT_FOUND")));
     app.db.cleanup().await;
 }

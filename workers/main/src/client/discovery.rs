@@ -41,6 +41,7 @@ pub(crate) async fn capabilities(State(d): State<Discovery>, _user: AuthUser) ->
             "m.set_avatar_url": { "enabled": true },
             "m.3pid_changes": { "enabled": false },
             "m.get_login_token": { "enabled": true },
+            "m.profile_fields": { "enabled": true },
         }
     }))
 }
