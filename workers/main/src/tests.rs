@@ -107,6 +107,7 @@ on_both_backends!(
     expired_login_tokens_are_refused,
     extended_profile_fields,
     guests_are_limited_to_their_endpoints,
+    search_groups_results_and_includes_state,
 );
 
 async fn registration_follows_uia_and_validates_usernames(backend: Backend) {
@@ -2402,5 +2403,67 @@ async fn extended_profile_fields(backend: Backend) {
     assert_eq!(b, json!({"m.tz": "Europe/Paris"}));
     let (s, b) = app.call("GET", "/_matrix/client/v3/profile/@nobody:localhost", None, None).await;
     assert_eq!((s, b["errcode"].as_str()), (StatusCode::NOT_FOUND, Some("M_NOT_FOUND")));
+    app.db.cleanup().await;
+}
+
+async fn search_groups_results_and_includes_state(backend: Backend) {
+    let app = app(backend, |_| {}).await;
+    let alice = app.register("alice").await;
+    let bob = app.register("bob").await;
+    let first = create(&app, &alice, json!({"name": "First", "preset": "public_chat"})).await;
+    let second = create(&app, &alice, json!({"name": "Second"})).await;
+    let (s, _) = app.call("POST", &format!("/_matrix/client/v3/rooms/{first}/join"), Some(&bob), Some(json!({}))).await;
+    assert_eq!(s, StatusCode::OK);
+    for (i, (room, token)) in [(&first, &alice), (&first, &bob), (&second, &alice)].into_iter().enumerate() {
+        let (s, _) = app
+            .call(
+                "PUT",
+                &format!("/_matrix/client/v3/rooms/{room}/send/m.room.message/g{i}"),
+                Some(token),
+                Some(json!({"msgtype": "m.text", "body": format!("pumpkin soup {i}")})),
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK);
+    }
+    let body = json!({"search_categories": {"room_events": {
+        "search_term": "pumpkin",
+        "include_state": true,
+        "groupings": {"group_by": [{"key": "room_id"}, {"key": "sender"}]},
+    }}});
+    let (s, b) = app.call("POST", "/_matrix/client/v3/search", Some(&alice), Some(body)).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let re = &b["search_categories"]["room_events"];
+    assert_eq!(re["count"], 3);
+    let by_room = re["groups"]["room_id"].as_object().unwrap();
+    assert_eq!(by_room[&first]["results"].as_array().unwrap().len(), 2, "{re}");
+    assert_eq!(by_room[&second]["results"].as_array().unwrap().len(), 1, "{re}");
+    let by_sender = re["groups"]["sender"].as_object().unwrap();
+    assert_eq!(by_sender["@alice:localhost"]["results"].as_array().unwrap().len(), 2, "{re}");
+    assert_eq!(by_sender["@bob:localhost"]["results"].as_array().unwrap().len(), 1, "{re}");
+    assert!(by_sender["@bob:localhost"]["order"].is_number());
+    for room in [&first, &second] {
+        let state = re["state"][room.as_str()].as_array().unwrap();
+        assert!(state.iter().any(|e| e["type"] == "m.room.create"), "{room}: {state:?}");
+    }
+    let (s, b) = app
+        .call(
+            "POST",
+            "/_matrix/client/v3/search",
+            Some(&alice),
+            Some(json!({"search_categories": {"room_events": {"search_term": "pumpkin", "groupings": {"group_by": [{"key": "type"}]}}}})),
+        )
+        .await;
+    assert_eq!((s, b["errcode"].as_str()), (StatusCode::BAD_REQUEST, Some("M_INVALID_PARAM")), "{b}");
+    // Without groupings or include_state the response has neither.
+    let (_, b) = app
+        .call(
+            "POST",
+            "/_matrix/client/v3/search",
+            Some(&alice),
+            Some(json!({"search_categories": {"room_events": {"search_term": "pumpkin"}}})),
+        )
+        .await;
+    let re = &b["search_categories"]["room_events"];
+    assert!(re.get("groups").is_none() && re.get("state").is_none(), "{re}");
     app.db.cleanup().await;
 }
