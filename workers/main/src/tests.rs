@@ -101,6 +101,7 @@ on_both_backends!(
     timestamp_to_event_finds_the_nearest_visible_event,
     room_upgrade_tombstones_and_carries_state_over,
     room_upgrade_by_a_moderator_keeps_their_level,
+    versions_and_capabilities_advertise_what_is_served,
     refresh_tokens_rotate_and_expire,
     expired_access_tokens_are_a_soft_logout,
     login_tokens_from_get_token_are_single_use,
@@ -2465,5 +2466,25 @@ async fn search_groups_results_and_includes_state(backend: Backend) {
         .await;
     let re = &b["search_categories"]["room_events"];
     assert!(re.get("groups").is_none() && re.get("state").is_none(), "{re}");
+    app.db.cleanup().await;
+}
+
+async fn versions_and_capabilities_advertise_what_is_served(backend: Backend) {
+    let app = app(backend, |_| {}).await;
+    let (s, b) = app.call("GET", "/_matrix/client/versions", None, None).await;
+    assert_eq!(s, StatusCode::OK);
+    let versions: Vec<&str> = b["versions"].as_array().unwrap().iter().filter_map(Value::as_str).collect();
+    for v in ["v1.1", "v1.3", "v1.7", "v1.16"] {
+        assert!(versions.contains(&v), "{v} in {versions:?}");
+    }
+    assert_eq!(b["unstable_features"]["org.matrix.simplified_msc3575"], true);
+    // v1.15: with no OAuth 2.0 server, auth_metadata answers that the API is not supported.
+    let (s, b) = app.call("GET", "/_matrix/client/v1/auth_metadata", None, None).await;
+    assert_eq!((s, b["errcode"].as_str()), (StatusCode::NOT_FOUND, Some("M_UNRECOGNIZED")));
+    let alice = app.register("alice").await;
+    let (s, b) = app.call("GET", "/_matrix/client/v3/capabilities", Some(&alice), None).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    assert_eq!(b["capabilities"]["m.get_login_token"]["enabled"], true);
+    assert_eq!(b["capabilities"]["m.profile_fields"]["enabled"], true);
     app.db.cleanup().await;
 }
