@@ -171,6 +171,34 @@ impl UserStore {
         Ok(())
     }
 
+    /// Turns a guest account into a full one with `password_hash`. Returns false when the user is
+    /// not a guest (any more).
+    ///
+    /// # Errors
+    /// On database failure.
+    pub async fn upgrade_guest(&self, user_id: &UserId, password_hash: Option<&str>) -> Result<bool> {
+        let res = sqlx::query(
+            "UPDATE users SET is_guest = 0, password_hash = $1 WHERE user_id = $2 AND is_guest <> 0 AND deactivated = 0",
+        )
+        .bind(password_hash)
+        .bind(user_id.as_str())
+        .execute(self.db.pool())
+        .await?;
+        Ok(res.rows_affected() > 0)
+    }
+
+    /// Whether a user is a guest (unknown users are not).
+    ///
+    /// # Errors
+    /// On database failure.
+    pub async fn is_guest(&self, user_id: &UserId) -> Result<bool> {
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM users WHERE user_id = $1 AND is_guest <> 0")
+            .bind(user_id.as_str())
+            .fetch_one(self.db.pool())
+            .await?;
+        Ok(n > 0)
+    }
+
     /// A user's profile fields other than `displayname` and `avatar_url`, by key.
     ///
     /// # Errors

@@ -75,6 +75,8 @@ pub(crate) struct Discovery {
 #[derive(Debug, Clone)]
 pub(crate) struct Rooms {
     events: EventStore,
+    /// For guest checks (`m.room.guest_access`).
+    users: UserStore,
     limits: Arc<Limits>,
     writer: Arc<EventWriter>,
     default_version: ruma::RoomVersionId,
@@ -244,7 +246,7 @@ impl MainState {
         Ok(Self {
             auth: Authenticator::new(users.clone()),
             accounts: Accounts {
-                users,
+                users: users.clone(),
                 limits: limits.clone(),
                 server_name: server_name.clone(),
                 hasher,
@@ -260,7 +262,7 @@ impl MainState {
                 well_known_server: config.well_known.server.clone(),
                 default_room_version: config.rooms.default_version.clone(),
             },
-            rooms: Rooms { events: events.clone(), limits, writer, default_version },
+            rooms: Rooms { events: events.clone(), users: users.clone(), limits, writer, default_version },
             user_data,
             keys,
             ephemeral: Ephemeral {

@@ -2351,6 +2351,44 @@ async fn guests_are_limited_to_their_endpoints(backend: Backend) {
     let (s, b) =
         app.call("POST", &format!("/_matrix/client/v3/rooms/{room}/leave"), Some(&guest), Some(json!({}))).await;
     assert_eq!(s, StatusCode::OK, "{b}");
+    let (s, b) =
+        app.call("POST", &format!("/_matrix/client/v3/rooms/{room}/join"), Some(&guest), Some(json!({}))).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    // Closing the room to guests makes its guests leave; members stay.
+    let (s, b) = app
+        .call(
+            "PUT",
+            &format!("/_matrix/client/v3/rooms/{room}/state/m.room.guest_access"),
+            Some(&alice),
+            Some(json!({"guest_access": "forbidden"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    assert_eq!(membership_of(&app, &alice, &room, &guest_id).await.as_deref(), Some("leave"));
+    assert_eq!(membership_of(&app, &alice, &room, "@alice:localhost").await.as_deref(), Some("join"));
+
+    // A guest upgrades to a full account by registering with their token and localpart.
+    let localpart = guest_id.trim_start_matches('@').split(':').next().unwrap().to_owned();
+    let upgrade = |username: &str| json!({"username": username, "password": "pw2", "guest_access_token": guest, "auth": {"type": "m.login.dummy"}});
+    let (s, b) = app.call("POST", "/_matrix/client/v3/register", None, Some(upgrade("someoneelse"))).await;
+    assert_eq!((s, b["errcode"].as_str()), (StatusCode::FORBIDDEN, Some("M_FORBIDDEN")), "{b}");
+    let (s, b) = app.call("POST", "/_matrix/client/v3/register", None, Some(upgrade(&localpart))).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    assert_eq!(b["user_id"].as_str(), Some(guest_id.as_str()));
+    let full = b["access_token"].as_str().unwrap().to_owned();
+    let (s, b) = app.call("GET", "/_matrix/client/v3/account/whoami", Some(&full), None).await;
+    assert_eq!((s, b["is_guest"].as_bool()), (StatusCode::OK, Some(false)), "{b}");
+    let (s, b) = app.call("POST", "/_matrix/client/v3/createRoom", Some(&full), Some(json!({}))).await;
+    assert_eq!(s, StatusCode::OK, "an upgraded guest is a full user: {b}");
+    let (s, _) = app
+        .call(
+            "POST",
+            "/_matrix/client/v3/login",
+            None,
+            Some(json!({"type": "m.login.password", "user": localpart, "password": "pw2"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "and logs in with the new password");
     app.db.cleanup().await;
 }
 

@@ -43,6 +43,8 @@ pub(crate) struct RegisterBody {
     /// The client supports refresh tokens (spec v1.3).
     #[serde(default)]
     refresh_token: bool,
+    /// A guest upgrading their account (Guest Access module): their access token.
+    guest_access_token: Option<String>,
 }
 
 /// Checks a requested localpart and builds the user ID (`M_INVALID_USERNAME` otherwise).
@@ -139,13 +141,25 @@ pub(crate) async fn register(
         return Err(MatrixError::forbidden("Registration has been disabled"));
     }
     // Validate what can be validated before asking the client to authenticate, as Synapse does.
+    // A guest upgrading keeps their user ID, given as `username`.
+    let upgrading = match body.guest_access_token.as_deref() {
+        Some(t) => {
+            let who = accounts.users.whoami(&hash_token(t)).await?.filter(|w| w.is_guest);
+            let who = who.ok_or_else(|| MatrixError::forbidden("guest_access_token is not a guest's access token"))?;
+            if body.username.as_deref() != Some(who.user_id.localpart()) {
+                return Err(MatrixError::forbidden("username must be the guest's localpart"));
+            }
+            true
+        }
+        None => false,
+    };
     let user_id = match body.username.as_deref() {
         Some(name) => {
             let id = user_id_for(&name.to_lowercase(), &accounts)?;
             if name.chars().any(|c| c.is_uppercase()) {
                 return Err(MatrixError::invalid_username("User ID must be lowercase"));
             }
-            if accounts.users.user_exists(&id).await? {
+            if !upgrading && accounts.users.user_exists(&id).await? {
                 return Err(MatrixError::user_in_use("User ID already taken."));
             }
             Some(id)
@@ -233,7 +247,17 @@ pub(crate) async fn register(
         Some(p) => Some(accounts.hasher.hash(p).await.map_err(MatrixError::internal)?),
         None => None,
     };
-    match accounts.users.create_user(&user_id, hash.as_deref(), false).await {
+    let created = if upgrading {
+        // Only a guest account is upgraded: a second upgrade finds a full account and is refused.
+        if accounts.users.upgrade_guest(&user_id, hash.as_deref()).await? {
+            Ok(())
+        } else {
+            Err(ganglion_storage::Error::Conflict(format!("{user_id} is not a guest")))
+        }
+    } else {
+        accounts.users.create_user(&user_id, hash.as_deref(), false).await
+    };
+    match created {
         Ok(()) => {}
         Err(ganglion_storage::Error::Conflict(_)) => return Err(MatrixError::user_in_use("User ID already taken.")),
         Err(e) => return Err(e.into()),
