@@ -207,12 +207,12 @@ pub(crate) const KEYS: &[KeyDoc] = &[
     key(
         "sessions.refreshable_access_token_lifetime_secs",
         Kind::Uint(u32::MAX as u64),
-        "Seconds an access token issued with a refresh token lives; tokens without one never expire.",
+        "Seconds (at least 1) an access token issued with a refresh token lives; tokens without one never expire.",
     ),
     key(
         "sessions.login_token_lifetime_secs",
         Kind::Uint(u32::MAX as u64),
-        "Seconds a login token from /login/get_token stays usable (once).",
+        "Seconds (at least 1) a login token from /login/get_token stays usable (once).",
     ),
     key("password_hashing", Kind::Section, "Argon2id password hashing cost."),
     key(
