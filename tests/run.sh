@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test: unit, storage (SQLite and PostgreSQL) and end-to-end (real processes behind
 # nginx). Starts what the tests need when it is missing: PostgreSQL on 127.0.0.1:5432 (trust auth),
-# Redis on 127.0.0.1:6379, and the nginx and haproxy binaries (Debian packages).
+# Redis on 127.0.0.1:6379, the nginx and haproxy binaries, and Node.js with npm for the
+# matrix-js-sdk test (Debian packages; the test installs its npm packages itself with `npm ci`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -10,6 +11,8 @@ log() { printf '==> %s\n' "$*"; }
 need_apt=()
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need_apt+=(nginx-light)
 command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || need_apt+=(haproxy)
+command -v node >/dev/null 2>&1 || need_apt+=(nodejs)
+command -v npm >/dev/null 2>&1 || need_apt+=(npm)
 if [ ${#need_apt[@]} -gt 0 ]; then
   log "installing ${need_apt[*]}"
   export DEBIAN_FRONTEND=noninteractive
@@ -20,6 +23,12 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   [ -e /usr/sbin/policy-rc.d ] || cp /usr/sbin/policy-rc.d.ganglion /usr/sbin/policy-rc.d
   apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
   rm -f /usr/sbin/policy-rc.d.ganglion
+fi
+
+# matrix-js-sdk (pinned in tests/js/package.json) is built for Node 20 and later.
+node_major=$(node -p 'process.versions.node.split(".")[0]' 2>/dev/null || echo 0)
+if [ "$node_major" -lt 20 ]; then
+  log "warning: Node $(node --version 2>/dev/null || echo missing) is older than 20; the matrix-js-sdk test may fail"
 fi
 
 # A local S3 (moto) for the media store's S3 backend tests.

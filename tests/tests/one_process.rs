@@ -631,3 +631,29 @@ async fn lazy_loaded_members_and_room_summaries() {
     let inc = alice.call("GET", &path, None).await.unwrap().body;
     assert!(members_in(&inc).contains(&"@carol:localhost".to_owned()), "{inc}");
 }
+
+/// A profile change is a join → join member event: incremental sync sends just that event, not
+/// the room's history again as if the user had newly joined (matrix-js-sdk warned of duplicates).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_profile_change_does_not_resend_the_room() {
+    let server = OneProcess::start().await.expect("server starts");
+    let alice = RawClient::register(&server.url, "alice").await.expect("alice registers");
+    let created = alice.call("POST", "/_matrix/client/v3/createRoom", Some(&json!({"name": "Quiet"}))).await.unwrap();
+    assert_eq!(created.status, 200, "{created:?}");
+    let room_id = created.body["room_id"].as_str().unwrap().to_owned();
+    let initial = alice.sync(None, 0).await.unwrap();
+    assert!(initial["rooms"]["join"][room_id.as_str()].is_object(), "{initial}");
+    let since = initial["next_batch"].as_str().unwrap().to_owned();
+
+    let path = format!("/_matrix/client/v3/profile/{}/displayname", alice.user_id);
+    let put = alice.call("PUT", &path, Some(&json!({"displayname": "Alice A."}))).await.unwrap();
+    assert_eq!(put.status, 200, "{put:?}");
+    let resp = alice
+        .sync_until(&since, |r| r["rooms"]["join"][room_id.as_str()]["timeline"]["events"].is_array())
+        .await
+        .expect("the new member event arrives");
+    let events = resp["rooms"]["join"][room_id.as_str()]["timeline"]["events"].as_array().unwrap().clone();
+    let types: Vec<&str> = events.iter().filter_map(|e| e["type"].as_str()).collect();
+    assert_eq!(types, vec!["m.room.member"], "only the changed member event: {resp}");
+    assert_eq!(events[0]["content"]["displayname"], "Alice A.");
+}

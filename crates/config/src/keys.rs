@@ -198,6 +198,22 @@ pub(crate) const KEYS: &[KeyDoc] = &[
         Kind::Bool,
         "Require a registration token (created by an admin through /_synapse/admin/v1/registration_tokens/new).",
     ),
+    key(
+        "registration.guest_access",
+        Kind::Bool,
+        "Allow guest accounts (`register?kind=guest`), limited to the endpoints the spec lists for guests.",
+    ),
+    key("sessions", Kind::Section, "Login sessions: refresh tokens and login tokens."),
+    key(
+        "sessions.refreshable_access_token_lifetime_secs",
+        Kind::Uint(u32::MAX as u64),
+        "Seconds (at least 1) an access token issued with a refresh token lives; tokens without one never expire.",
+    ),
+    key(
+        "sessions.login_token_lifetime_secs",
+        Kind::Uint(u32::MAX as u64),
+        "Seconds (at least 1) a login token from /login/get_token stays usable (once).",
+    ),
     key("password_hashing", Kind::Section, "Argon2id password hashing cost."),
     key(
         "password_hashing.memory_kib",

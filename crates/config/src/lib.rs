@@ -58,6 +58,8 @@ pub struct Config {
     pub rpc: RpcConfig,
     /// Who may register.
     pub registration: RegistrationConfig,
+    /// Refresh tokens and login tokens.
+    pub sessions: SessionsConfig,
     /// Argon2 password hashing cost.
     pub password_hashing: PasswordHashingConfig,
     /// Room defaults.
@@ -163,6 +165,26 @@ pub struct RegistrationConfig {
     /// Require a registration token (`m.login.registration_token`), created by an admin through
     /// `/_synapse/admin/v1/registration_tokens/new`. Default: false.
     pub require_token: bool,
+    /// Let `register?kind=guest` create guest accounts, limited to the endpoints the spec's Guest
+    /// Access module lists. Default: false (`M_GUEST_ACCESS_FORBIDDEN`).
+    pub guest_access: bool,
+}
+
+/// Login sessions: refresh tokens and login tokens.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct SessionsConfig {
+    /// Lifetime in seconds of an access token issued with a refresh token (a client asked with
+    /// `refresh_token: true`); other access tokens never expire. Default: 300.
+    pub refreshable_access_token_lifetime_secs: u64,
+    /// Lifetime in seconds of a login token from `/login/get_token`. Default: 120.
+    pub login_token_lifetime_secs: u64,
+}
+
+impl Default for SessionsConfig {
+    fn default() -> Self {
+        Self { refreshable_access_token_lifetime_secs: 300, login_token_lifetime_secs: 120 }
+    }
 }
 
 /// Argon2id cost parameters.
@@ -442,6 +464,7 @@ impl Default for Config {
             redis: RedisConfig::default(),
             rpc: RpcConfig::default(),
             registration: RegistrationConfig::default(),
+            sessions: SessionsConfig::default(),
             password_hashing: PasswordHashingConfig::default(),
             rooms: RoomsConfig::default(),
             telemetry: TelemetryConfig::default(),

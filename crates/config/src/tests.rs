@@ -311,6 +311,7 @@ fn validation_reports_every_problem() {
         rooms: RoomsConfig { default_version: "13".to_owned() },
         telemetry: TelemetryConfig { log_level: "info,[".to_owned(), ..TelemetryConfig::default() },
         limits: LimitsConfig { max_request_body_bytes: 0, max_sync_timeout_ms: 0 },
+        sessions: SessionsConfig { refreshable_access_token_lifetime_secs: 0, login_token_lifetime_secs: 0 },
         ..Config::default()
     };
     let error = config.validate().unwrap_err();
@@ -328,6 +329,8 @@ fn validation_reports_every_problem() {
             "telemetry.log_level",
             "limits.max_request_body_bytes",
             "limits.max_sync_timeout_ms",
+            "sessions.refreshable_access_token_lifetime_secs",
+            "sessions.login_token_lifetime_secs",
         ]
     );
     assert!(!error.to_string().contains('\n'));

@@ -131,6 +131,13 @@ impl Config {
             problem("limits.max_sync_timeout_ms", "must be at least 1".to_owned());
         }
 
+        if self.sessions.refreshable_access_token_lifetime_secs == 0 {
+            problem("sessions.refreshable_access_token_lifetime_secs", "must be at least 1".to_owned());
+        }
+        if self.sessions.login_token_lifetime_secs == 0 {
+            problem("sessions.login_token_lifetime_secs", "must be at least 1".to_owned());
+        }
+
         if let Some(server) = &self.well_known.server
             && <&ServerName>::try_from(server.as_str()).is_err()
         {

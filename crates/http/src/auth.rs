@@ -24,6 +24,12 @@ impl Authenticator {
     }
 }
 
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    i64::try_from(now.as_millis()).unwrap_or(i64::MAX)
+}
+
 /// A fresh access token: 32 random bytes, URL-safe base64, with a recognisable prefix.
 pub fn new_access_token() -> String {
     let bytes: [u8; 32] = rand::random();
@@ -84,7 +90,8 @@ fn percent_decode(s: &str) -> String {
 }
 
 /// The authenticated user of a request. Missing token → `M_MISSING_TOKEN`; unknown or revoked →
-/// `M_UNKNOWN_TOKEN`.
+/// `M_UNKNOWN_TOKEN`; expired (a token that came with a refresh token) → `M_UNKNOWN_TOKEN` with
+/// `soft_logout: true`; a guest on an endpoint guests may not use → `M_GUEST_ACCESS_FORBIDDEN`.
 #[derive(Debug, Clone)]
 pub struct AuthUser {
     /// The user.
@@ -93,8 +100,74 @@ pub struct AuthUser {
     pub device_id: OwnedDeviceId,
     /// Whether the user is a server admin.
     pub is_admin: bool,
+    /// Whether this is a guest account, limited to [`guest_may_use`] endpoints.
+    pub is_guest: bool,
     /// The hash of the token used, for logout.
     pub token_hash: String,
+}
+
+/// Endpoints the spec's Guest Access module lets guests use (method, path after
+/// `/_matrix/client/{version}/`, `*` standing for one segment), plus the everyday ones a guest
+/// client needs to show a room it joined: typing, receipts, read markers, its own account data,
+/// profiles, the public room list, key changes and logout.
+const GUEST_ENDPOINTS: &[(&str, &str)] = &[
+    ("GET", "rooms/*/state"),
+    ("GET", "rooms/*/context/*"),
+    ("GET", "rooms/*/event/*"),
+    ("GET", "rooms/*/state/*"),
+    ("GET", "rooms/*/state/*/*"),
+    ("GET", "rooms/*/messages"),
+    ("GET", "rooms/*/members"),
+    ("GET", "rooms/*/initialSync"),
+    ("GET", "sync"),
+    ("GET", "events"),
+    ("GET", "media/download/*/*"),
+    ("GET", "media/download/*/*/*"),
+    ("GET", "media/thumbnail/*/*"),
+    ("POST", "rooms/*/join"),
+    ("POST", "join/*"),
+    ("POST", "rooms/*/leave"),
+    ("PUT", "rooms/*/send/*/*"),
+    ("PUT", "rooms/*/state/*"),
+    ("PUT", "rooms/*/state/*/*"),
+    ("PUT", "sendToDevice/*/*"),
+    ("PUT", "profile/*/displayname"),
+    ("GET", "profile/*"),
+    ("GET", "profile/*/*"),
+    ("GET", "devices"),
+    ("GET", "devices/*"),
+    ("PUT", "devices/*"),
+    ("GET", "account/whoami"),
+    ("POST", "keys/upload"),
+    ("POST", "keys/query"),
+    ("POST", "keys/claim"),
+    ("GET", "keys/changes"),
+    ("PUT", "rooms/*/typing/*"),
+    ("POST", "rooms/*/receipt/*/*"),
+    ("POST", "rooms/*/read_markers"),
+    ("GET", "user/*/account_data/*"),
+    ("PUT", "user/*/account_data/*"),
+    ("GET", "user/*/rooms/*/account_data/*"),
+    ("PUT", "user/*/rooms/*/account_data/*"),
+    ("GET", "publicRooms"),
+    ("POST", "publicRooms"),
+    ("GET", "capabilities"),
+    ("GET", "pushrules/"),
+    ("POST", "logout"),
+];
+
+/// Whether a guest may call `method path` (a full request path, e.g. `/_matrix/client/v3/sync`).
+pub fn guest_may_use(method: &http::Method, path: &str) -> bool {
+    let Some(rest) = path.strip_prefix("/_matrix/client/") else { return false };
+    // Drop the version segment (`r0`, `v3`, `v1`, `unstable`).
+    let Some((_, rest)) = rest.split_once('/') else { return false };
+    let segments: Vec<&str> = rest.split('/').collect();
+    GUEST_ENDPOINTS.iter().any(|(m, pattern)| {
+        let pattern: Vec<&str> = pattern.split('/').collect();
+        *m == method.as_str()
+            && pattern.len() == segments.len()
+            && pattern.iter().zip(&segments).all(|(p, s)| *p == "*" || p == s)
+    })
 }
 
 impl<S> FromRequestParts<S> for AuthUser
@@ -110,8 +183,20 @@ where
         let token_hash = hash_token(&token);
         let who = auth.users.whoami(&token_hash).await?;
         let who = who.ok_or_else(|| MatrixError::unknown_token("Unknown access token"))?;
+        if who.expires_ts.is_some_and(|t| t <= now_ms()) {
+            return Err(MatrixError::unknown_token("Access token has expired").with("soft_logout", true.into()));
+        }
+        if who.is_guest && !guest_may_use(&parts.method, parts.uri.path()) {
+            return Err(MatrixError::guest_access_forbidden("Guest access is not allowed on this endpoint"));
+        }
         tracing::Span::current().record("user_id", who.user_id.as_str());
-        Ok(Self { user_id: who.user_id, device_id: who.device_id, is_admin: who.is_admin, token_hash })
+        Ok(Self {
+            user_id: who.user_id,
+            device_id: who.device_id,
+            is_admin: who.is_admin,
+            is_guest: who.is_guest,
+            token_hash,
+        })
     }
 }
 
@@ -126,6 +211,19 @@ mod tests {
         assert_ne!(a, b);
         assert!(a.len() >= 4 + 43);
         assert_eq!(hash_token("abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+    }
+
+    #[test]
+    fn guests_reach_only_their_endpoints() {
+        let get = http::Method::GET;
+        let post = http::Method::POST;
+        assert!(guest_may_use(&get, "/_matrix/client/v3/sync"));
+        assert!(guest_may_use(&get, "/_matrix/client/r0/rooms/!a:x/messages"));
+        assert!(guest_may_use(&post, "/_matrix/client/v3/rooms/!a:x/join"));
+        assert!(!guest_may_use(&post, "/_matrix/client/v3/createRoom"));
+        assert!(!guest_may_use(&post, "/_matrix/client/v3/rooms/!a:x/messages"));
+        assert!(!guest_may_use(&get, "/_matrix/client/v3/rooms/!a:x/messages/extra"));
+        assert!(!guest_may_use(&get, "/_synapse/admin/v1/registration_tokens"));
     }
 
     #[test]

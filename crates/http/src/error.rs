@@ -61,6 +61,8 @@ constructors! {
     room_in_use => BAD_REQUEST, "M_ROOM_IN_USE";
     /// 400 `M_INVALID_ROOM_STATE`.
     invalid_room_state => BAD_REQUEST, "M_INVALID_ROOM_STATE";
+    /// 403 `M_GUEST_ACCESS_FORBIDDEN`: guests may not do this.
+    guest_access_forbidden => FORBIDDEN, "M_GUEST_ACCESS_FORBIDDEN";
     /// 403 `M_USER_DEACTIVATED`.
     user_deactivated => FORBIDDEN, "M_USER_DEACTIVATED";
     /// 400 `M_UNKNOWN_POS`-style invalid tokens are `M_INVALID_PARAM`; this is `M_UNKNOWN` 404 for gone things.

@@ -21,6 +21,7 @@ mod migrate;
 mod presence;
 mod relations;
 mod reports;
+mod sessions;
 mod users;
 
 use std::str::FromStr;
@@ -44,6 +45,7 @@ pub use migrate::{SCHEMA_VERSION, SchemaStatus};
 pub use presence::{Presence, PresenceStore};
 pub use relations::{RelationFilter, RelationRow};
 pub use reports::{Report, ReportStore};
+pub use sessions::NewRefresh;
 pub use users::{DeviceInfo, UserStore, Whoami};
 
 /// A storage failure. Absence of a row is never an error: look-ups return `Option`.

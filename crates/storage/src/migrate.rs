@@ -102,10 +102,16 @@ const MIGRATIONS: &[Migration] = &[
         postgres: include_str!("../../../migrations/postgres/0015_dehydrated_devices_and_signatures.sql"),
         sqlite: include_str!("../../../migrations/sqlite/0015_dehydrated_devices_and_signatures.sql"),
     },
+    Migration {
+        version: 16,
+        name: "sessions_and_profiles",
+        postgres: include_str!("../../../migrations/postgres/0016_sessions_and_profiles.sql"),
+        sqlite: include_str!("../../../migrations/sqlite/0016_sessions_and_profiles.sql"),
+    },
 ];
 
 /// The schema version this build reads and writes: the highest migration's version.
-pub const SCHEMA_VERSION: i64 = 15;
+pub const SCHEMA_VERSION: i64 = 16;
 
 /// How the database's schema compares with this build's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

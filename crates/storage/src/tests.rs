@@ -19,6 +19,7 @@ macro_rules! on_both_backends {
 on_both_backends!(
     migrations_are_idempotent_and_current,
     users_tokens_and_devices,
+    refresh_login_tokens_guests_and_profile_fields,
     uia_sessions_round_trip,
     persist_tracks_state_extremities_and_txns,
     pagination_and_ranges,
@@ -260,6 +261,47 @@ async fn users_tokens_and_devices(t: &TestDb) {
     assert!(users.whoami("h2").await.unwrap().is_some());
     users.delete_access_token("h2").await.unwrap();
     assert!(users.whoami("h2").await.unwrap().is_none());
+}
+
+async fn refresh_login_tokens_guests_and_profile_fields(t: &TestDb) {
+    let users = UserStore::new(t.db.clone());
+    let alice = owned_user_id!("@alice:example.org");
+    users.create_user(&alice, None, false).await.unwrap();
+    let r1 = crate::NewRefresh { refresh_hash: "r1", expires_ts: 42 };
+    users.start_session("a1", &alice, "DEV", Some(r1)).await.unwrap();
+    assert_eq!(users.whoami("a1").await.unwrap().unwrap().expires_ts, Some(42));
+    let r2 = crate::NewRefresh { refresh_hash: "r2", expires_ts: 43 };
+    let (user, device) = users.refresh_session("r1", "a2", r2).await.unwrap().unwrap();
+    assert_eq!((user.as_str(), device.as_str()), ("@alice:example.org", "DEV"));
+    assert!(users.whoami("a1").await.unwrap().is_some(), "the old access token lives until a2 is used");
+    assert!(users.whoami("a2").await.unwrap().is_some());
+    assert!(users.whoami("a1").await.unwrap().is_none(), "the first use of a2 retired r1 and a1");
+    let r3 = crate::NewRefresh { refresh_hash: "r3", expires_ts: 44 };
+    assert!(users.refresh_session("r1", "a3", r3).await.unwrap().is_none());
+    assert!(users.refresh_session("nope", "a3", r3).await.unwrap().is_none());
+    users.delete_access_token("a2").await.unwrap();
+    assert!(users.refresh_session("r2", "a3", r3).await.unwrap().is_none(), "logout ends the refresh token");
+
+    users.create_login_token("l1", &alice, i64::MAX).await.unwrap();
+    assert_eq!(users.take_login_token("l1").await.unwrap(), Some(alice.clone()));
+    assert_eq!(users.take_login_token("l1").await.unwrap(), None, "single use");
+    users.create_login_token("l2", &alice, 1).await.unwrap();
+    assert_eq!(users.take_login_token("l2").await.unwrap(), None, "expired");
+
+    let guest = owned_user_id!("@123:example.org");
+    users.create_guest(&guest).await.unwrap();
+    users.add_access_token("g", &guest, "GDEV").await.unwrap();
+    assert!(users.whoami("g").await.unwrap().unwrap().is_guest);
+    assert!(matches!(users.create_guest(&guest).await, Err(Error::Conflict(_))));
+
+    users.set_profile_custom_field(&alice, "m.tz", &serde_json::json!("UTC")).await.unwrap();
+    users.set_profile_custom_field(&alice, "m.tz", &serde_json::json!("Europe/Paris")).await.unwrap();
+    assert_eq!(
+        users.profile_fields(&alice).await.unwrap(),
+        vec![("m.tz".to_owned(), serde_json::json!("Europe/Paris"))]
+    );
+    assert!(users.delete_profile_custom_field(&alice, "m.tz").await.unwrap());
+    assert!(!users.delete_profile_custom_field(&alice, "m.tz").await.unwrap());
 }
 
 async fn uia_sessions_round_trip(t: &TestDb) {

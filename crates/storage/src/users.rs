@@ -14,6 +14,10 @@ pub struct Whoami {
     pub device_id: OwnedDeviceId,
     /// Whether the user is a server admin.
     pub is_admin: bool,
+    /// Whether the account is a guest account (`register?kind=guest`).
+    pub is_guest: bool,
+    /// When the token expires (ms since the epoch); `None` for tokens without a refresh token.
+    pub expires_ts: Option<i64>,
 }
 
 /// A device as listed to its owner.
@@ -28,7 +32,7 @@ pub struct DeviceInfo {
 /// Users, devices, tokens and UIA sessions.
 #[derive(Debug, Clone)]
 pub struct UserStore {
-    db: Db,
+    pub(crate) db: Db,
 }
 
 impl UserStore {
@@ -138,31 +142,67 @@ impl UserStore {
     /// # Errors
     /// On database failure.
     pub async fn replace_device_tokens(&self, token_hash: &str, user_id: &UserId, device_id: &str) -> Result<()> {
+        self.start_session(token_hash, user_id, device_id, None).await
+    }
+
+    /// Replaces a device's tokens (access and refresh) with a new access token, which expires at
+    /// `refresh.expires_ts` and comes with refresh token `refresh.refresh_hash` when given.
+    ///
+    /// # Errors
+    /// On database failure.
+    pub async fn start_session(
+        &self,
+        token_hash: &str,
+        user_id: &UserId,
+        device_id: &str,
+        refresh: Option<crate::NewRefresh<'_>>,
+    ) -> Result<()> {
         let mut tx = self.db.pool().begin().await?;
-        sqlx::query("DELETE FROM access_tokens WHERE user_id = $1 AND device_id = $2")
-            .bind(user_id.as_str())
-            .bind(device_id)
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query("INSERT INTO access_tokens (token_hash, user_id, device_id, created_ts) VALUES ($1, $2, $3, $4)")
-            .bind(token_hash)
+        for table in ["access_tokens", "refresh_tokens"] {
+            sqlx::query(&format!("DELETE FROM {table} WHERE user_id = $1 AND device_id = $2"))
+                .bind(user_id.as_str())
+                .bind(device_id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        sqlx::query(
+            "INSERT INTO access_tokens (token_hash, user_id, device_id, created_ts, expires_ts, refresh_hash)
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(token_hash)
+        .bind(user_id.as_str())
+        .bind(device_id)
+        .bind(now_ms())
+        .bind(refresh.map(|r| r.expires_ts))
+        .bind(refresh.map(|r| r.refresh_hash))
+        .execute(&mut *tx)
+        .await?;
+        if let Some(r) = refresh {
+            sqlx::query(
+                "INSERT INTO refresh_tokens (token_hash, user_id, device_id, prev_hash, created_ts)
+                 VALUES ($1, $2, $3, NULL, $4)",
+            )
+            .bind(r.refresh_hash)
             .bind(user_id.as_str())
             .bind(device_id)
             .bind(now_ms())
             .execute(&mut *tx)
             .await?;
+        }
         tx.commit().await?;
         Ok(())
     }
 
-    /// Resolves a token hash to its user and device.
+    /// Resolves a token hash to its user and device. The first use of an access token issued by a
+    /// refresh revokes the refresh token it replaced (and that token's access token), as the spec
+    /// asks; expiry is left to the caller, which answers with a soft logout.
     ///
     /// # Errors
     /// On database failure or an undecodable stored ID.
     pub async fn whoami(&self, token_hash: &str) -> Result<Option<Whoami>> {
         let row = sqlx::query(
-            "SELECT t.user_id, t.device_id, u.is_admin FROM access_tokens t
-             JOIN users u ON u.user_id = t.user_id
+            "SELECT t.user_id, t.device_id, u.is_admin, u.is_guest, t.expires_ts, t.prev_refresh_hash
+             FROM access_tokens t JOIN users u ON u.user_id = t.user_id
              WHERE t.token_hash = $1 AND u.deactivated = 0",
         )
         .bind(token_hash)
@@ -172,9 +212,15 @@ impl UserStore {
         let user: String = row.try_get(0)?;
         let device: String = row.try_get(1)?;
         let admin: i64 = row.try_get(2)?;
+        let guest: i64 = row.try_get(3)?;
+        let expires_ts: Option<i64> = row.try_get(4)?;
+        let prev: Option<String> = row.try_get(5)?;
+        if let Some(prev) = prev {
+            self.retire_replaced_refresh_token(token_hash, &prev).await?;
+        }
         let user_id =
             OwnedUserId::try_from(user.as_str()).map_err(|e| Error::Decode(format!("user id {user}: {e}")))?;
-        Ok(Some(Whoami { user_id, device_id: device.into(), is_admin: admin != 0 }))
+        Ok(Some(Whoami { user_id, device_id: device.into(), is_admin: admin != 0, is_guest: guest != 0, expires_ts }))
     }
 
     /// Deletes one access token (logout).
@@ -182,7 +228,18 @@ impl UserStore {
     /// # Errors
     /// On database failure.
     pub async fn delete_access_token(&self, token_hash: &str) -> Result<()> {
-        sqlx::query("DELETE FROM access_tokens WHERE token_hash = $1").bind(token_hash).execute(self.db.pool()).await?;
+        let mut tx = self.db.pool().begin().await?;
+        // The refresh token issued with it, and one it replaced and has not retired yet, go too.
+        sqlx::query(
+            "DELETE FROM refresh_tokens WHERE token_hash IN
+               (SELECT refresh_hash FROM access_tokens WHERE token_hash = $1 AND refresh_hash IS NOT NULL
+                UNION SELECT prev_refresh_hash FROM access_tokens WHERE token_hash = $1 AND prev_refresh_hash IS NOT NULL)",
+        )
+        .bind(token_hash)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("DELETE FROM access_tokens WHERE token_hash = $1").bind(token_hash).execute(&mut *tx).await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -191,10 +248,10 @@ impl UserStore {
     /// # Errors
     /// On database failure.
     pub async fn delete_all_access_tokens(&self, user_id: &UserId) -> Result<()> {
-        sqlx::query("DELETE FROM access_tokens WHERE user_id = $1")
-            .bind(user_id.as_str())
-            .execute(self.db.pool())
-            .await?;
+        let mut tx = self.db.pool().begin().await?;
+        sqlx::query("DELETE FROM refresh_tokens WHERE user_id = $1").bind(user_id.as_str()).execute(&mut *tx).await?;
+        sqlx::query("DELETE FROM access_tokens WHERE user_id = $1").bind(user_id.as_str()).execute(&mut *tx).await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -344,6 +401,11 @@ impl UserStore {
     /// On database failure.
     pub async fn delete_device(&self, user_id: &UserId, device_id: &str) -> Result<bool> {
         let mut tx = self.db.pool().begin().await?;
+        sqlx::query("DELETE FROM refresh_tokens WHERE user_id = $1 AND device_id = $2")
+            .bind(user_id.as_str())
+            .bind(device_id)
+            .execute(&mut *tx)
+            .await?;
         sqlx::query("DELETE FROM access_tokens WHERE user_id = $1 AND device_id = $2")
             .bind(user_id.as_str())
             .bind(device_id)
@@ -399,6 +461,7 @@ impl UserStore {
             .execute(&mut *tx)
             .await?;
         sqlx::query("DELETE FROM access_tokens WHERE user_id = $1").bind(user_id.as_str()).execute(&mut *tx).await?;
+        sqlx::query("DELETE FROM refresh_tokens WHERE user_id = $1").bind(user_id.as_str()).execute(&mut *tx).await?;
         sqlx::query("DELETE FROM devices WHERE user_id = $1").bind(user_id.as_str()).execute(&mut *tx).await?;
         tx.commit().await?;
         Ok(())

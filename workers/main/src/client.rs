@@ -77,6 +77,7 @@ pub(crate) fn routes() -> Router<MainState> {
             .route(&format!("/_matrix/client/{v}/register"), post(account::register))
             .route(&format!("/_matrix/client/{v}/register/available"), get(account::register_available))
             .route(&format!("/_matrix/client/{v}/login"), get(account::login_flows).post(account::login))
+            .route(&format!("/_matrix/client/{v}/refresh"), post(account::refresh))
             .route(&format!("/_matrix/client/{v}/logout"), post(account::logout))
             .route(&format!("/_matrix/client/{v}/logout/all"), post(account::logout_all))
             .route(&format!("/_matrix/client/{v}/account/whoami"), get(account::whoami))
@@ -241,25 +242,29 @@ pub(crate) fn routes() -> Router<MainState> {
             .route(&format!("/_matrix/client/{v}/profile/{{user_id}}"), get(profile::get_profile))
             .route(
                 &format!("/_matrix/client/{v}/profile/{{user_id}}/{{field}}"),
-                get(profile::get_field).put(profile::put_field),
+                get(profile::get_field).put(profile::put_field).delete(profile::delete_field),
             );
     }
-    r.route(
-        "/_matrix/client/v1/register/m.login.registration_token/validity",
-        get(account::registration_token_validity),
-    )
-    .route("/_synapse/admin/v1/registration_tokens/new", post(account::create_registration_token))
-    .route("/_synapse/admin/v1/registration_tokens", get(account::list_registration_tokens))
-    .route("/_synapse/admin/v1/registration_tokens/{token}", axum::routing::delete(account::delete_registration_token))
-    .route("/_matrix/client/v1/rooms/{room_id}/hierarchy", get(spaces::hierarchy))
-    .route("/_matrix/client/v1/room_summary/{room_id_or_alias}", get(spaces::room_summary))
-    .route("/_matrix/client/unstable/im.nheko.summary/summary/{room_id_or_alias}", get(spaces::room_summary))
-    .route(
-        "/_matrix/client/unstable/org.matrix.msc3814.v1/dehydrated_device",
-        get(dehydrated::get).put(dehydrated::put).delete(dehydrated::delete),
-    )
-    .route(
-        "/_matrix/client/unstable/org.matrix.msc3814.v1/dehydrated_device/{device_id}/events",
-        post(dehydrated::events),
-    )
+    r.route("/_matrix/client/v1/login/get_token", post(account::get_login_token))
+        .route(
+            "/_matrix/client/v1/register/m.login.registration_token/validity",
+            get(account::registration_token_validity),
+        )
+        .route("/_synapse/admin/v1/registration_tokens/new", post(account::create_registration_token))
+        .route("/_synapse/admin/v1/registration_tokens", get(account::list_registration_tokens))
+        .route(
+            "/_synapse/admin/v1/registration_tokens/{token}",
+            axum::routing::delete(account::delete_registration_token),
+        )
+        .route("/_matrix/client/v1/rooms/{room_id}/hierarchy", get(spaces::hierarchy))
+        .route("/_matrix/client/v1/room_summary/{room_id_or_alias}", get(spaces::room_summary))
+        .route("/_matrix/client/unstable/im.nheko.summary/summary/{room_id_or_alias}", get(spaces::room_summary))
+        .route(
+            "/_matrix/client/unstable/org.matrix.msc3814.v1/dehydrated_device",
+            get(dehydrated::get).put(dehydrated::put).delete(dehydrated::delete),
+        )
+        .route(
+            "/_matrix/client/unstable/org.matrix.msc3814.v1/dehydrated_device/{device_id}/events",
+            post(dehydrated::events),
+        )
 }

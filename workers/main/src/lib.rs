@@ -55,6 +55,11 @@ pub(crate) struct Accounts {
     hasher: PasswordHasherConfig,
     registration_open: bool,
     require_token: bool,
+    guest_access: bool,
+    /// Lifetime of access tokens issued with a refresh token.
+    access_token_lifetime_ms: i64,
+    /// Lifetime of login tokens from `/login/get_token`.
+    login_token_lifetime_ms: i64,
 }
 
 /// What discovery endpoints need.
@@ -70,6 +75,8 @@ pub(crate) struct Discovery {
 #[derive(Debug, Clone)]
 pub(crate) struct Rooms {
     events: EventStore,
+    /// For guest checks (`m.room.guest_access`).
+    users: UserStore,
     limits: Arc<Limits>,
     writer: Arc<EventWriter>,
     default_version: ruma::RoomVersionId,
@@ -239,12 +246,15 @@ impl MainState {
         Ok(Self {
             auth: Authenticator::new(users.clone()),
             accounts: Accounts {
-                users,
+                users: users.clone(),
                 limits: limits.clone(),
                 server_name: server_name.clone(),
                 hasher,
                 registration_open: config.registration_open(),
                 require_token: config.registration.require_token,
+                guest_access: config.registration.guest_access,
+                access_token_lifetime_ms: secs_to_ms(config.sessions.refreshable_access_token_lifetime_secs),
+                login_token_lifetime_ms: secs_to_ms(config.sessions.login_token_lifetime_secs),
             },
             discovery: Discovery {
                 server_name,
@@ -252,7 +262,7 @@ impl MainState {
                 well_known_server: config.well_known.server.clone(),
                 default_room_version: config.rooms.default_version.clone(),
             },
-            rooms: Rooms { events: events.clone(), limits, writer, default_version },
+            rooms: Rooms { events: events.clone(), users: users.clone(), limits, writer, default_version },
             user_data,
             keys,
             ephemeral: Ephemeral {
@@ -267,6 +277,10 @@ impl MainState {
     pub(crate) async fn events_position(&self) -> i64 {
         self.rooms.writer.position().await
     }
+}
+
+fn secs_to_ms(secs: u64) -> i64 {
+    i64::try_from(secs.saturating_mul(1000)).unwrap_or(i64::MAX)
 }
 
 /// `main`'s client-API router (without the common layers, which the binary adds once per listener).

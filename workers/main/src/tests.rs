@@ -104,6 +104,14 @@ on_both_backends!(
     cross_signing_signatures_are_verified,
     dehydrated_device_lifecycle,
     key_changes_report_users_who_left,
+    versions_and_capabilities_advertise_what_is_served,
+    refresh_tokens_rotate_and_expire,
+    expired_access_tokens_are_a_soft_logout,
+    login_tokens_from_get_token_are_single_use,
+    expired_login_tokens_are_refused,
+    extended_profile_fields,
+    guests_are_limited_to_their_endpoints,
+    search_groups_results_and_includes_state,
 );
 
 async fn registration_follows_uia_and_validates_usernames(backend: Backend) {
@@ -167,7 +175,7 @@ async fn login_logout_and_whoami(backend: Backend) {
     let (s, b) = app.call("POST", "/_matrix/client/v3/login", None, Some(wrong)).await;
     assert_eq!((s, b["errcode"].as_str()), (StatusCode::FORBIDDEN, Some("M_FORBIDDEN")));
     let (s, b) =
-        app.call("POST", "/_matrix/client/v3/login", None, Some(json!({"type": "m.login.token", "token": "x"}))).await;
+        app.call("POST", "/_matrix/client/v3/login", None, Some(json!({"type": "m.login.sso", "token": "x"}))).await;
     assert_eq!((s, b["errcode"].as_str()), (StatusCode::BAD_REQUEST, Some("M_UNKNOWN")));
     let (s, b) = app
         .call(
@@ -2417,5 +2425,397 @@ async fn key_changes_report_users_who_left(backend: Backend) {
         (&json!(["@bob:localhost"]), &json!([])),
         "a user who starts sharing a room is changed: {b}"
     );
+    app.db.cleanup().await;
+}
+
+fn password_login(user: &str, refresh: bool) -> Value {
+    json!({"type": "m.login.password", "identifier": {"type": "m.id.user", "user": user}, "password": "pw", "refresh_token": refresh})
+}
+
+async fn refresh_tokens_rotate_and_expire(backend: Backend) {
+    let app = app(backend, |_| {}).await;
+    app.register("alice").await;
+    let (s, b) = app.call("POST", "/_matrix/client/v3/login", None, Some(password_login("alice", false))).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    assert!(b.get("refresh_token").is_none() && b.get("expires_in_ms").is_none(), "no refresh unless asked: {b}");
+
+    let (s, b) = app.call("POST", "/_matrix/client/v3/login", None, Some(password_login("alice", true))).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    assert_eq!(b["expires_in_ms"], 300_000, "the default lifetime: {b}");
+    let (a1, r1) = (b["access_token"].as_str().unwrap().to_owned(), b["refresh_token"].as_str().unwrap().to_owned());
+    let (s, _) = app.call("GET", "/_matrix/client/v3/account/whoami", Some(&a1), None).await;
+    assert_eq!(s, StatusCode::OK);
+
+    let refresh = |t: &str| json!({"refresh_token": t});
+    let (s, b) = app.call("POST", "/_matrix/client/v3/refresh", None, Some(refresh(&r1))).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    assert_eq!(b["expires_in_ms"], 300_000);
+    let (a2, r2) = (b["access_token"].as_str().unwrap().to_owned(), b["refresh_token"].as_str().unwrap().to_owned());
+    // Until the new tokens are used, the old refresh token still works (a lost response is retried).
+    let (s, b) = app.call("POST", "/_matrix/client/v3/refresh", None, Some(refresh(&r1))).await;
+    assert_eq!(s, StatusCode::OK, "the old refresh token stays valid until the new access token is used: {b}");
+    let (s, b) = app.call("GET", "/_matrix/client/v3/account/whoami", Some(&a2), None).await;
+    assert_eq!((s, b["device_id"].is_string()), (StatusCode::OK, true), "{b}");
+    // Using the new access token retired the old refresh token and its access token.
+    let (s, b) = app.call("POST", "/_matrix/client/v3/refresh", None, Some(refresh(&r1))).await;
+    assert_eq!((s, b["errcode"].as_str()), (StatusCode::UNAUTHORIZED, Some("M_UNKNOWN_TOKEN")), "{b}");
+    let (s, b) = app.call("GET", "/_matrix/client/v3/account/whoami", Some(&a1), None).await;
+    assert_eq!((s, b["errcode"].as_str()), (StatusCode::UNAUTHORIZED, Some("M_UNKNOWN_TOKEN")), "{b}");
+
+    // Using the new refresh token retires the one it replaced too.
+    let (s, b) = app.call("POST", "/_matrix/client/v3/refresh", None, Some(refresh(&r2))).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let (a3, r3) = (b["access_token"].as_str().unwrap().to_owned(), b["refresh_token"].as_str().unwrap().to_owned());
+    let (s, b) = app.call("POST", "/_matrix/client/v3/refresh", None, Some(refresh(&r3))).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let a4 = b["access_token"].as_str().unwrap().to_owned();
+    let (s, _) = app.call("POST", "/_matrix/client/v3/refresh", None, Some(refresh(&r2))).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED, "r2 was retired by the use of r3");
+    let (s, _) = app.call("GET", "/_matrix/client/v3/account/whoami", Some(&a3), None).await;
+    assert_eq!(s, StatusCode::OK, "a3 lives until a4 is used");
+    let (s, _) = app.call("GET", "/_matrix/client/v3/account/whoami", Some(&a4), None).await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, _) = app.call("GET", "/_matrix/client/v3/account/whoami", Some(&a3), None).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED, "the first use of a4 retired r3 and a3");
+
+    let (s, b) = app.call("POST", "/_matrix/client/v3/refresh", None, Some(refresh("ganr_nope"))).await;
+    assert_eq!((s, b["errcode"].as_str()), (StatusCode::UNAUTHORIZED, Some("M_UNKNOWN_TOKEN")), "{b}");
+    let (s, b) = app.call("POST", "/_matrix/client/v3/refresh", None, Some(json!({}))).await;
+    assert_eq!((s, b["errcode"].as_str()), (StatusCode::BAD_REQUEST, Some("M_BAD_JSON")), "{b}");
+
+    // Logging out ends the refresh token with the session.
+    let (s, _) = app.call("POST", "/_matrix/client/v3/logout", Some(&a4), Some(json!({}))).await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, b) = app.call("GET", "/_matrix/client/v3/account/whoami", Some(&a4), None).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED, "{b}");
+    app.db.cleanup().await;
+}
+
+async fn expired_access_tokens_are_a_soft_logout(backend: Backend) {
+    // A zero lifetime: every refreshable access token has expired by its first use.
+    let app = app(backend, |c| c.sessions.refreshable_access_token_lifetime_secs = 0).await;
+    let (s, b) = app
+        .call(
+            "POST",
+            "/_matrix/client/v3/register",
+            None,
+            Some(json!({"username": "alice", "password": "pw", "refresh_token": true, "auth": {"type": "m.login.dummy"}})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    assert_eq!(b["expires_in_ms"], 0);
+    let (token, refresh) =
+        (b["access_token"].as_str().unwrap().to_owned(), b["refresh_token"].as_str().unwrap().to_owned());
+    let (s, b) = app.call("GET", "/_matrix/client/v3/account/whoami", Some(&token), None).await;
+    assert_eq!((s, b["errcode"].as_str()), (StatusCode::UNAUTHORIZED, Some("M_UNKNOWN_TOKEN")), "{b}");
+    assert_eq!(b["soft_logout"], true, "{b}");
+    let (s, b) = app.call("POST", "/_matrix/client/v3/refresh", None, Some(json!({"refresh_token": refresh}))).await;
+    assert_eq!(s, StatusCode::OK, "an expired access token can still be refreshed: {b}");
+    // Tokens issued without a refresh token never expire.
+    let (s, b) = app.call("POST", "/_matrix/client/v3/login", None, Some(password_login("alice", false))).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let (s, _) =
+        app.call("GET", "/_matrix/client/v3/account/whoami", Some(b["access_token"].as_str().unwrap()), None).await;
+    assert_eq!(s, StatusCode::OK);
+    app.db.cleanup().await;
+}
+
+async fn login_tokens_from_get_token_are_single_use(backend: Backend) {
+    let app = app(backend, |_| {}).await;
+    let alice = app.register("alice").await;
+    let (s, b) = app.call("GET", "/_matrix/client/v3/login", None, None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(
+        b["flows"].as_array().unwrap().iter().any(|f| f["type"] == "m.login.token" && f["get_login_token"] == true),
+        "{b}"
+    );
+    const GET_TOKEN: &str = "/_matrix/client/v1/login/get_token";
+    let (s, b) = app.call("POST", GET_TOKEN, None, Some(json!({}))).await;
+    assert_eq!((s, b["errcode"].as_str()), (StatusCode::UNAUTHORIZED, Some("M_MISSING_TOKEN")));
+    let (s, b) = app.call("POST", GET_TOKEN, Some(&alice), Some(json!({}))).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED, "User-Interactive Auth first: {b}");
+    assert_eq!(b["flows"], json!([{"stages": ["m.login.password"]}]));
+    let session = b["session"].as_str().unwrap().to_owned();
+    let auth = |pw: &str| json!({"auth": {"type": "m.login.password", "identifier": {"type": "m.id.user", "user": "alice"}, "password": pw, "session": session}});
+    let (s, b) = app.call("POST", GET_TOKEN, Some(&alice), Some(auth("wrong"))).await;
+    assert_eq!((s, b["errcode"].as_str()), (StatusCode::UNAUTHORIZED, Some("M_FORBIDDEN")), "{b}");
+    let (s, b) = app.call("POST", GET_TOKEN, Some(&alice), Some(auth("pw"))).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    assert_eq!(b["expires_in_ms"], 120_000);
+    let login_token = b["login_token"].as_str().unwrap().to_owned();
+
+    let login = json!({"type": "m.login.token", "token": login_token, "device_id": "TV"});
+    let (s, b) = app.call("POST", "/_matrix/client/v3/login", None, Some(login.clone())).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    assert_eq!((b["user_id"].as_str(), b["device_id"].as_str()), (Some("@alice:localhost"), Some("TV")));
+    let (s, b) = app.call("POST", "/_matrix/client/v3/login", None, Some(login)).await;
+    assert_eq!((s, b["errcode"].as_str()), (StatusCode::FORBIDDEN, Some("M_FORBIDDEN")), "single use: {b}");
+    let (s, b) =
+        app.call("POST", "/_matrix/client/v3/login", None, Some(json!({"type": "m.login.token", "token": "x"}))).await;
+    assert_eq!((s, b["errcode"].as_str()), (StatusCode::FORBIDDEN, Some("M_FORBIDDEN")), "{b}");
+    let (s, b) = app.call("POST", "/_matrix/client/v3/login", None, Some(json!({"type": "m.login.token"}))).await;
+    assert_eq!((s, b["errcode"].as_str()), (StatusCode::BAD_REQUEST, Some("M_MISSING_PARAM")), "{b}");
+    app.db.cleanup().await;
+}
+
+async fn expired_login_tokens_are_refused(backend: Backend) {
+    let app = app(backend, |c| {
+        c.sessions.login_token_lifetime_secs = 0;
+        c.rate_limits.login.burst = 3;
+        c.rate_limits.login.per_minute = 1;
+    })
+    .await;
+    let alice = app.register("alice").await;
+    let auth = json!({"auth": {"type": "m.login.password", "user": "@alice:localhost", "password": "pw"}});
+    let (s, b) = app.call("POST", "/_matrix/client/v1/login/get_token", Some(&alice), Some(auth.clone())).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let login = json!({"type": "m.login.token", "token": b["login_token"]});
+    let (s, b) = app.call("POST", "/_matrix/client/v3/login", None, Some(login)).await;
+    assert_eq!((s, b["errcode"].as_str()), (StatusCode::FORBIDDEN, Some("M_FORBIDDEN")), "expired: {b}");
+    // get_token shares login's rate limit (burst 3: two calls above, one more, then refused).
+    app.call("POST", "/_matrix/client/v1/login/get_token", Some(&alice), Some(auth.clone())).await;
+    let (s, b) = app.call("POST", "/_matrix/client/v1/login/get_token", Some(&alice), Some(auth)).await;
+    assert_eq!((s, b["errcode"].as_str()), (StatusCode::TOO_MANY_REQUESTS, Some("M_LIMIT_EXCEEDED")), "{b}");
+    app.db.cleanup().await;
+}
+
+async fn guests_are_limited_to_their_endpoints(backend: Backend) {
+    let app = app(backend, |c| c.registration.guest_access = true).await;
+    let alice = app.register("alice").await;
+    let (s, b) = app.call("POST", "/_matrix/client/v3/register?kind=guest", None, Some(json!({}))).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let guest = b["access_token"].as_str().unwrap().to_owned();
+    let guest_id = b["user_id"].as_str().unwrap().to_owned();
+    let (s, b) = app.call("GET", "/_matrix/client/v3/account/whoami", Some(&guest), None).await;
+    assert_eq!((s, b["is_guest"].as_bool()), (StatusCode::OK, Some(true)), "{b}");
+    let (s, b) = app.call("GET", "/_matrix/client/v3/account/whoami", Some(&alice), None).await;
+    assert_eq!((s, b["is_guest"].as_bool()), (StatusCode::OK, Some(false)), "{b}");
+
+    let (s, b) = app.call("POST", "/_matrix/client/v3/createRoom", Some(&guest), Some(json!({}))).await;
+    assert_eq!((s, b["errcode"].as_str()), (StatusCode::FORBIDDEN, Some("M_GUEST_ACCESS_FORBIDDEN")), "{b}");
+    let search = json!({"search_categories": {"room_events": {"search_term": "x"}}});
+    let (s, b) = app.call("POST", "/_matrix/client/v3/search", Some(&guest), Some(search)).await;
+    assert_eq!((s, b["errcode"].as_str()), (StatusCode::FORBIDDEN, Some("M_GUEST_ACCESS_FORBIDDEN")), "{b}");
+
+    let room = create(&app, &alice, json!({"preset": "public_chat"})).await;
+    let (s, b) =
+        app.call("POST", &format!("/_matrix/client/v3/rooms/{room}/join"), Some(&guest), Some(json!({}))).await;
+    assert_eq!((s, b["errcode"].as_str()), (StatusCode::FORBIDDEN, Some("M_GUEST_ACCESS_FORBIDDEN")), "{b}");
+    let (s, b) = app
+        .call(
+            "PUT",
+            &format!("/_matrix/client/v3/rooms/{room}/state/m.room.guest_access"),
+            Some(&alice),
+            Some(json!({"guest_access": "can_join"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let (s, b) = app.call("POST", &format!("/_matrix/client/v3/join/{room}"), Some(&guest), Some(json!({}))).await;
+    assert_eq!(s, StatusCode::OK, "guests join rooms whose guest_access is can_join: {b}");
+    let (s, b) = app
+        .call(
+            "PUT",
+            &format!("/_matrix/client/v3/rooms/{room}/send/m.room.message/g1"),
+            Some(&guest),
+            Some(json!({"msgtype": "m.text", "body": "hi from a guest"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let (s, b) = app.call("GET", &format!("/_matrix/client/v3/rooms/{room}/messages?dir=b"), Some(&guest), None).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let (s, b) = app
+        .call(
+            "PUT",
+            &format!("/_matrix/client/v3/profile/{guest_id}/displayname"),
+            Some(&guest),
+            Some(json!({"displayname": "Visitor"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let (s, b) = app
+        .call(
+            "PUT",
+            &format!("/_matrix/client/v3/profile/{guest_id}/avatar_url"),
+            Some(&guest),
+            Some(json!({"avatar_url": "mxc://localhost/a"})),
+        )
+        .await;
+    assert_eq!((s, b["errcode"].as_str()), (StatusCode::FORBIDDEN, Some("M_GUEST_ACCESS_FORBIDDEN")), "{b}");
+    let (s, b) =
+        app.call("POST", &format!("/_matrix/client/v3/rooms/{room}/leave"), Some(&guest), Some(json!({}))).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let (s, b) =
+        app.call("POST", &format!("/_matrix/client/v3/rooms/{room}/join"), Some(&guest), Some(json!({}))).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    // Closing the room to guests makes its guests leave; members stay.
+    let (s, b) = app
+        .call(
+            "PUT",
+            &format!("/_matrix/client/v3/rooms/{room}/state/m.room.guest_access"),
+            Some(&alice),
+            Some(json!({"guest_access": "forbidden"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    assert_eq!(membership_of(&app, &alice, &room, &guest_id).await.as_deref(), Some("leave"));
+    assert_eq!(membership_of(&app, &alice, &room, "@alice:localhost").await.as_deref(), Some("join"));
+
+    // A guest upgrades to a full account by registering with their token and localpart.
+    let localpart = guest_id.trim_start_matches('@').split(':').next().unwrap().to_owned();
+    let upgrade = |username: &str| json!({"username": username, "password": "pw2", "guest_access_token": guest, "auth": {"type": "m.login.dummy"}});
+    let (s, b) = app.call("POST", "/_matrix/client/v3/register", None, Some(upgrade("someoneelse"))).await;
+    assert_eq!((s, b["errcode"].as_str()), (StatusCode::FORBIDDEN, Some("M_FORBIDDEN")), "{b}");
+    let (s, b) = app.call("POST", "/_matrix/client/v3/register", None, Some(upgrade(&localpart))).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    assert_eq!(b["user_id"].as_str(), Some(guest_id.as_str()));
+    let full = b["access_token"].as_str().unwrap().to_owned();
+    let (s, b) = app.call("GET", "/_matrix/client/v3/account/whoami", Some(&full), None).await;
+    assert_eq!((s, b["is_guest"].as_bool()), (StatusCode::OK, Some(false)), "{b}");
+    let (s, b) = app.call("POST", "/_matrix/client/v3/createRoom", Some(&full), Some(json!({}))).await;
+    assert_eq!(s, StatusCode::OK, "an upgraded guest is a full user: {b}");
+    let (s, _) = app
+        .call(
+            "POST",
+            "/_matrix/client/v3/login",
+            None,
+            Some(json!({"type": "m.login.password", "user": localpart, "password": "pw2"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "and logs in with the new password");
+    app.db.cleanup().await;
+}
+
+async fn extended_profile_fields(backend: Backend) {
+    let app = app(backend, |_| {}).await;
+    let alice = app.register("alice").await;
+    let bob = app.register("bob").await;
+    let field = |key: &str| format!("/_matrix/client/v3/profile/@alice:localhost/{key}");
+    let (s, b) = app.call("PUT", &field("m.tz"), Some(&alice), Some(json!({"m.tz": "Europe/Paris"}))).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let (s, b) =
+        app.call("PUT", &field("com.example.pets"), Some(&alice), Some(json!({"com.example.pets": ["cat", 2]}))).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let (s, _) = app.call("PUT", &field("displayname"), Some(&alice), Some(json!({"displayname": "Alice"}))).await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, b) = app.call("GET", "/_matrix/client/v3/profile/@alice:localhost", None, None).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    assert_eq!(b, json!({"displayname": "Alice", "m.tz": "Europe/Paris", "com.example.pets": ["cat", 2]}));
+    let (s, b) = app.call("GET", &field("com.example.pets"), None, None).await;
+    assert_eq!((s, b), (StatusCode::OK, json!({"com.example.pets": ["cat", 2]})));
+
+    // Errors: the owner only, valid keys, the body holding the key, m.tz a string, size limits.
+    let (s, b) = app.call("PUT", &field("m.tz"), Some(&bob), Some(json!({"m.tz": "UTC"}))).await;
+    assert_eq!((s, b["errcode"].as_str()), (StatusCode::FORBIDDEN, Some("M_FORBIDDEN")));
+    let (s, b) = app.call("DELETE", &field("m.tz"), Some(&bob), None).await;
+    assert_eq!((s, b["errcode"].as_str()), (StatusCode::FORBIDDEN, Some("M_FORBIDDEN")));
+    let (s, b) = app.call("PUT", &field("m.tz"), Some(&alice), Some(json!({"m.tz": 2}))).await;
+    assert_eq!((s, b["errcode"].as_str()), (StatusCode::BAD_REQUEST, Some("M_INVALID_PARAM")));
+    let (s, b) = app.call("PUT", &field("Nope"), Some(&alice), Some(json!({"Nope": 1}))).await;
+    assert_eq!((s, b["errcode"].as_str()), (StatusCode::BAD_REQUEST, Some("M_INVALID_PARAM")));
+    let (s, b) = app.call("PUT", &field("com.example.a"), Some(&alice), Some(json!({"other": 1}))).await;
+    assert_eq!((s, b["errcode"].as_str()), (StatusCode::BAD_REQUEST, Some("M_MISSING_PARAM")));
+    let long_key = format!("com.{}", "a".repeat(300));
+    let (s, b) = app.call("PUT", &field(&long_key), Some(&alice), Some(json!({ long_key.clone(): 1 }))).await;
+    assert_eq!((s, b["errcode"].as_str()), (StatusCode::BAD_REQUEST, Some("M_KEY_TOO_LARGE")));
+    let big = "x".repeat(40_000);
+    let (s, b) = app.call("PUT", &field("com.example.big"), Some(&alice), Some(json!({"com.example.big": big}))).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let (s, b) =
+        app.call("PUT", &field("com.example.more"), Some(&alice), Some(json!({"com.example.more": big}))).await;
+    assert_eq!((s, b["errcode"].as_str()), (StatusCode::BAD_REQUEST, Some("M_PROFILE_TOO_LARGE")), "{b}");
+
+    // DELETE removes custom fields and the standard ones alike.
+    for key in ["com.example.big", "com.example.pets", "displayname"] {
+        let (s, b) = app.call("DELETE", &field(key), Some(&alice), None).await;
+        assert_eq!(s, StatusCode::OK, "{key}: {b}");
+    }
+    let (s, b) = app.call("GET", &field("com.example.pets"), None, None).await;
+    assert_eq!((s, b["errcode"].as_str()), (StatusCode::NOT_FOUND, Some("M_NOT_FOUND")));
+    let (_, b) = app.call("GET", "/_matrix/client/v3/profile/@alice:localhost", None, None).await;
+    assert_eq!(b, json!({"m.tz": "Europe/Paris"}));
+    let (s, b) = app.call("GET", "/_matrix/client/v3/profile/@nobody:localhost", None, None).await;
+    assert_eq!((s, b["errcode"].as_str()), (StatusCode::NOT_FOUND, Some("M_NOT_FOUND")));
+    app.db.cleanup().await;
+}
+
+async fn search_groups_results_and_includes_state(backend: Backend) {
+    let app = app(backend, |_| {}).await;
+    let alice = app.register("alice").await;
+    let bob = app.register("bob").await;
+    let first = create(&app, &alice, json!({"name": "First", "preset": "public_chat"})).await;
+    let second = create(&app, &alice, json!({"name": "Second"})).await;
+    let (s, _) = app.call("POST", &format!("/_matrix/client/v3/rooms/{first}/join"), Some(&bob), Some(json!({}))).await;
+    assert_eq!(s, StatusCode::OK);
+    for (i, (room, token)) in [(&first, &alice), (&first, &bob), (&second, &alice)].into_iter().enumerate() {
+        let (s, _) = app
+            .call(
+                "PUT",
+                &format!("/_matrix/client/v3/rooms/{room}/send/m.room.message/g{i}"),
+                Some(token),
+                Some(json!({"msgtype": "m.text", "body": format!("pumpkin soup {i}")})),
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK);
+    }
+    let body = json!({"search_categories": {"room_events": {
+        "search_term": "pumpkin",
+        "include_state": true,
+        "groupings": {"group_by": [{"key": "room_id"}, {"key": "sender"}]},
+    }}});
+    let (s, b) = app.call("POST", "/_matrix/client/v3/search", Some(&alice), Some(body)).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let re = &b["search_categories"]["room_events"];
+    assert_eq!(re["count"], 3);
+    let by_room = re["groups"]["room_id"].as_object().unwrap();
+    assert_eq!(by_room[&first]["results"].as_array().unwrap().len(), 2, "{re}");
+    assert_eq!(by_room[&second]["results"].as_array().unwrap().len(), 1, "{re}");
+    let by_sender = re["groups"]["sender"].as_object().unwrap();
+    assert_eq!(by_sender["@alice:localhost"]["results"].as_array().unwrap().len(), 2, "{re}");
+    assert_eq!(by_sender["@bob:localhost"]["results"].as_array().unwrap().len(), 1, "{re}");
+    assert!(by_sender["@bob:localhost"]["order"].is_number());
+    for room in [&first, &second] {
+        let state = re["state"][room.as_str()].as_array().unwrap();
+        assert!(state.iter().any(|e| e["type"] == "m.room.create"), "{room}: {state:?}");
+    }
+    let (s, b) = app
+        .call(
+            "POST",
+            "/_matrix/client/v3/search",
+            Some(&alice),
+            Some(json!({"search_categories": {"room_events": {"search_term": "pumpkin", "groupings": {"group_by": [{"key": "type"}]}}}})),
+        )
+        .await;
+    assert_eq!((s, b["errcode"].as_str()), (StatusCode::BAD_REQUEST, Some("M_INVALID_PARAM")), "{b}");
+    // Without groupings or include_state the response has neither.
+    let (_, b) = app
+        .call(
+            "POST",
+            "/_matrix/client/v3/search",
+            Some(&alice),
+            Some(json!({"search_categories": {"room_events": {"search_term": "pumpkin"}}})),
+        )
+        .await;
+    let re = &b["search_categories"]["room_events"];
+    assert!(re.get("groups").is_none() && re.get("state").is_none(), "{re}");
+    app.db.cleanup().await;
+}
+
+async fn versions_and_capabilities_advertise_what_is_served(backend: Backend) {
+    let app = app(backend, |_| {}).await;
+    let (s, b) = app.call("GET", "/_matrix/client/versions", None, None).await;
+    assert_eq!(s, StatusCode::OK);
+    let versions: Vec<&str> = b["versions"].as_array().unwrap().iter().filter_map(Value::as_str).collect();
+    for v in ["v1.1", "v1.3", "v1.7", "v1.16"] {
+        assert!(versions.contains(&v), "{v} in {versions:?}");
+    }
+    assert_eq!(b["unstable_features"]["org.matrix.simplified_msc3575"], true);
+    // v1.15: with no OAuth 2.0 server, auth_metadata answers that the API is not supported.
+    let (s, b) = app.call("GET", "/_matrix/client/v1/auth_metadata", None, None).await;
+    assert_eq!((s, b["errcode"].as_str()), (StatusCode::NOT_FOUND, Some("M_UNRECOGNIZED")));
+    let alice = app.register("alice").await;
+    let (s, b) = app.call("GET", "/_matrix/client/v3/capabilities", Some(&alice), None).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    assert_eq!(b["capabilities"]["m.get_login_token"]["enabled"], true);
+    assert_eq!(b["capabilities"]["m.profile_fields"]["enabled"], true);
     app.db.cleanup().await;
 }

@@ -509,11 +509,32 @@ async fn build_rooms(
     let mut knock = Map::new();
     let forgotten: HashSet<String> = ctx.events.forgotten_rooms(user_id).await?.into_iter().collect();
 
+    // Rooms the user was already joined to at `since` but whose member event changed since (a
+    // profile change is a join → join event): the client knows them, so they are not sent whole.
+    let rejoined_in_place: HashSet<OwnedRoomId> = match since_i {
+        Some(s)
+            if !full_state
+                && memberships
+                    .iter()
+                    .any(|m| m.membership == "join" && m.stream_ordering > s && m.stream_ordering <= upto_i) =>
+        {
+            ctx.events
+                .memberships_at(user_id, s)
+                .await?
+                .into_iter()
+                .filter(|m| m.membership == "join")
+                .map(|m| m.room_id)
+                .collect()
+        }
+        _ => HashSet::new(),
+    };
     // Rooms the client already knows, whose new events one range query finds.
     let known_joined: Vec<OwnedRoomId> = memberships
         .iter()
         .filter(|m| m.membership == "join" && m.stream_ordering <= upto_i)
-        .filter(|m| since_i.is_some_and(|s| m.stream_ordering <= s) && !full_state)
+        .filter(|m| {
+            since_i.is_some_and(|s| m.stream_ordering <= s || rejoined_in_place.contains(&m.room_id)) && !full_state
+        })
         .map(|m| m.room_id.clone())
         .collect();
     let mut recent: HashMap<OwnedRoomId, Vec<PersistedEvent>> = HashMap::new();
@@ -533,7 +554,7 @@ async fn build_rooms(
         }
         let is_new = since_i.is_none_or(|s| m.stream_ordering > s) || full_state;
         match m.membership.as_str() {
-            "join" if is_new => {
+            "join" if is_new && !rejoined_in_place.contains(&m.room_id) => {
                 let mut timeline = ctx.events.latest_room_events(&m.room_id, upto_i, limit as i64 + 1).await?;
                 let limited = timeline.len() > limit;
                 if limited {

@@ -1,10 +1,12 @@
-//! Registration (User-Interactive Auth with `m.login.dummy`), login, logout and whoami.
+//! Registration (User-Interactive Auth with `m.login.dummy`, guests when enabled), login (password,
+//! login token), refresh, `login/get_token`, logout and whoami.
 
 use axum::Json;
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use ganglion_http::{AuthUser, ClientIp, MatrixError, MatrixJson, hash_token, new_access_token};
+use ganglion_http::{AuthUser, ClientIp, MatrixError, MatrixJson, hash_token, new_access_token, now_ms};
+use ganglion_storage::NewRefresh;
 use ruma::{OwnedUserId, UserId};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -38,6 +40,11 @@ pub(crate) struct RegisterBody {
     #[serde(default)]
     inhibit_login: bool,
     auth: Option<AuthData>,
+    /// The client supports refresh tokens (spec v1.3).
+    #[serde(default)]
+    refresh_token: bool,
+    /// A guest upgrading their account (Guest Access module): their access token.
+    guest_access_token: Option<String>,
 }
 
 /// Checks a requested localpart and builds the user ID (`M_INVALID_USERNAME` otherwise).
@@ -70,18 +77,50 @@ fn uia_challenge(stage: &str, session: &str, completed: &[String], error: Option
     (StatusCode::UNAUTHORIZED, Json(body)).into_response()
 }
 
+/// A new session's tokens, as `/register`, `/login` and `/refresh` answer them.
+struct Session {
+    access_token: String,
+    device_id: String,
+    /// With the access token's lifetime in ms, when the client asked for a refresh token.
+    refresh: Option<(String, i64)>,
+}
+
+impl Session {
+    /// Adds `access_token`, `device_id` and, with a refresh token, `refresh_token` and `expires_in_ms`.
+    fn fill(&self, body: &mut Value) {
+        body["access_token"] = json!(self.access_token);
+        body["device_id"] = json!(self.device_id);
+        if let Some((token, ms)) = &self.refresh {
+            body["refresh_token"] = json!(token);
+            body["expires_in_ms"] = json!(ms);
+        }
+    }
+}
+
 async fn issue_token(
     accounts: &Accounts,
     user_id: &UserId,
     device_id: Option<String>,
     display_name: Option<&str>,
-) -> Result<(String, String), MatrixError> {
+    with_refresh: bool,
+) -> Result<Session, MatrixError> {
     let device_id = device_id.filter(|d| !d.is_empty()).unwrap_or_else(|| random_localpart(10).to_uppercase());
     accounts.users.upsert_device(user_id, &device_id, display_name).await?;
     let token = new_access_token();
+    let refresh = with_refresh.then(|| (new_refresh_token(), accounts.access_token_lifetime_ms));
+    let refresh_hash = refresh.as_ref().map(|(t, _)| hash_token(t));
+    let new_refresh = refresh_hash.as_deref().map(|h| NewRefresh {
+        refresh_hash: h,
+        expires_ts: now_ms().saturating_add(accounts.access_token_lifetime_ms),
+    });
     // Reusing a device ID logs that device's older session out, as the spec asks.
-    accounts.users.replace_device_tokens(&hash_token(&token), user_id, &device_id).await?;
-    Ok((token, device_id))
+    accounts.users.start_session(&hash_token(&token), user_id, &device_id, new_refresh).await?;
+    Ok(Session { access_token: token, device_id, refresh })
+}
+
+/// A fresh refresh token: like an access token, with its own prefix so logs and users can tell them apart.
+fn new_refresh_token() -> String {
+    format!("ganr_{}", new_access_token().trim_start_matches("gan_"))
 }
 
 /// `POST /_matrix/client/v3/register`: register with User-Interactive Auth (`m.login.dummy`).
@@ -94,26 +133,33 @@ pub(crate) async fn register(
     accounts.limits.registration.check(&ip)?;
     match q.kind.as_deref() {
         None | Some("user") => {}
-        Some("guest") => {
-            return Err(MatrixError::new(
-                StatusCode::FORBIDDEN,
-                "M_GUEST_ACCESS_FORBIDDEN",
-                "Guest access is disabled",
-            ));
-        }
+        Some("guest") if accounts.guest_access => return register_guest(&accounts, body).await,
+        Some("guest") => return Err(MatrixError::guest_access_forbidden("Guest access is disabled")),
         Some(other) => return Err(MatrixError::invalid_param(format!("Unknown kind {other}"))),
     }
     if !accounts.registration_open {
         return Err(MatrixError::forbidden("Registration has been disabled"));
     }
     // Validate what can be validated before asking the client to authenticate, as Synapse does.
+    // A guest upgrading keeps their user ID, given as `username`.
+    let upgrading = match body.guest_access_token.as_deref() {
+        Some(t) => {
+            let who = accounts.users.whoami(&hash_token(t)).await?.filter(|w| w.is_guest);
+            let who = who.ok_or_else(|| MatrixError::forbidden("guest_access_token is not a guest's access token"))?;
+            if body.username.as_deref() != Some(who.user_id.localpart()) {
+                return Err(MatrixError::forbidden("username must be the guest's localpart"));
+            }
+            true
+        }
+        None => false,
+    };
     let user_id = match body.username.as_deref() {
         Some(name) => {
             let id = user_id_for(&name.to_lowercase(), &accounts)?;
             if name.chars().any(|c| c.is_uppercase()) {
                 return Err(MatrixError::invalid_username("User ID must be lowercase"));
             }
-            if accounts.users.user_exists(&id).await? {
+            if !upgrading && accounts.users.user_exists(&id).await? {
                 return Err(MatrixError::user_in_use("User ID already taken."));
             }
             Some(id)
@@ -201,7 +247,17 @@ pub(crate) async fn register(
         Some(p) => Some(accounts.hasher.hash(p).await.map_err(MatrixError::internal)?),
         None => None,
     };
-    match accounts.users.create_user(&user_id, hash.as_deref(), false).await {
+    let created = if upgrading {
+        // Only a guest account is upgraded: a second upgrade finds a full account and is refused.
+        if accounts.users.upgrade_guest(&user_id, hash.as_deref()).await? {
+            Ok(())
+        } else {
+            Err(ganglion_storage::Error::Conflict(format!("{user_id} is not a guest")))
+        }
+    } else {
+        accounts.users.create_user(&user_id, hash.as_deref(), false).await
+    };
+    match created {
         Ok(()) => {}
         Err(ganglion_storage::Error::Conflict(_)) => return Err(MatrixError::user_in_use("User ID already taken.")),
         Err(e) => return Err(e.into()),
@@ -211,15 +267,35 @@ pub(crate) async fn register(
     if body.inhibit_login {
         return Ok(Json(json!({ "user_id": user_id })).into_response());
     }
-    let (token, device_id) =
-        issue_token(&accounts, &user_id, body.device_id, body.initial_device_display_name.as_deref()).await?;
-    Ok(Json(json!({
-        "user_id": user_id,
-        "access_token": token,
-        "device_id": device_id,
-        "home_server": accounts.server_name,
-    }))
-    .into_response())
+    let session = issue_token(
+        &accounts,
+        &user_id,
+        body.device_id,
+        body.initial_device_display_name.as_deref(),
+        body.refresh_token,
+    )
+    .await?;
+    let mut out = json!({ "user_id": user_id, "home_server": accounts.server_name });
+    session.fill(&mut out);
+    Ok(Json(out).into_response())
+}
+
+/// `register?kind=guest`: a guest account with a numeric localpart and no password, signed in at once.
+async fn register_guest(accounts: &Accounts, body: RegisterBody) -> Result<Response, MatrixError> {
+    let user_id = loop {
+        let candidate = user_id_for(&rand::random::<u32>().to_string(), accounts)?;
+        match accounts.users.create_guest(&candidate).await {
+            Ok(()) => break candidate,
+            Err(ganglion_storage::Error::Conflict(_)) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    };
+    tracing::info!(user_id = %user_id, "registered guest");
+    let session =
+        issue_token(accounts, &user_id, None, body.initial_device_display_name.as_deref(), body.refresh_token).await?;
+    let mut out = json!({ "user_id": user_id, "home_server": accounts.server_name });
+    session.fill(&mut out);
+    Ok(Json(out).into_response())
 }
 
 #[derive(Debug, Deserialize)]
@@ -240,9 +316,13 @@ pub(crate) async fn register_available(
     Ok(Json(json!({ "available": true })))
 }
 
-/// `GET /_matrix/client/v3/login`: the login types supported.
+/// `GET /_matrix/client/v3/login`: the login types supported. `m.login.token` is only usable with
+/// tokens from `/login/get_token` (there is no SSO), hence `get_login_token: true`.
 pub(crate) async fn login_flows() -> Json<Value> {
-    Json(json!({ "flows": [{ "type": "m.login.password" }] }))
+    Json(json!({ "flows": [
+        { "type": "m.login.password" },
+        { "type": "m.login.token", "get_login_token": true },
+    ] }))
 }
 
 #[derive(Debug, Deserialize)]
@@ -260,24 +340,51 @@ pub(crate) struct LoginBody {
     /// Deprecated form of `identifier`.
     user: Option<String>,
     password: Option<String>,
+    /// For `m.login.token`.
+    token: Option<String>,
     device_id: Option<String>,
     initial_device_display_name: Option<String>,
+    #[serde(default)]
+    refresh_token: bool,
 }
 
-/// `POST /_matrix/client/v3/login`: password login.
+/// `POST /_matrix/client/v3/login`: password login, or `m.login.token` with a token from
+/// `/login/get_token`.
 pub(crate) async fn login(
     State(accounts): State<Accounts>,
     ClientIp(ip): ClientIp,
     MatrixJson(body): MatrixJson<LoginBody>,
 ) -> Result<Json<Value>, MatrixError> {
     accounts.limits.login.check(&ip)?;
-    if body.kind != "m.login.password" {
-        return Err(MatrixError::new(
-            StatusCode::BAD_REQUEST,
-            "M_UNKNOWN",
-            format!("Unknown login type {}", body.kind),
-        ));
-    }
+    let user_id = match body.kind.as_str() {
+        "m.login.password" => password_login(&accounts, &body).await?,
+        "m.login.token" => {
+            let token = body.token.as_deref().ok_or_else(|| MatrixError::missing_param("Missing token"))?;
+            accounts
+                .users
+                .take_login_token(&hash_token(token))
+                .await?
+                .ok_or_else(|| MatrixError::forbidden("Invalid or expired login token"))?
+        }
+        other => {
+            return Err(MatrixError::new(StatusCode::BAD_REQUEST, "M_UNKNOWN", format!("Unknown login type {other}")));
+        }
+    };
+    let session = issue_token(
+        &accounts,
+        &user_id,
+        body.device_id,
+        body.initial_device_display_name.as_deref(),
+        body.refresh_token,
+    )
+    .await?;
+    let mut out = json!({ "user_id": user_id, "home_server": accounts.server_name });
+    session.fill(&mut out);
+    Ok(Json(out))
+}
+
+/// Checks an `m.login.password` body; the user it signs in.
+async fn password_login(accounts: &Accounts, body: &LoginBody) -> Result<OwnedUserId, MatrixError> {
     let user = match (&body.identifier, &body.user) {
         (Some(Identifier { kind, user: Some(u) }), _) if kind == "m.id.user" => u.clone(),
         (Some(Identifier { kind, .. }), _) if kind != "m.id.user" => {
@@ -290,11 +397,11 @@ pub(crate) async fn login(
         (_, Some(u)) => u.clone(),
         _ => return Err(MatrixError::missing_param("Missing user identifier")),
     };
-    let password = body.password.ok_or_else(|| MatrixError::missing_param("Missing password"))?;
+    let password = body.password.clone().ok_or_else(|| MatrixError::missing_param("Missing password"))?;
     let user_id = if user.starts_with('@') {
         OwnedUserId::try_from(user.as_str()).map_err(|_| MatrixError::forbidden("Invalid username or password"))?
     } else {
-        user_id_for(&user.to_lowercase(), &accounts)
+        user_id_for(&user.to_lowercase(), accounts)
             .map_err(|_| MatrixError::forbidden("Invalid username or password"))?
     };
     if user_id.server_name() != accounts.server_name {
@@ -308,14 +415,64 @@ pub(crate) async fn login(
     if !accounts.hasher.verify(password, stored).await {
         return Err(MatrixError::forbidden("Invalid username or password"));
     }
-    let (token, device_id) =
-        issue_token(&accounts, &user_id, body.device_id, body.initial_device_display_name.as_deref()).await?;
+    Ok(user_id)
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct RefreshBody {
+    refresh_token: String,
+}
+
+/// `POST /_matrix/client/v3/refresh`: a new access token and refresh token for a refresh token.
+/// The old refresh token keeps working until the new access or refresh token is first used.
+pub(crate) async fn refresh(
+    State(accounts): State<Accounts>,
+    ClientIp(ip): ClientIp,
+    MatrixJson(body): MatrixJson<RefreshBody>,
+) -> Result<Json<Value>, MatrixError> {
+    accounts.limits.login.check(&ip)?;
+    let access = new_access_token();
+    let refresh = new_refresh_token();
+    let refresh_hash = hash_token(&refresh);
+    let new = NewRefresh {
+        refresh_hash: &refresh_hash,
+        expires_ts: now_ms().saturating_add(accounts.access_token_lifetime_ms),
+    };
+    if accounts.users.refresh_session(&hash_token(&body.refresh_token), &hash_token(&access), new).await?.is_none() {
+        return Err(MatrixError::unknown_token("Unknown refresh token"));
+    }
     Ok(Json(json!({
-        "user_id": user_id,
-        "access_token": token,
-        "device_id": device_id,
-        "home_server": accounts.server_name,
+        "access_token": access,
+        "refresh_token": refresh,
+        "expires_in_ms": accounts.access_token_lifetime_ms,
     })))
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct GetTokenBody {
+    auth: Option<super::devices::PasswordAuth>,
+}
+
+/// `POST /_matrix/client/v1/login/get_token` (spec v1.7): after password User-Interactive Auth, a
+/// short-lived single-use token another device can log in with (`m.login.token`).
+pub(crate) async fn get_login_token(
+    State(accounts): State<Accounts>,
+    State(keys): State<crate::Keys>,
+    ClientIp(ip): ClientIp,
+    user: AuthUser,
+    MatrixJson(body): MatrixJson<GetTokenBody>,
+) -> Result<Response, MatrixError> {
+    accounts.limits.login.check(&ip)?;
+    if let Some(challenge) = super::devices::password_uia(&keys, &user, body.auth.as_ref()).await? {
+        return Ok(challenge);
+    }
+    if let Some(session) = body.auth.as_ref().and_then(|a| a.session.as_deref()) {
+        accounts.users.delete_uia_session(session).await?;
+    }
+    let token = new_access_token().replacen("gan_", "ganl_", 1);
+    let expires_ts = now_ms().saturating_add(accounts.login_token_lifetime_ms);
+    accounts.users.create_login_token(&hash_token(&token), &user.user_id, expires_ts).await?;
+    Ok(Json(json!({ "login_token": token, "expires_in_ms": accounts.login_token_lifetime_ms })).into_response())
 }
 
 /// `POST /_matrix/client/v3/logout`: invalidates the token used.
@@ -332,7 +489,7 @@ pub(crate) async fn logout_all(State(accounts): State<Accounts>, user: AuthUser)
 
 /// `GET /_matrix/client/v3/account/whoami`: who the token belongs to.
 pub(crate) async fn whoami(user: AuthUser) -> Json<Value> {
-    Json(json!({ "user_id": user.user_id, "device_id": user.device_id, "is_guest": false }))
+    Json(json!({ "user_id": user.user_id, "device_id": user.device_id, "is_guest": user.is_guest }))
 }
 
 #[derive(Debug, Deserialize)]

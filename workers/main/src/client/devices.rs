@@ -79,7 +79,7 @@ pub(crate) struct PasswordAuth {
     identifier: Option<Identifier>,
     user: Option<String>,
     password: Option<String>,
-    session: Option<String>,
+    pub(crate) session: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -7,8 +7,15 @@ use serde_json::{Value, json};
 
 use crate::Discovery;
 
-/// Spec versions whose endpoints clients rely on at login and sync, as implemented so far.
-const VERSIONS: &[&str] = &["r0.6.1", "v1.1", "v1.2", "v1.3", "v1.4", "v1.5", "v1.6"];
+/// Spec versions we serve. Each one's additions that clients act on: v1.3 refresh tokens, v1.7
+/// `login/get_token` and async media upload, v1.8 room version 11, v1.10 recursive `/relations`,
+/// v1.11 authenticated media, v1.12 guest media download, v1.13 room reports, v1.14 user reports,
+/// v1.15 `room_summary` and `auth_metadata` (answered `M_UNRECOGNIZED`: no OAuth server), v1.16
+/// extended profile fields and room version 12.
+const VERSIONS: &[&str] = &[
+    "r0.6.1", "v1.1", "v1.2", "v1.3", "v1.4", "v1.5", "v1.6", "v1.7", "v1.8", "v1.9", "v1.10", "v1.11", "v1.12",
+    "v1.13", "v1.14", "v1.15", "v1.16",
+];
 
 /// `GET /_matrix/client/versions`: the spec versions supported. No auth.
 pub(crate) async fn versions() -> Json<Value> {
@@ -42,6 +49,8 @@ pub(crate) async fn capabilities(State(d): State<Discovery>, _user: AuthUser) ->
             "m.set_displayname": { "enabled": true },
             "m.set_avatar_url": { "enabled": true },
             "m.3pid_changes": { "enabled": false },
+            "m.get_login_token": { "enabled": true },
+            "m.profile_fields": { "enabled": true },
         }
     }))
 }

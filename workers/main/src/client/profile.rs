@@ -1,6 +1,7 @@
-//! Profiles: `GET /profile/{userId}` and the display name and avatar fields. A change is copied
-//! into the user's member event in every room they are in, in the background: the request
-//! returns once the profile is stored.
+//! Profiles: `GET /profile/{userId}`, the display name and avatar fields, and extended profile
+//! fields (spec v1.16: any namespaced key, e.g. `m.tz`, with a JSON value). A display name or avatar
+//! change is copied into the user's member event in every room they are in, in the background: the
+//! request returns once the profile is stored.
 
 use axum::extract::{Path, State};
 use axum::{Extension, Json};
@@ -14,6 +15,50 @@ use crate::{Rooms, UserData};
 
 const FIELDS: &[&str] = &["displayname", "avatar_url"];
 
+/// The spec's limit on a key name, in bytes (`M_KEY_TOO_LARGE` beyond it).
+const MAX_KEY_BYTES: usize = 255;
+/// The spec's limit on a whole profile as JSON, in bytes (`M_PROFILE_TOO_LARGE` beyond it).
+const MAX_PROFILE_BYTES: usize = 64 * 1024;
+
+/// Checks a key name against the spec's grammar: `displayname`, `avatar_url`, or a namespaced
+/// identifier (`[a-z][a-z0-9_]*` segments joined by dots, at least two).
+fn check_key(key: &str) -> Result<(), MatrixError> {
+    if key.len() > MAX_KEY_BYTES {
+        return Err(MatrixError::new(
+            axum::http::StatusCode::BAD_REQUEST,
+            "M_KEY_TOO_LARGE",
+            format!("Profile keys may be at most {MAX_KEY_BYTES} bytes"),
+        ));
+    }
+    let segment_ok = |seg: &str| {
+        let mut b = seg.bytes();
+        b.next().is_some_and(|c| c.is_ascii_lowercase())
+            && b.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'_')
+    };
+    let namespaced = key.split('.').count() >= 2 && key.split('.').all(segment_ok);
+    if FIELDS.contains(&key) || namespaced {
+        Ok(())
+    } else {
+        Err(MatrixError::invalid_param(format!("Invalid profile key {key}")))
+    }
+}
+
+/// The whole profile as the spec's `GET /profile/{userId}` returns it.
+async fn full_profile(data: &UserData, user_id: &OwnedUserId) -> Result<serde_json::Map<String, Value>, MatrixError> {
+    let (name, avatar) = load(data, user_id).await?;
+    let mut body = serde_json::Map::new();
+    for (key, value) in data.users.profile_fields(user_id).await? {
+        body.insert(key, value);
+    }
+    if let Some(n) = name {
+        body.insert("displayname".into(), json!(n));
+    }
+    if let Some(a) = avatar {
+        body.insert("avatar_url".into(), json!(a));
+    }
+    Ok(body)
+}
+
 fn parse_user(s: &str) -> Result<OwnedUserId, MatrixError> {
     OwnedUserId::try_from(s).map_err(|e| MatrixError::invalid_param(format!("Invalid user ID {s}: {e}")))
 }
@@ -26,40 +71,28 @@ async fn load(data: &UserData, user_id: &OwnedUserId) -> Result<(Option<String>,
     data.users.profile(user_id).await?.ok_or_else(|| MatrixError::not_found("Profile not found"))
 }
 
-/// `GET /_matrix/client/v3/profile/{userId}`.
+/// `GET /_matrix/client/v3/profile/{userId}`: every field.
 pub(crate) async fn get_profile(
     State(data): State<UserData>,
     Path(user_id): Path<String>,
 ) -> Result<Json<Value>, MatrixError> {
     let user_id = parse_user(&user_id)?;
-    let (name, avatar) = load(&data, &user_id).await?;
-    let mut body = serde_json::Map::new();
-    if let Some(n) = name {
-        body.insert("displayname".into(), json!(n));
-    }
-    if let Some(a) = avatar {
-        body.insert("avatar_url".into(), json!(a));
-    }
-    Ok(Json(Value::Object(body)))
+    Ok(Json(Value::Object(full_profile(&data, &user_id).await?)))
 }
 
-/// `GET /_matrix/client/v3/profile/{userId}/{field}`.
+/// `GET /_matrix/client/v3/profile/{userId}/{keyName}`.
 pub(crate) async fn get_field(
     State(data): State<UserData>,
     Path((user_id, field)): Path<(String, String)>,
 ) -> Result<Json<Value>, MatrixError> {
     let user_id = parse_user(&user_id)?;
-    let (name, avatar) = load(&data, &user_id).await?;
-    let value = match field.as_str() {
-        "displayname" => name,
-        "avatar_url" => avatar,
-        _ => return Err(MatrixError::not_found(format!("Unknown profile field {field}"))),
-    };
-    let value = value.ok_or_else(|| MatrixError::not_found(format!("No {field} set")))?;
+    check_key(&field)?;
+    let mut profile = full_profile(&data, &user_id).await?;
+    let value = profile.remove(&field).ok_or_else(|| MatrixError::not_found(format!("No {field} set")))?;
     Ok(Json(json!({ field: value })))
 }
 
-/// `PUT /_matrix/client/v3/profile/{userId}/{field}`.
+/// `PUT /_matrix/client/v3/profile/{userId}/{keyName}`.
 pub(crate) async fn put_field(
     State(data): State<UserData>,
     State(rooms): State<Rooms>,
@@ -71,19 +104,75 @@ pub(crate) async fn put_field(
     if user.user_id.as_str() != user_id {
         return Err(MatrixError::forbidden("Cannot change another user's profile"));
     }
+    check_key(&field)?;
+    let Some(raw) = body.get(field.as_str()) else {
+        return Err(MatrixError::missing_param(format!("The body must hold {field}")));
+    };
     if !FIELDS.contains(&field.as_str()) {
-        return Err(MatrixError::not_found(format!("Unknown profile field {field}")));
+        if field == "m.tz" && !raw.is_string() {
+            return Err(MatrixError::invalid_param("m.tz must be a string (an IANA time zone)"));
+        }
+        let mut profile = full_profile(&data, &user.user_id).await?;
+        profile.insert(field.clone(), raw.clone());
+        check_size(&profile)?;
+        data.users.set_profile_custom_field(&user.user_id, &field, raw).await?;
+        return Ok(Json(json!({})));
     }
-    let value = match body.get(field.as_str()) {
-        None | Some(Value::Null) => None,
-        Some(Value::String(s)) if s.len() <= 256 => Some(s.clone()),
-        Some(Value::String(_)) => return Err(MatrixError::too_large(format!("{field} is too long"))),
-        Some(_) => return Err(MatrixError::bad_json(format!("{field} must be a string"))),
+    let value = match raw {
+        Value::Null => None,
+        Value::String(s) if s.len() <= 256 => Some(s.clone()),
+        Value::String(_) => return Err(MatrixError::too_large(format!("{field} is too long"))),
+        _ => return Err(MatrixError::bad_json(format!("{field} must be a string"))),
     };
     if field == "avatar_url" && value.as_deref().is_some_and(|v| !v.is_empty() && !v.starts_with("mxc://")) {
         return Err(MatrixError::invalid_param("avatar_url must be an mxc:// URI"));
     }
-    data.users.set_profile_field(&user.user_id, &field, value.as_deref()).await?;
+    let mut profile = full_profile(&data, &user.user_id).await?;
+    profile.insert(field.clone(), raw.clone());
+    check_size(&profile)?;
+    set_standard_field(data, rooms, &user, req, &field, value.as_deref()).await
+}
+
+/// `DELETE /_matrix/client/v3/profile/{userId}/{keyName}` (spec v1.16).
+pub(crate) async fn delete_field(
+    State(data): State<UserData>,
+    State(rooms): State<Rooms>,
+    user: AuthUser,
+    req: Option<Extension<RequestId>>,
+    Path((user_id, field)): Path<(String, String)>,
+) -> Result<Json<Value>, MatrixError> {
+    if user.user_id.as_str() != user_id {
+        return Err(MatrixError::forbidden("Cannot change another user's profile"));
+    }
+    check_key(&field)?;
+    if FIELDS.contains(&field.as_str()) {
+        return set_standard_field(data, rooms, &user, req, &field, None).await;
+    }
+    data.users.delete_profile_custom_field(&user.user_id, &field).await?;
+    Ok(Json(json!({})))
+}
+
+fn check_size(profile: &serde_json::Map<String, Value>) -> Result<(), MatrixError> {
+    if serde_json::to_vec(profile).map_or(usize::MAX, |v| v.len()) > MAX_PROFILE_BYTES {
+        return Err(MatrixError::new(
+            axum::http::StatusCode::BAD_REQUEST,
+            "M_PROFILE_TOO_LARGE",
+            "The profile would exceed 64 KiB",
+        ));
+    }
+    Ok(())
+}
+
+/// Stores `displayname` or `avatar_url` and copies it into the user's member events.
+async fn set_standard_field(
+    data: UserData,
+    rooms: Rooms,
+    user: &AuthUser,
+    req: Option<Extension<RequestId>>,
+    field: &str,
+    value: Option<&str>,
+) -> Result<Json<Value>, MatrixError> {
+    data.users.set_profile_field(&user.user_id, field, value).await?;
     let request_id = req.map(|r| r.0.0).unwrap_or_default();
     tokio::spawn(propagate(rooms, data, user.user_id.clone(), request_id));
     Ok(Json(json!({})))

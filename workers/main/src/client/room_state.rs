@@ -136,9 +136,31 @@ async fn put_state(
         }
     }
     let origin = WriteOrigin { txn: None, request_id: req.as_ref().map(|r| r.0.0.clone()).unwrap_or_default() };
+    let closes_to_guests = event_type == "m.room.guest_access" && content["guest_access"] != "can_join";
     let template = EventTemplate { event_type, state_key: Some(state_key), content };
     let written = rooms.writer.send(&room_id, &user.user_id, template, &origin).await?;
+    if closes_to_guests {
+        remove_guests(rooms, &room_id, &origin).await?;
+    }
     Ok(Json(json!({ "event_id": written.event_id })))
+}
+
+/// The spec's Guest Access module: once `m.room.guest_access` no longer says `can_join`, the
+/// server sets its guests' membership to `leave` (each guest leaves, which the auth rules allow).
+async fn remove_guests(rooms: &Rooms, room_id: &ruma::RoomId, origin: &WriteOrigin) -> Result<(), MatrixError> {
+    for member in rooms.events.members_with(room_id, "join").await? {
+        let Ok(member) = ruma::OwnedUserId::try_from(member) else { continue };
+        if !rooms.users.is_guest(&member).await? {
+            continue;
+        }
+        let template = EventTemplate {
+            event_type: "m.room.member".into(),
+            state_key: Some(member.to_string()),
+            content: json!({ "membership": "leave" }),
+        };
+        rooms.writer.send(room_id, &member, template, origin).await?;
+    }
+    Ok(())
 }
 
 /// `PUT /_matrix/client/v3/rooms/{roomId}/state/{eventType}/{stateKey}`.

@@ -6,7 +6,7 @@ use axum::extract::{Path, Query, State};
 use axum::{Extension, Json};
 use ganglion_core::EventTemplate;
 use ganglion_http::{AuthUser, MatrixError, MatrixJson, RequestId};
-use ruma::{OwnedRoomAliasId, OwnedRoomId, OwnedUserId, RoomId, RoomVersionId, UserId};
+use ruma::{OwnedRoomAliasId, OwnedRoomId, OwnedUserId, RoomId, RoomVersionId};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -228,19 +228,31 @@ pub(crate) async fn create_room(
 async fn join(
     rooms: &Rooms,
     room_id: &RoomId,
-    user: &UserId,
+    user: &AuthUser,
     origin: &WriteOrigin,
 ) -> Result<Json<Value>, MatrixError> {
-    rooms.limits.rooms.check(user.as_str())?;
+    let user_id = &user.user_id;
+    rooms.limits.rooms.check(user_id.as_str())?;
     if rooms.events.room_version(room_id).await?.is_none() {
         return Err(MatrixError::not_found("No known servers for this room"));
     }
-    if rooms.events.membership(room_id, user).await?.as_deref() == Some("join") {
+    if rooms.events.membership(room_id, user_id).await?.as_deref() == Some("join") {
         return Ok(Json(json!({ "room_id": room_id })));
     }
+    if user.is_guest && !guests_can_join(rooms, room_id).await? {
+        return Err(MatrixError::guest_access_forbidden("Guests may not join this room"));
+    }
+    let user = user_id;
     let template = state("m.room.member", user.as_str(), json!({ "membership": "join" }));
     rooms.writer.send(room_id, user, template, origin).await?;
     Ok(Json(json!({ "room_id": room_id })))
+}
+
+/// Whether the room's `m.room.guest_access` is `can_join` (the spec's condition for guests to join).
+async fn guests_can_join(rooms: &Rooms, room_id: &RoomId) -> Result<bool, MatrixError> {
+    let Some(event) = rooms.events.state_event(room_id, "m.room.guest_access", "").await? else { return Ok(false) };
+    let event: Value = serde_json::from_str(&event.json).map_err(MatrixError::internal)?;
+    Ok(event["content"]["guest_access"] == "can_join")
 }
 
 /// `POST /_matrix/client/v3/rooms/{roomId}/join`.
@@ -253,7 +265,7 @@ pub(crate) async fn join_room(
 ) -> Result<Json<Value>, MatrixError> {
     let room_id =
         OwnedRoomId::try_from(room_id).map_err(|e| MatrixError::invalid_param(format!("Invalid room ID: {e}")))?;
-    join(&rooms, &room_id, &user.user_id, &origin(&req, None)).await
+    join(&rooms, &room_id, &user, &origin(&req, None)).await
 }
 
 /// `POST /_matrix/client/v3/join/{roomIdOrAlias}`.
@@ -272,7 +284,7 @@ pub(crate) async fn join_by_id_or_alias(
         OwnedRoomId::try_from(target)
             .map_err(|e| MatrixError::invalid_param(format!("Invalid room ID or alias: {e}")))?
     };
-    join(&rooms, &room_id, &user.user_id, &origin(&req, None)).await
+    join(&rooms, &room_id, &user, &origin(&req, None)).await
 }
 
 /// `PUT /_matrix/client/v3/rooms/{roomId}/send/{eventType}/{txnId}`: a message event, idempotent
