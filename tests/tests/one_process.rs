@@ -510,6 +510,116 @@ async fn unread_counts_follow_push_rules_and_receipts() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unread_counts_per_thread_and_state_after() {
+    let server = OneProcess::start().await.expect("server starts");
+    let alice = RawClient::register(&server.url, "alice").await.unwrap();
+    let bob = RawClient::register(&server.url, "bob").await.unwrap();
+    let room = alice
+        .call("POST", "/_matrix/client/v3/createRoom", Some(&json!({"preset": "public_chat", "topic": "old"})))
+        .await
+        .unwrap();
+    let room_id = room.body["room_id"].as_str().unwrap().to_owned();
+    bob.call("POST", &format!("/_matrix/client/v3/rooms/{room_id}/join"), Some(&json!({}))).await.unwrap();
+    let send = |txn: &str, content: Value| {
+        let (bob, room_id, txn) = (bob.clone(), room_id.clone(), txn.to_owned());
+        async move {
+            let path = format!("/_matrix/client/v3/rooms/{room_id}/send/m.room.message/{txn}");
+            let r = bob.call("PUT", &path, Some(&content)).await.unwrap();
+            assert_eq!(r.status, 200, "{r:?}");
+            r.body["event_id"].as_str().unwrap().to_owned()
+        }
+    };
+    let root = send("r", json!({"msgtype": "m.text", "body": "root"})).await;
+    let in_thread = |body: &str| json!({"msgtype": "m.text", "body": body, "m.relates_to": {"rel_type": "m.thread", "event_id": root}});
+    send("t1", in_thread("reply 1")).await;
+    let last_reply = send("t2", in_thread("reply 2")).await;
+
+    // Without the filter option every notification counts in the room; with it, the thread's
+    // are counted apart.
+    let counts = |sync: &Value| sync["rooms"]["join"][room_id.as_str()].clone();
+    let plain = alice.sync(None, 0).await.unwrap();
+    assert_eq!(counts(&plain)["unread_notifications"]["notification_count"], 3, "{plain}");
+    assert!(counts(&plain).get("unread_thread_notifications").is_none());
+    // The timeline bundles the thread summary into the root.
+    let root_event = counts(&plain)["timeline"]["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["event_id"] == root.as_str())
+        .cloned()
+        .expect("the root is in the timeline");
+    let summary = &root_event["unsigned"]["m.relations"]["m.thread"];
+    assert_eq!(
+        (summary["count"].as_u64(), summary["latest_event"]["content"]["body"].as_str()),
+        (Some(2), Some("reply 2"))
+    );
+    let filter = r#"{"room":{"timeline":{"unread_thread_notifications":true}}}"#;
+    let path = format!("/_matrix/client/v3/sync?filter={}", urlencode(filter));
+    let threaded = alice.call("GET", &path, None).await.unwrap().body;
+    assert_eq!(counts(&threaded)["unread_notifications"]["notification_count"], 1, "the root: {threaded}");
+    assert_eq!(counts(&threaded)["unread_thread_notifications"][&root]["notification_count"], 2, "{threaded}");
+
+    // A receipt in the thread reads the thread, not the main timeline.
+    let r = alice
+        .call(
+            "POST",
+            &format!("/_matrix/client/v3/rooms/{room_id}/receipt/m.read/{last_reply}"),
+            Some(&json!({"thread_id": root})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{r:?}");
+    let after = alice.call("GET", &path, None).await.unwrap().body;
+    assert_eq!(counts(&after)["unread_notifications"]["notification_count"], 1, "{after}");
+    assert!(counts(&after)["unread_thread_notifications"].get(&root).is_none(), "{after}");
+
+    // use_state_after: state as of the end of the timeline, under `state_after`.
+    let since = plain["next_batch"].as_str().unwrap().to_owned();
+    let r = alice
+        .call("PUT", &format!("/_matrix/client/v3/rooms/{room_id}/state/m.room.topic"), Some(&json!({"topic": "new"})))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+    let one = urlencode(r#"{"room":{"timeline":{"limit":1}}}"#);
+    let initial =
+        alice.call("GET", &format!("/_matrix/client/v3/sync?use_state_after=true&filter={one}"), None).await.unwrap();
+    let room_now = counts(&initial.body);
+    assert!(room_now.get("state").is_none(), "{room_now}");
+    let topics: Vec<&Value> = room_now["state_after"]["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["type"] == "m.room.topic")
+        .map(|e| &e["content"]["topic"])
+        .collect();
+    assert_eq!(topics, vec![&json!("new")], "state_after includes the timeline's state: {room_now}");
+    let before = alice.call("GET", &format!("/_matrix/client/v3/sync?filter={one}"), None).await.unwrap();
+    let room_before = counts(&before.body);
+    let old_topic: Vec<&Value> = room_before["state"]["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["type"] == "m.room.topic")
+        .map(|e| &e["content"]["topic"])
+        .collect();
+    assert_eq!(old_topic, vec![&json!("old")], "`state` stops where the timeline starts");
+    let inc = alice
+        .call("GET", &format!("/_matrix/client/v3/sync?use_state_after=true&since={since}&filter={one}"), None)
+        .await
+        .unwrap();
+    let room_inc = counts(&inc.body);
+    let changed: Vec<&str> = room_inc["state_after"]["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["type"].as_str())
+        .collect();
+    assert!(changed.contains(&"m.room.topic"), "{}", inc.body);
+    let bad = alice.call("GET", "/_matrix/client/v3/sync?use_state_after=maybe", None).await.unwrap();
+    assert_eq!((bad.status, bad.body["errcode"].as_str()), (400, Some("M_INVALID_PARAM")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn presence_is_shared_with_room_members_only() {
     let server = OneProcess::start().await.expect("server starts");
     let alice = RawClient::register(&server.url, "alice").await.unwrap();

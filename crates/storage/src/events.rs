@@ -585,25 +585,48 @@ impl EventStore {
             .collect()
     }
 
-    /// A user's unread counts in a room: notifying events at or below `upto` after the event of
-    /// their latest read receipt (public or private).
+    /// A user's unread counts in a room: notifying events at or below `upto` that no read receipt
+    /// (public or private) covers. See [`EventStore::unread_counts_by_thread`].
     ///
     /// # Errors
     /// On database failure.
     pub async fn unread_counts(&self, user_id: &UserId, room_id: &RoomId, upto: i64) -> Result<UnreadCounts> {
-        let row = sqlx::query(
-            "SELECT COUNT(*), CAST(COALESCE(SUM(p.highlight), 0) AS BIGINT) FROM event_push_actions p
+        let per_thread = self.unread_counts_by_thread(user_id, room_id, upto).await?;
+        Ok(per_thread.into_iter().fold(UnreadCounts::default(), |total, (_, c)| UnreadCounts {
+            notifications: total.notifications + c.notifications,
+            highlights: total.highlights + c.highlights,
+        }))
+    }
+
+    /// A user's unread counts in a room per thread (`""` is the main timeline, else the thread
+    /// root's event ID), only threads with something unread. An event is read once an unthreaded
+    /// receipt, or a receipt for its own thread (`main` for the main timeline), is at or after it.
+    ///
+    /// # Errors
+    /// On database failure.
+    pub async fn unread_counts_by_thread(
+        &self,
+        user_id: &UserId,
+        room_id: &RoomId,
+        upto: i64,
+    ) -> Result<Vec<(String, UnreadCounts)>> {
+        let rows = sqlx::query(
+            "SELECT p.thread_id, COUNT(*), CAST(COALESCE(SUM(p.highlight), 0) AS BIGINT) FROM event_push_actions p
              WHERE p.user_id = $1 AND p.room_id = $2 AND p.stream_ordering <= $3
              AND p.stream_ordering > COALESCE((SELECT MAX(e.stream_ordering) FROM receipts r
                  JOIN events e ON e.event_id = r.event_id
-                 WHERE r.room_id = $2 AND r.user_id = $1 AND r.receipt_type IN ('m.read', 'm.read.private')), 0)",
+                 WHERE r.room_id = $2 AND r.user_id = $1 AND r.receipt_type IN ('m.read', 'm.read.private')
+                 AND (r.thread_id = '' OR r.thread_id = CASE WHEN p.thread_id = '' THEN 'main' ELSE p.thread_id END)), 0)
+             GROUP BY p.thread_id ORDER BY p.thread_id",
         )
         .bind(user_id.as_str())
         .bind(room_id.as_str())
         .bind(upto)
-        .fetch_one(self.db.pool())
+        .fetch_all(self.db.pool())
         .await?;
-        Ok(UnreadCounts { notifications: row.try_get(0)?, highlights: row.try_get(1)? })
+        rows.iter()
+            .map(|r| Ok((r.try_get(0)?, UnreadCounts { notifications: r.try_get(1)?, highlights: r.try_get(2)? })))
+            .collect()
     }
 
     /// Publishes a room in the public directory, or withdraws it.

@@ -9,6 +9,7 @@
 //! a worker crate or on `ganglion-http`.
 
 mod account_data;
+mod bundled;
 mod catch_up;
 mod device_lists;
 mod e2ee;
@@ -31,6 +32,7 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, ConnectOptions};
 
 pub use account_data::{AccountDataEntry, AccountDataStore};
+pub use bundled::client_events_with_relations;
 pub use catch_up::{DbCatchUp, account_data_row, event_row, follow_events, follow_stream, user_row};
 pub use device_lists::{DeviceListWindow, device_list_changes};
 pub use e2ee::{E2eeStore, ToDeviceMessage};

@@ -498,6 +498,32 @@ async fn unread_counts_stop_at_the_read_receipt(t: &TestDb) {
     EphemeralStore::new(t.db.clone()).put_receipt(&receipt).await.unwrap();
     let c = events.unread_counts(&alice, &room, 10).await.unwrap();
     assert_eq!((c.notifications, c.highlights), (1, 1), "only what follows the receipt");
+
+    // Threads: 5 and 6 reply in the thread of $e2, 7 is in the main timeline again.
+    for (pos, thread) in [(5, "$e2"), (6, "$e2"), (7, "")] {
+        let mut e = event(pos, &room, &bob, "m.room.message", None, &[]);
+        e.push_actions = vec![(alice.clone(), false, thread.to_owned())];
+        events.persist(&e).await.unwrap();
+    }
+    let counts =
+        |v: Vec<(String, crate::UnreadCounts)>| v.into_iter().map(|(t, c)| (t, c.notifications)).collect::<Vec<_>>();
+    assert_eq!(
+        counts(events.unread_counts_by_thread(&alice, &room, 10).await.unwrap()),
+        vec![(String::new(), 2), ("$e2".to_owned(), 2)]
+    );
+    // A receipt in the thread clears only the thread; `main` only the main timeline.
+    let threaded = |pos: i64, thread: &str, event: &str| Receipt {
+        position: pos,
+        thread_id: thread.into(),
+        event_id: event.into(),
+        ..receipt.clone()
+    };
+    let ephemeral = EphemeralStore::new(t.db.clone());
+    ephemeral.put_receipt(&threaded(2, "$e2", "$e6")).await.unwrap();
+    assert_eq!(counts(events.unread_counts_by_thread(&alice, &room, 10).await.unwrap()), vec![(String::new(), 2)]);
+    ephemeral.put_receipt(&threaded(3, "main", "$e7")).await.unwrap();
+    assert!(events.unread_counts_by_thread(&alice, &room, 10).await.unwrap().is_empty());
+    assert_eq!(events.unread_counts(&alice, &room, 10).await.unwrap(), crate::UnreadCounts::default());
 }
 
 async fn relations_threads_and_timestamps(t: &TestDb) {

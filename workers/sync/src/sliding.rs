@@ -466,7 +466,7 @@ async fn room(
         .map(sync_event)
         .collect();
     out["required_state"] = json!(required_state);
-    out["timeline"] = json!(timeline.iter().map(sync_event).collect::<Vec<_>>());
+    out["timeline"] = json!(crate::sync_v3::timeline_events(ctx, d.user_id, upto, timeline).await?);
     out["limited"] = json!(limited);
     let live = d.since.map_or(0, |s| timeline.iter().filter(|e| e.stream_ordering > s).count());
     out["num_live"] = json!(live);

@@ -22,6 +22,7 @@ pub(crate) struct SyncQuery {
     full_state: Option<String>,
     filter: Option<String>,
     set_presence: Option<String>,
+    use_state_after: Option<String>,
 }
 
 /// Timeline events per room when the filter does not say.
@@ -80,9 +81,18 @@ pub(crate) async fn sync(
         Some(_) => return Err(MatrixError::invalid_param("set_presence must be online, offline or unavailable")),
     };
     report_presence(&ctx, &user, presence_state);
+    let state_after = match q.use_state_after.as_deref() {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(_) => return Err(MatrixError::invalid_param("use_state_after must be true or false")),
+    };
     let filter = load_filter(&ctx, &user.user_id, q.filter.as_deref()).await?;
-    let limit = timeline_limit(&filter)?;
-    let include_leave = include_leave(&filter);
+    let opts = RoomsOptions {
+        full_state,
+        limit: timeline_limit(&filter)?,
+        include_leave: include_leave(&filter),
+        state_after,
+    };
     let since = q
         .since
         .as_deref()
@@ -115,25 +125,22 @@ pub(crate) async fn sync(
             Some(s) => s.max(now),
             None => now,
         };
-        let (mut rooms, mut has_data) =
-            build_rooms(&ctx, &user.user_id, since, next.events, full_state, limit, include_leave).await?;
+        let (mut rooms, mut has_data) = build_rooms(&ctx, &user.user_id, since, next.events, opts).await?;
         let global = account_data(&ctx, &user.user_id, since, next, full_state, &mut rooms, &mut has_data).await?;
         ephemeral(&ctx, &user.user_id, since, next, full_state, &mut rooms, &mut has_data).await?;
-        unread_counts(&ctx, &user.user_id, next, &mut rooms).await?;
-        room_summaries_and_lazy_members(&ctx, &user.user_id, &filter, next, &mut rooms).await?;
+        let per_thread = filter.pointer("/room/timeline/unread_thread_notifications").and_then(Value::as_bool);
+        unread_counts(&ctx, &user.user_id, next, per_thread.unwrap_or(false), &mut rooms).await?;
+        room_summaries_and_lazy_members(&ctx, &user.user_id, &filter, next, state_after, &mut rooms).await?;
         let e2ee = e2ee_sections(&ctx, &user, since, &mut next, &mut has_data).await?;
         let presence = presence_events(&ctx, &user.user_id, since, next, &mut has_data).await?;
         if since.is_none() || full_state || has_data || Instant::now() >= deadline {
-            let mut body = response(rooms, global, e2ee, presence, next);
-            crate::filters::apply(&filter, &mut body);
-            return Ok(Json(body));
+            return Ok(Json(finish(response(rooms, global, e2ee, presence, next), &filter, state_after)));
         }
         match tokio::time::timeout_at(deadline, positions.changed()).await {
             Ok(Ok(())) => continue,
             // Timed out, or the followers stopped (shutdown): answer with what we have.
             _ => {
-                let mut body = response(rooms, global, e2ee, presence, next);
-                crate::filters::apply(&filter, &mut body);
+                let body = finish(response(rooms, global, e2ee, presence, next), &filter, state_after);
                 return Ok(Json(body));
             }
         }
@@ -204,6 +211,7 @@ async fn room_summaries_and_lazy_members(
     user_id: &UserId,
     filter: &Value,
     next: SyncToken,
+    state_after: bool,
     rooms: &mut Value,
 ) -> Result<(), MatrixError> {
     let lazy = lazy_load_members(filter);
@@ -241,8 +249,10 @@ async fn room_summaries_and_lazy_members(
             .map(|evs| evs.iter().filter_map(|e| e["sender"].as_str().map(str::to_owned)).collect())
             .unwrap_or_default();
         wanted.insert(user_id.to_string());
+        // `state` need not repeat members the timeline carries; `state_after` is complete.
         let in_timeline: HashSet<String> = room["timeline"]["events"]
             .as_array()
+            .filter(|_| !state_after)
             .map(|evs| {
                 evs.iter()
                     .filter(|e| e["type"] == "m.room.member")
@@ -267,20 +277,36 @@ async fn room_summaries_and_lazy_members(
     Ok(())
 }
 
-/// Fills `unread_notifications` of every joined room in the response: notifying events after
-/// the user's latest read receipt, as evaluated against their push rules when each was sent.
+/// Fills `unread_notifications` of every joined room in the response: notifying events no read
+/// receipt covers, as evaluated against the user's push rules when each was sent. With
+/// `per_thread` (the filter's `unread_thread_notifications`), the main timeline's counts go in
+/// `unread_notifications` and each thread's in `unread_thread_notifications`.
 async fn unread_counts(
     ctx: &SyncContext,
     user_id: &UserId,
     next: SyncToken,
+    per_thread: bool,
     rooms: &mut Value,
 ) -> Result<(), MatrixError> {
     let Some(join) = rooms["join"].as_object_mut() else { return Ok(()) };
+    let counts_json = |c: &ganglion_storage::UnreadCounts| json!({ "notification_count": c.notifications, "highlight_count": c.highlights });
     for (room_id, room) in join.iter_mut() {
         let Ok(room_id) = <&ruma::RoomId>::try_from(room_id.as_str()) else { continue };
-        let counts = ctx.events.unread_counts(user_id, room_id, next.events as i64).await?;
-        room["unread_notifications"] =
-            json!({ "notification_count": counts.notifications, "highlight_count": counts.highlights });
+        let threads = ctx.events.unread_counts_by_thread(user_id, room_id, next.events as i64).await?;
+        let mut main = ganglion_storage::UnreadCounts::default();
+        let mut by_thread = serde_json::Map::new();
+        for (thread, c) in &threads {
+            if per_thread && !thread.is_empty() {
+                by_thread.insert(thread.clone(), counts_json(c));
+            } else {
+                main.notifications += c.notifications;
+                main.highlights += c.highlights;
+            }
+        }
+        room["unread_notifications"] = counts_json(&main);
+        if per_thread {
+            room["unread_thread_notifications"] = Value::Object(by_thread);
+        }
     }
     Ok(())
 }
@@ -335,7 +361,7 @@ async fn ephemeral(
     for (room_id, events) in per_room {
         let room = &mut rooms["join"][room_id.as_str()];
         if room.is_null() {
-            *room = joined_room(&[], false, Vec::new());
+            *room = joined_room(json!({ "events": [], "limited": false }), Vec::new());
         }
         if let Some(list) = room["ephemeral"]["events"].as_array_mut() {
             list.extend(events);
@@ -441,7 +467,7 @@ async fn account_data(
         }
         let room = &mut rooms["join"][e.room_id.as_str()];
         if room.is_null() {
-            *room = joined_room(&[], false, Vec::new());
+            *room = joined_room(json!({ "events": [], "limited": false }), Vec::new());
         }
         if let Some(list) = room["account_data"]["events"].as_array_mut() {
             list.push(event);
@@ -490,16 +516,59 @@ pub(crate) fn pagination_token(e: &PersistedEvent) -> String {
     format!("t{}_{}", e.depth, e.stream_ordering)
 }
 
+/// How `rooms` is built, from the request and its filter.
+#[derive(Debug, Clone, Copy)]
+struct RoomsOptions {
+    full_state: bool,
+    /// Timeline events per room.
+    limit: usize,
+    /// Left rooms on an initial sync too.
+    include_leave: bool,
+    /// `use_state_after`: room state as of the end of the timeline (`state_after`) rather than
+    /// its start (`state`).
+    state_after: bool,
+}
+
+/// The response with the filter applied; with `use_state_after`, rooms' `state` becomes
+/// `state_after`.
+fn finish(mut body: Value, filter: &Value, state_after: bool) -> Value {
+    crate::filters::apply(filter, &mut body);
+    if state_after {
+        for section in ["join", "leave"] {
+            if let Some(rooms) = body["rooms"][section].as_object_mut() {
+                for room in rooms.values_mut() {
+                    if let Some(state) = room.as_object_mut().and_then(|r| r.remove("state")) {
+                        room["state_after"] = state;
+                    }
+                }
+            }
+        }
+    }
+    body
+}
+
+/// The latest event per `(type, state_key)` among the state events of `events` (oldest first).
+fn latest_state(events: &[PersistedEvent]) -> Vec<&PersistedEvent> {
+    let mut latest: HashMap<(&str, &str), &PersistedEvent> = HashMap::new();
+    for e in events {
+        if let Some(key) = e.state_key.as_deref() {
+            latest.insert((e.event_type.as_str(), key), e);
+        }
+    }
+    let mut out: Vec<&PersistedEvent> = latest.into_values().collect();
+    out.sort_by_key(|e| e.stream_ordering);
+    out
+}
+
 /// Builds `rooms` and says whether anything is in it.
 async fn build_rooms(
     ctx: &SyncContext,
     user_id: &UserId,
     since: Option<SyncToken>,
     upto: u64,
-    full_state: bool,
-    limit: usize,
-    include_leave: bool,
+    opts: RoomsOptions,
 ) -> Result<(Value, bool), MatrixError> {
+    let RoomsOptions { full_state, limit, include_leave, state_after } = opts;
     let upto_i = upto as i64;
     let since_i = since.map(|s| s.events as i64);
     let memberships = ctx.events.rooms_for_user(user_id).await?;
@@ -560,10 +629,16 @@ async fn build_rooms(
                 if limited {
                     timeline.remove(0);
                 }
-                // The state before the timeline starts; the timeline carries the rest.
-                let before = timeline.first().map_or(upto_i, |e| e.stream_ordering - 1);
-                let state: Vec<Value> = ctx.events.state_at(&m.room_id, before).await?.iter().map(sync_event).collect();
-                join.insert(m.room_id.to_string(), joined_room(&timeline, limited, state));
+                // The state before the timeline starts (the timeline carries the rest), or with
+                // `use_state_after` the state at its end.
+                let at = if state_after {
+                    timeline.last().map_or(upto_i, |e| e.stream_ordering)
+                } else {
+                    timeline.first().map_or(upto_i, |e| e.stream_ordering - 1)
+                };
+                let state: Vec<Value> = ctx.events.state_at(&m.room_id, at).await?.iter().map(sync_event).collect();
+                let timeline = timeline_json(ctx, user_id, upto_i, &timeline, limited).await?;
+                join.insert(m.room_id.to_string(), joined_room(timeline, state));
             }
             "join" => {
                 let s = since_i.unwrap_or_default();
@@ -580,9 +655,12 @@ async fn build_rooms(
                 let limited = events.len() > limit || (scan_capped && events.len() > limit);
                 let split = events.len().saturating_sub(limit);
                 let (gap, timeline) = events.split_at(split);
-                // State that changed in the part of the gap the client will not see.
-                let state: Vec<Value> = gap.iter().filter(|e| e.state_key.is_some()).map(sync_event).collect();
-                join.insert(m.room_id.to_string(), joined_room(timeline, limited, state));
+                // State that changed in the part of the gap the client will not see; with
+                // `use_state_after`, every state change up to the end of the timeline.
+                let changed = if state_after { latest_state(&events) } else { latest_state(gap) };
+                let state: Vec<Value> = changed.into_iter().map(sync_event).collect();
+                let timeline = timeline_json(ctx, user_id, upto_i, timeline, limited).await?;
+                join.insert(m.room_id.to_string(), joined_room(timeline, state));
             }
             "invite" | "knock" if is_new => {
                 let mut stripped_state: Vec<Value> = ctx
@@ -625,7 +703,7 @@ async fn build_rooms(
                 leave.insert(
                     m.room_id.to_string(),
                     json!({
-                        "timeline": timeline_json(&timeline, limited),
+                        "timeline": timeline_json(ctx, user_id, m.stream_ordering, &timeline, limited).await?,
                         "state": { "events": [] },
                         "account_data": { "events": [] },
                     }),
@@ -638,17 +716,35 @@ async fn build_rooms(
     Ok((json!({ "join": join, "invite": invite, "leave": leave, "knock": knock }), has_data))
 }
 
-fn timeline_json(timeline: &[PersistedEvent], limited: bool) -> Value {
-    let mut t = json!({ "events": timeline.iter().map(sync_event).collect::<Vec<_>>(), "limited": limited });
+/// Timeline events in sync format, with their bundled aggregations (relations the user may see
+/// at `upto`).
+pub(crate) async fn timeline_events(
+    ctx: &SyncContext,
+    user_id: &UserId,
+    upto: i64,
+    timeline: &[PersistedEvent],
+) -> Result<Vec<Value>, MatrixError> {
+    let events = ganglion_storage::client_events_with_relations(&ctx.events, user_id, upto, timeline).await?;
+    Ok(events.into_iter().map(strip_to_sync_format).collect())
+}
+
+async fn timeline_json(
+    ctx: &SyncContext,
+    user_id: &UserId,
+    upto: i64,
+    timeline: &[PersistedEvent],
+    limited: bool,
+) -> Result<Value, MatrixError> {
+    let mut t = json!({ "events": timeline_events(ctx, user_id, upto, timeline).await?, "limited": limited });
     if let Some(first) = timeline.first() {
         t["prev_batch"] = json!(pagination_token(first));
     }
-    t
+    Ok(t)
 }
 
-fn joined_room(timeline: &[PersistedEvent], limited: bool, state: Vec<Value>) -> Value {
+fn joined_room(timeline: Value, state: Vec<Value>) -> Value {
     json!({
-        "timeline": timeline_json(timeline, limited),
+        "timeline": timeline,
         "state": { "events": state },
         "ephemeral": { "events": [] },
         "account_data": { "events": [] },
