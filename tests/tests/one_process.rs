@@ -608,12 +608,8 @@ async fn unread_counts_per_thread_and_state_after() {
         .await
         .unwrap();
     let room_inc = counts(&inc.body);
-    let changed: Vec<&str> = room_inc["state_after"]["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|e| e["type"].as_str())
-        .collect();
+    let changed: Vec<&str> =
+        room_inc["state_after"]["events"].as_array().unwrap().iter().filter_map(|e| e["type"].as_str()).collect();
     assert!(changed.contains(&"m.room.topic"), "{}", inc.body);
     let bad = alice.call("GET", "/_matrix/client/v3/sync?use_state_after=maybe", None).await.unwrap();
     assert_eq!((bad.status, bad.body["errcode"].as_str()), (400, Some("M_INVALID_PARAM")));
