@@ -6,11 +6,11 @@
 // matrix-sdk's sync future is deep enough to need more than the default to prove it is `Send`.
 #![recursion_limit = "256"]
 
-use std::future::Future;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use ganglion_e2e::sdk::sdk_register;
 use ganglion_e2e::{OneProcess, Split};
+use ganglion_sdk_e2ee::{PATIENCE, eventually};
 use matrix_sdk::Client;
 use matrix_sdk::config::SyncSettings;
 use matrix_sdk::deserialized_responses::EncryptionInfo;
@@ -31,25 +31,6 @@ use matrix_sdk_crypto::types::events::room::encrypted::EncryptedEvent;
 use matrix_sdk_crypto::{DecryptionSettings, OlmMachine, TrustRequirement};
 use serde_json::Value;
 use tokio::sync::mpsc;
-
-/// How long any one thing may take to show up.
-const PATIENCE: Duration = Duration::from_secs(30);
-
-/// Polls `check` until it yields a value or [`PATIENCE`] runs out.
-async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
 
 /// Keeps `client` syncing in the background (which also sends its key uploads, queries, claims
 /// and to-device messages), after one sync in the foreground so its keys are on the server.
