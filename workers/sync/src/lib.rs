@@ -69,6 +69,23 @@ impl Positions {
         }
     }
 
+    /// For a first sync (no token): waits, at most two seconds, until this instance has followed
+    /// the `events` stream as far as the database has it, so a client's own writes (a join just
+    /// made, say) are in its first sync even when the stream reaches this worker a moment later.
+    ///
+    /// # Errors
+    /// When the database cannot be read.
+    pub(crate) async fn catch_up_with_database(&mut self, events: &EventStore) -> Result<(), ganglion_storage::Error> {
+        let written = u64::try_from(events.max_stream_ordering().await?).unwrap_or(0);
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(2);
+        while self.current().events < written {
+            if !matches!(tokio::time::timeout_at(deadline, self.changed()).await, Ok(Ok(()))) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
     /// Resolves when any stream moves; errors when the followers stopped.
     pub(crate) async fn changed(&mut self) -> Result<(), watch::error::RecvError> {
         tokio::select! {

@@ -85,6 +85,9 @@ pub(crate) async fn sliding_sync(
 
     let deadline = Instant::now() + timeout;
     let mut positions = ctx.positions.clone();
+    if prev.is_none() {
+        positions.catch_up_with_database(&ctx.events).await?;
+    }
     // A pos from an instance further along: wait until this one has caught up, as classic sync does.
     if let Some((_, s)) = &prev {
         let catch_up_deadline = deadline.max(Instant::now() + Duration::from_secs(10));

@@ -101,6 +101,9 @@ pub(crate) async fn sync(
 
     let deadline = Instant::now() + timeout;
     let mut positions = ctx.positions.clone();
+    if since.is_none() {
+        positions.catch_up_with_database(&ctx.events).await?;
+    }
     // A token from an instance further along: wait until this one has caught up, so the client never
     // sees time run backwards.
     if let Some(s) = since {
