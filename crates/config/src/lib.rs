@@ -520,7 +520,7 @@ impl Default for PasswordHashingConfig {
 
 impl Default for RoomsConfig {
     fn default() -> Self {
-        Self { default_version: "11".to_owned() }
+        Self { default_version: "12".to_owned() }
     }
 }
 

@@ -220,7 +220,7 @@ async fn create_room_presets_and_errors(backend: Backend) {
             "POST",
             "/_matrix/client/v3/createRoom",
             Some(&alice),
-            Some(json!({"preset": "public_chat", "name": "Lobby", "topic": "hi", "room_alias_name": "lobby", "invite": ["@bob:localhost"]})),
+            Some(json!({"preset": "public_chat", "name": "Lobby", "topic": "hi", "room_alias_name": "lobby", "invite": ["@bob:localhost"], "room_version": "11"})),
         )
         .await;
     assert_eq!(s, StatusCode::OK, "{b}");
@@ -244,6 +244,10 @@ async fn create_room_presets_and_errors(backend: Backend) {
     );
     assert_eq!(state[0].2["room_version"], "11");
     assert_eq!(state[2].2["users"]["@alice:localhost"], 100);
+    // Without `room_version`, the spec's current default: 12.
+    let (_, b) = app.call("POST", "/_matrix/client/v3/createRoom", Some(&alice), Some(json!({}))).await;
+    let default_state = state_of(&app, &alice, b["room_id"].as_str().unwrap()).await;
+    assert_eq!(default_state[0].2["room_version"], "12");
     assert_eq!(state[3].2["alias"], "#lobby:localhost");
     assert_eq!(state[4].2["join_rule"], "public");
     assert_eq!((state[8].1.as_str(), &state[8].2["membership"]), ("@bob:localhost", &json!("invite")));
