@@ -102,6 +102,7 @@ on_both_backends!(
     room_upgrade_tombstones_and_carries_state_over,
     room_upgrade_by_a_moderator_keeps_their_level,
     cross_signing_signatures_are_verified,
+    restricted_rooms_admit_members_of_allowed_rooms,
     dehydrated_device_lifecycle,
     key_changes_report_users_who_left,
     versions_and_capabilities_advertise_what_is_served,
@@ -2821,5 +2822,53 @@ async fn versions_and_capabilities_advertise_what_is_served(backend: Backend) {
     assert_eq!(s, StatusCode::OK, "{b}");
     assert_eq!(b["capabilities"]["m.get_login_token"]["enabled"], true);
     assert_eq!(b["capabilities"]["m.profile_fields"]["enabled"], true);
+    app.db.cleanup().await;
+}
+
+async fn restricted_rooms_admit_members_of_allowed_rooms(backend: Backend) {
+    let app = app(backend, |_| {}).await;
+    let alice = app.register("alice").await;
+    let bob = app.register("bob").await;
+    let carol = app.register("carol").await;
+    let space = create(&app, &alice, json!({"preset": "public_chat", "name": "Space"})).await;
+    let restricted = |rule: &str| {
+        json!({"preset": "private_chat", "initial_state": [{"type": "m.room.join_rules", "state_key": "",
+            "content": {"join_rule": rule, "allow": [{"type": "m.room_membership", "room_id": space}]}}]})
+    };
+    let room = create(&app, &alice, restricted("restricted")).await;
+    let join = |token: String, room: String| {
+        let app = &app;
+        async move {
+            app.call("POST", &format!("/_matrix/client/v3/rooms/{room}/join"), Some(&token), Some(json!({}))).await
+        }
+    };
+
+    // Not in the space: refused.
+    let (s, b) = join(bob.clone(), room.clone()).await;
+    assert_eq!((s, b["errcode"].as_str()), (StatusCode::FORBIDDEN, Some("M_FORBIDDEN")), "{b}");
+    // In the space: admitted, authorised by a member who may invite.
+    assert_eq!(join(bob.clone(), space.clone()).await.0, StatusCode::OK);
+    let (s, b) = join(bob.clone(), room.clone()).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let state = state_of(&app, &alice, &room).await;
+    let member = state.iter().find(|(t, k, _)| t == "m.room.member" && k == "@bob:localhost").expect("bob's join");
+    assert_eq!(member.2["membership"], "join");
+    assert_eq!(member.2["join_authorised_via_users_server"], "@alice:localhost");
+
+    // An invite still works without the allowed room; knock_restricted admits the same way.
+    let (s, _) = app
+        .call(
+            "POST",
+            &format!("/_matrix/client/v3/rooms/{room}/invite"),
+            Some(&alice),
+            Some(json!({"user_id": "@carol:localhost"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(join(carol.clone(), room.clone()).await.0, StatusCode::OK);
+    let knockable = create(&app, &alice, restricted("knock_restricted")).await;
+    assert_eq!(join(bob.clone(), knockable.clone()).await.0, StatusCode::OK, "bob is in the space");
+    let (s, _) = join(carol.clone(), knockable).await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "carol is not; she may knock instead");
     app.db.cleanup().await;
 }

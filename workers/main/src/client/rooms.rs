@@ -6,7 +6,7 @@ use axum::extract::{Path, Query, State};
 use axum::{Extension, Json};
 use ganglion_core::EventTemplate;
 use ganglion_http::{AuthUser, MatrixError, MatrixJson, RequestId};
-use ruma::{OwnedRoomAliasId, OwnedRoomId, OwnedUserId, RoomId, RoomVersionId};
+use ruma::{OwnedRoomAliasId, OwnedRoomId, OwnedUserId, RoomId, RoomVersionId, UserId};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -242,10 +242,69 @@ async fn join(
     if user.is_guest && !guests_can_join(rooms, room_id).await? {
         return Err(MatrixError::guest_access_forbidden("Guests may not join this room"));
     }
-    let user = user_id;
-    let template = state("m.room.member", user.as_str(), json!({ "membership": "join" }));
-    rooms.writer.send(room_id, user, template, origin).await?;
+    let mut content = json!({ "membership": "join" });
+    if let Some(authoriser) = restricted_join_authoriser(rooms, room_id, user_id).await? {
+        content["join_authorised_via_users_server"] = json!(authoriser);
+    }
+    let template = state("m.room.member", user_id.as_str(), content);
+    rooms.writer.send(room_id, user_id, template, origin).await?;
     Ok(Json(json!({ "room_id": room_id })))
+}
+
+/// For a `restricted` or `knock_restricted` room the user is not invited to: a member of the
+/// room who may invite, to name in `join_authorised_via_users_server`, once the user is shown to
+/// be joined to one of the rooms the join rules allow (the auth rules then check the
+/// authoriser's power). `None` when the room is not restricted or the user is invited; 403 when
+/// no allowed room has the user.
+async fn restricted_join_authoriser(
+    rooms: &Rooms,
+    room_id: &RoomId,
+    user_id: &UserId,
+) -> Result<Option<OwnedUserId>, MatrixError> {
+    let Some(rules_event) = rooms.events.state_event(room_id, "m.room.join_rules", "").await? else {
+        return Ok(None);
+    };
+    let rules: Value = serde_json::from_str(&rules_event.json).map_err(MatrixError::internal)?;
+    let join_rule = rules["content"]["join_rule"].as_str().unwrap_or_default();
+    if !matches!(join_rule, "restricted" | "knock_restricted")
+        || rooms.events.membership(room_id, user_id).await?.as_deref() == Some("invite")
+    {
+        return Ok(None);
+    }
+    let mut qualifies = false;
+    for allow in rules["content"]["allow"].as_array().into_iter().flatten() {
+        let Some(allowed) = allow["room_id"].as_str().filter(|_| allow["type"] == "m.room_membership") else {
+            continue;
+        };
+        let Ok(allowed) = <&RoomId>::try_from(allowed) else { continue };
+        if rooms.events.membership(allowed, user_id).await?.as_deref() == Some("join") {
+            qualifies = true;
+            break;
+        }
+    }
+    if !qualifies {
+        return Err(MatrixError::forbidden(
+            "You are not invited to this room, nor a member of a room that allows joining it",
+        ));
+    }
+    let version = rooms.events.room_version(room_id).await?.unwrap_or_default();
+    let version_rules = ruma::RoomVersionId::try_from(version.as_str())
+        .ok()
+        .and_then(|v| v.rules())
+        .ok_or_else(|| MatrixError::internal(format!("unknown room version {version}")))?;
+    let state = rooms.writer.room_state(room_id).await?;
+    let invite_level = ganglion_core::required_level(&state, "invite", 0);
+    let authoriser = rooms
+        .events
+        .members_with(room_id, "join")
+        .await?
+        .into_iter()
+        .filter_map(|m| OwnedUserId::try_from(m).ok())
+        .filter(|m| m.server_name() == rooms.writer.server_name())
+        .find(|m| ganglion_core::user_power_level(&state, m, &version_rules) >= invite_level);
+    authoriser
+        .map(Some)
+        .ok_or_else(|| MatrixError::forbidden("No member of this room on this server may authorise the join"))
 }
 
 /// Whether the room's `m.room.guest_access` is `can_join` (the spec's condition for guests to join).
