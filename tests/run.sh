@@ -57,6 +57,16 @@ redis-cli -h 127.0.0.1 -p 6379 ping
 log "building the ganglion binary (the end-to-end tests run it)"
 cargo build -p ganglion
 
+# A real Synapse for the differential tests (same requests to both servers, same room state), in a
+# venv kept with the build output so later runs reuse it.
+synapse_venv="${CARGO_TARGET_DIR:-$PWD/target}/synapse-venv"
+if [ ! -x "$synapse_venv/bin/python" ] || ! "$synapse_venv/bin/python" -c 'import synapse' >/dev/null 2>&1; then
+  log "installing matrix-synapse into $synapse_venv (the reference for the differential tests)"
+  python3 -m venv "$synapse_venv"
+  "$synapse_venv/bin/pip" install --quiet --disable-pip-version-check matrix-synapse
+fi
+export TEST_SYNAPSE_PYTHON="$synapse_venv/bin/python"
+
 # matrix-sdk's encryption tests are a workspace of their own (see tests/sdk-e2ee/Cargo.toml);
 # they share the target directory, so they find the ganglion binary built above.
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"

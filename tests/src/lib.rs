@@ -435,6 +435,75 @@ impl Split {
     }
 }
 
+/// A real Synapse (PyPI `matrix-synapse`) on SQLite, for differential tests: same requests, same
+/// answers expected. Found through `TEST_SYNAPSE_PYTHON`, a Python with Synapse installed
+/// (`tests/run.sh` makes a venv); killed on drop.
+pub struct Synapse {
+    /// Base URL of its client API.
+    pub url: String,
+    proc: Proc,
+    _dir: tempfile::TempDir,
+}
+
+impl Synapse {
+    /// Starts Synapse as `localhost` on a free port, registration open, rate limits off. `None`
+    /// when `TEST_SYNAPSE_PYTHON` is not set.
+    ///
+    /// # Errors
+    /// When it cannot be configured or does not become ready.
+    pub async fn start() -> Result<Option<Self>> {
+        let Ok(python) = std::env::var("TEST_SYNAPSE_PYTHON") else { return Ok(None) };
+        let dir = tempfile::tempdir()?;
+        let config = dir.path().join("homeserver.yaml");
+        let out = Command::new(&python)
+            .args([
+                "-m",
+                "synapse.app.homeserver",
+                "--server-name",
+                "localhost",
+                "--report-stats=no",
+                "--generate-config",
+            ])
+            .arg("--config-path")
+            .arg(&config)
+            .arg("--data-directory")
+            .arg(dir.path())
+            .output()
+            .await
+            .context("running Synapse's --generate-config")?;
+        if !out.status.success() {
+            bail!("synapse --generate-config: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        let port = free_port();
+        let unlimited = json!({ "per_second": 10000, "burst_count": 10000 });
+        // JSON is YAML; later config files override earlier ones key by key.
+        let overrides = json!({
+            "listeners": [{ "port": port, "bind_addresses": ["127.0.0.1"], "type": "http", "tls": false,
+                            "x_forwarded": false, "resources": [{ "names": ["client"], "compress": false }] }],
+            "enable_registration": true,
+            "enable_registration_without_verification": true,
+            "trusted_key_servers": [],
+            "suppress_key_server_warning": true,
+            "rc_message": unlimited, "rc_registration": unlimited, "rc_login":
+                { "address": unlimited, "account": unlimited, "failed_attempts": unlimited },
+            "rc_joins": { "local": unlimited, "remote": unlimited },
+            "rc_invites": { "per_room": unlimited, "per_user": unlimited, "per_issuer": unlimited },
+        });
+        let override_path = write_config(dir.path(), "overrides", &overrides)?;
+        let mut cmd = Command::new(&python);
+        cmd.args(["-m", "synapse.app.homeserver", "-c"]).arg(&config).arg("-c").arg(&override_path);
+        let proc = spawn("synapse", cmd, dir.path())?;
+        let url = format!("http://127.0.0.1:{port}");
+        wait_ready(&format!("{url}/_matrix/client/versions"), Duration::from_secs(60), &proc).await?;
+        Ok(Some(Self { url, proc, _dir: dir }))
+    }
+
+    /// Synapse's log, for failure messages.
+    pub fn log(&self) -> String {
+        self.proc.log()
+    }
+}
+
 /// A `moto_server` (PyPI `moto[server]`): a local S3 for the media store, killed on drop.
 pub struct Moto {
     /// Its URL, `http://127.0.0.1:port`.

@@ -303,10 +303,12 @@ pub async fn register_user(
         .map_err(|e| format!("invalid username: {e}"))?;
     let hasher = PasswordHasherConfig::new(&config.password_hashing)?;
     let hash = hasher.hash(password.to_owned()).await?;
-    UserStore::new(db).create_user(&user_id, Some(&hash), admin).await.map_err(|e| match e {
+    let users = UserStore::new(db);
+    users.create_user(&user_id, Some(&hash), admin).await.map_err(|e| match e {
         ganglion_storage::Error::Conflict(_) => format!("{user_id} already exists"),
         other => other.to_string(),
     })?;
+    users.set_profile_field(&user_id, "displayname", Some(user_id.localpart())).await.map_err(|e| e.to_string())?;
     Ok(user_id)
 }
 

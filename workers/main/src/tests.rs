@@ -789,8 +789,8 @@ async fn profiles_are_stored_and_copied_into_rooms(backend: Backend) {
     let bob = app.register("bob").await;
     let room = create(&app, &alice, json!({})).await;
     let (s, b) = app.call("GET", "/_matrix/client/v3/profile/@alice:localhost", None, None).await;
-    assert_eq!((s, b), (StatusCode::OK, json!({})));
-    let (s, _) = app.call("GET", "/_matrix/client/v3/profile/@alice:localhost/displayname", None, None).await;
+    assert_eq!((s, b), (StatusCode::OK, json!({"displayname": "alice"})), "new accounts show their localpart");
+    let (s, _) = app.call("GET", "/_matrix/client/v3/profile/@alice:localhost/avatar_url", None, None).await;
     assert_eq!(s, StatusCode::NOT_FOUND);
     let (s, b) = app.call("GET", "/_matrix/client/v3/profile/@nobody:localhost", None, None).await;
     assert_eq!((s, b["errcode"].as_str()), (StatusCode::NOT_FOUND, Some("M_NOT_FOUND")));

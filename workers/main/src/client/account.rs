@@ -262,6 +262,10 @@ pub(crate) async fn register(
         Err(ganglion_storage::Error::Conflict(_)) => return Err(MatrixError::user_in_use("User ID already taken.")),
         Err(e) => return Err(e.into()),
     }
+    if !upgrading {
+        // A new account shows its localpart until the user picks a name, as Synapse does.
+        accounts.users.set_profile_field(&user_id, "displayname", Some(user_id.localpart())).await?;
+    }
     accounts.users.delete_uia_session(&completed).await?;
     tracing::info!(user_id = %user_id, "registered user");
     if body.inhibit_login {

@@ -62,6 +62,9 @@ async fn set_membership(
             }
         }
     }
+    if membership == "invite" && content.get("displayname").is_none() {
+        content = super::rooms::with_profile(rooms, target, content).await?;
+    }
     let template = EventTemplate { event_type: "m.room.member".into(), state_key: Some(target.to_string()), content };
     rooms.writer.send(room_id, sender, template, origin).await?;
     if matches!(membership, "invite" | "join" | "knock") {

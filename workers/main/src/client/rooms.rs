@@ -132,10 +132,7 @@ pub(crate) async fn create_room(
     let room_id = created.room_id.clone();
 
     let mut events: Vec<EventTemplate> = Vec::new();
-    let mut member = json!({ "membership": "join" });
-    if body.is_direct {
-        member["is_direct"] = json!(true);
-    }
+    let member = with_profile(&rooms, &user.user_id, json!({ "membership": "join" })).await?;
     events.push(state("m.room.member", user.user_id.as_str(), member));
 
     // Power levels: the defaults Synapse uses, the creator at 100 (implicit from v12), trusted
@@ -170,6 +167,15 @@ pub(crate) async fn create_room(
         "invite": 0,
         "historical": 100,
     });
+    // As Synapse: public rooms let only moderators invite or ring; from v12 the tombstone (a
+    // room's end) is above every ordinary level, for the creators alone.
+    if preset == "public_chat" {
+        pl["invite"] = json!(50);
+        pl["events"]["m.call.invite"] = json!(50);
+    }
+    if privileged_creators {
+        pl["events"]["m.room.tombstone"] = json!(150);
+    }
     if let Some(o) = &body.power_level_content_override {
         for (k, v) in o {
             pl[k] = v.clone();
@@ -200,10 +206,11 @@ pub(crate) async fn create_room(
         events.push(state("m.room.name", "", json!({ "name": name })));
     }
     if let Some(topic) = &body.topic {
-        events.push(state("m.room.topic", "", json!({ "topic": topic })));
+        // The plain topic and its rich form (`m.topic`, spec v1.15).
+        events.push(state("m.room.topic", "", json!({ "topic": topic, "m.topic": { "m.text": [{ "body": topic }] } })));
     }
     for i in &invitees {
-        let mut content = json!({ "membership": "invite" });
+        let mut content = with_profile(&rooms, i, json!({ "membership": "invite" })).await?;
         if body.is_direct {
             content["is_direct"] = json!(true);
         }
@@ -242,7 +249,7 @@ async fn join(
     if user.is_guest && !guests_can_join(rooms, room_id).await? {
         return Err(MatrixError::guest_access_forbidden("Guests may not join this room"));
     }
-    let mut content = json!({ "membership": "join" });
+    let mut content = with_profile(rooms, user_id, json!({ "membership": "join" })).await?;
     if let Some(authoriser) = restricted_join_authoriser(rooms, room_id, user_id).await? {
         content["join_authorised_via_users_server"] = json!(authoriser);
     }
@@ -305,6 +312,22 @@ async fn restricted_join_authoriser(
     authoriser
         .map(Some)
         .ok_or_else(|| MatrixError::forbidden("No member of this room on this server may authorise the join"))
+}
+
+/// `content` with a local user's display name and avatar, as their member events carry them.
+pub(crate) async fn with_profile(rooms: &Rooms, user: &UserId, mut content: Value) -> Result<Value, MatrixError> {
+    if user.server_name() != rooms.writer.server_name() {
+        return Ok(content);
+    }
+    if let Some((displayname, avatar_url)) = rooms.users.profile(user).await? {
+        if let Some(name) = displayname {
+            content["displayname"] = json!(name);
+        }
+        if let Some(url) = avatar_url {
+            content["avatar_url"] = json!(url);
+        }
+    }
+    Ok(content)
 }
 
 /// Whether the room's `m.room.guest_access` is `can_join` (the spec's condition for guests to join).
