@@ -17,7 +17,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::client::Session;
-use crate::procstat::CpuMeter;
+use crate::procstat::{CpuMeter, CpuUsage};
 use crate::stats::{Summary, opt_json};
 
 /// The key in message content holding the loadgen's marker.
@@ -122,8 +122,9 @@ pub struct Report {
     pub tally: Tally,
     /// Send→arrival latency summary.
     pub latency: Option<Summary>,
-    /// Server CPU-seconds over `measured_secs`, when server PIDs were given.
-    pub server_cpu_secs: Option<f64>,
+    /// CPU-seconds over `measured_secs` (server, this load generator, whole machine), when
+    /// server PIDs were given.
+    pub cpu: Option<CpuUsage>,
 }
 
 impl Report {
@@ -136,7 +137,7 @@ impl Report {
     /// Server CPU-seconds per delivered event (messages × receivers).
     pub fn cpu_secs_per_delivery(&self) -> Option<f64> {
         let n = self.expected_deliveries();
-        self.server_cpu_secs.filter(|_| n > 0).map(|c| c / n as f64)
+        self.cpu.filter(|_| n > 0).map(|c| c.server_secs / n as f64)
     }
 
     /// The report as JSON.
@@ -162,7 +163,9 @@ impl Report {
             "lost": self.tally.lost,
             "duplicates": self.tally.duplicates,
             "unexpected": self.tally.unexpected,
-            "server_cpu_secs": self.server_cpu_secs,
+            "server_cpu_secs": self.cpu.map(|c| c.server_secs),
+            "loadgen_cpu_secs": self.cpu.map(|c| c.loadgen_secs),
+            "host_busy_cpu_secs": self.cpu.map(|c| c.host_busy_secs),
             "server_cpu_us_per_delivered_event": self.cpu_secs_per_delivery().map(|c| c * 1e6),
         })
     }
@@ -199,8 +202,15 @@ impl fmt::Display for Report {
             self.sync_errors,
             self.limited_timelines
         )?;
-        if let (Some(cpu), Some(per)) = (self.server_cpu_secs, self.cpu_secs_per_delivery()) {
-            writeln!(f, "  server CPU {cpu:.2}s = {:.1}µs per delivered event", per * 1e6)?;
+        if let (Some(cpu), Some(per)) = (self.cpu, self.cpu_secs_per_delivery()) {
+            writeln!(
+                f,
+                "  server CPU {:.2}s = {:.1}µs per delivered event (loadgen {:.2}s, whole machine {:.2}s)",
+                cpu.server_secs,
+                per * 1e6,
+                cpu.loadgen_secs,
+                cpu.host_busy_secs
+            )?;
         }
         Ok(())
     }
@@ -423,7 +433,7 @@ pub async fn run(http: &reqwest::Client, base: &str, params: &Params, server_pid
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let measured_secs = start.elapsed().as_secs_f64();
-    let server_cpu_secs = meter.map(|m| m.stop()).transpose()?;
+    let cpu = meter.map(|m| m.stop()).transpose()?;
     let _ = stop_tx.send(true);
 
     let mut logs: Vec<(usize, ReceiverLog)> = Vec::with_capacity(receivers.len());
@@ -445,7 +455,7 @@ pub async fn run(http: &reqwest::Client, base: &str, params: &Params, server_pid
         send_latency: Summary::of(send_took),
         latency: Summary::of(tally.latencies_us.clone()),
         tally,
-        server_cpu_secs,
+        cpu,
     })
 }
 

@@ -32,7 +32,7 @@ struct Cli {
     /// Base URL of the homeserver's client API.
     #[arg(long, default_value = "http://127.0.0.1:8008")]
     url: String,
-    /// Print one JSON document instead of the summary.
+    /// Print one JSON document on stdout (the summary then goes to stderr).
     #[arg(long)]
     json: bool,
     /// A server process whose CPU time is measured over the delivery scenario (repeatable; its
@@ -74,14 +74,21 @@ struct Cli {
     repeats: usize,
 }
 
+/// Prints a summary: on stdout, or on stderr when stdout carries the JSON.
+fn say(cli: &Cli, what: &dyn std::fmt::Display) {
+    if cli.json {
+        eprint!("{what}");
+    } else {
+        print!("{what}");
+    }
+}
+
 async fn run(cli: &Cli) -> Result<Value> {
     let http = client::http_client()?;
     let base = cli.url.trim_end_matches('/');
     let server = client::server_version(&http, base).await;
     let mut out = json!({ "url": base, "server": server, "loadgen": env!("CARGO_PKG_VERSION") });
-    if !cli.json {
-        println!("server: {base} ({})", server.as_deref().unwrap_or("version unknown"));
-    }
+    say(cli, &format!("server: {base} ({})\n", server.as_deref().unwrap_or("version unknown")));
     let all = cli.scenario == Scenario::All;
     if all || cli.scenario == Scenario::Delivery {
         let params = delivery::Params {
@@ -94,25 +101,19 @@ async fn run(cli: &Cli) -> Result<Value> {
             ..delivery::Params::default()
         };
         let r = delivery::run(&http, base, &params, &cli.server_pids).await.context("delivery")?;
-        if !cli.json {
-            print!("{r}");
-        }
+        say(cli, &r);
         out["delivery"] = r.to_json();
     }
     if all || cli.scenario == Scenario::Incremental {
         let r = sync_cost::incremental(&http, base, cli.iterations).await.context("incremental sync")?;
-        if !cli.json {
-            print!("{r}");
-        }
+        say(cli, &r);
         out["incremental_sync"] = r.to_json();
     }
     if all || cli.scenario == Scenario::Initial {
         let r = sync_cost::initial(&http, base, cli.rooms, cli.create_concurrency, cli.repeats)
             .await
             .context("initial sync")?;
-        if !cli.json {
-            print!("{r}");
-        }
+        say(cli, &r);
         out["initial_sync"] = r.to_json();
     }
     Ok(out)

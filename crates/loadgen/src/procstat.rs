@@ -120,11 +120,51 @@ pub fn tree_ticks(roots: &[u32]) -> Result<u64> {
     Ok(tree(&procs, roots).iter().filter_map(|p| procs.get(p)).map(ProcTimes::total_ticks).sum())
 }
 
+/// Busy and total ticks of the whole machine, from the first line of `/proc/stat`
+/// (`cpu user nice system idle iowait irq softirq steal …`): busy is all but idle and iowait.
+///
+/// # Errors
+/// When the line is not in that format.
+pub fn parse_host_stat(text: &str) -> Result<(u64, u64)> {
+    let line = text.lines().next().context("/proc/stat: empty")?;
+    let mut fields = line.split_whitespace();
+    if fields.next() != Some("cpu") {
+        bail!("/proc/stat: no cpu line");
+    }
+    let v: Vec<u64> = fields.take(8).map(str::parse).collect::<Result<_, _>>().context("/proc/stat: ticks")?;
+    if v.len() < 5 {
+        bail!("/proc/stat: too few fields");
+    }
+    let total: u64 = v.iter().sum();
+    Ok((total - v[3] - v[4], total))
+}
+
+/// Busy ticks of the whole machine so far.
+///
+/// # Errors
+/// When `/proc/stat` cannot be read.
+pub fn host_busy_ticks() -> Result<u64> {
+    Ok(parse_host_stat(&std::fs::read_to_string("/proc/stat").context("reading /proc/stat")?)?.0)
+}
+
 /// Measures the CPU time some processes spend between [`CpuMeter::start`] and
 /// [`CpuMeter::stop`].
 pub struct CpuMeter {
     roots: Vec<u32>,
     start_ticks: u64,
+    own_start_ticks: u64,
+    host_start_ticks: u64,
+}
+
+/// CPU-seconds spent while a [`CpuMeter`] ran.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CpuUsage {
+    /// By the measured processes and their descendants.
+    pub server_secs: f64,
+    /// By this process (the load generator).
+    pub loadgen_secs: f64,
+    /// By the whole machine (all cores), the above and everything else.
+    pub host_busy_secs: f64,
 }
 
 impl CpuMeter {
@@ -133,16 +173,25 @@ impl CpuMeter {
     /// # Errors
     /// When a process does not exist.
     pub fn start(roots: &[u32]) -> Result<Self> {
-        Ok(Self { roots: roots.to_vec(), start_ticks: tree_ticks(roots)? })
+        Ok(Self {
+            roots: roots.to_vec(),
+            start_ticks: tree_ticks(roots)?,
+            own_start_ticks: read(std::process::id())?.total_ticks(),
+            host_start_ticks: host_busy_ticks()?,
+        })
     }
 
     /// CPU-seconds spent since [`CpuMeter::start`].
     ///
     /// # Errors
     /// When a process has gone.
-    pub fn stop(&self) -> Result<f64> {
-        let now = tree_ticks(&self.roots)?;
-        Ok(now.saturating_sub(self.start_ticks) as f64 / USER_HZ)
+    pub fn stop(&self) -> Result<CpuUsage> {
+        let secs = |now: u64, then: u64| now.saturating_sub(then) as f64 / USER_HZ;
+        Ok(CpuUsage {
+            server_secs: secs(tree_ticks(&self.roots)?, self.start_ticks),
+            loadgen_secs: secs(read(std::process::id())?.total_ticks(), self.own_start_ticks),
+            host_busy_secs: secs(host_busy_ticks()?, self.host_start_ticks),
+        })
     }
 }
 
@@ -190,6 +239,15 @@ mod tests {
         let me = std::process::id();
         assert_eq!(read(me).expect("own stat").pid, me);
         let meter = CpuMeter::start(&[me]).expect("meter");
-        assert!(meter.stop().expect("reading") >= 0.0);
+        let used = meter.stop().expect("reading");
+        assert!(used.server_secs >= 0.0 && used.host_busy_secs >= 0.0);
+    }
+
+    #[test]
+    fn parses_host_ticks() {
+        let text = "cpu  100 5 50 1000 20 3 2 0 0 0\ncpu0 50 2 25 500 10 1 1 0 0 0\n";
+        assert_eq!(parse_host_stat(text).expect("parses"), (160, 1180));
+        assert!(parse_host_stat("intr 1 2 3").is_err());
+        assert!(host_busy_ticks().is_ok());
     }
 }

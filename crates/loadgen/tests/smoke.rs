@@ -102,7 +102,7 @@ async fn tiny_run_against_ganglion_loses_and_duplicates_nothing() {
     assert_eq!((t.lost, t.duplicates, t.unexpected), (0, 0, 0), "{report}");
     assert_eq!(t.delivered, 60);
     assert_eq!(report.latency.as_ref().map(|s| s.count), Some(60));
-    assert!(report.server_cpu_secs.is_some_and(|c| c >= 0.0));
+    assert!(report.cpu.is_some_and(|c| c.server_secs >= 0.0));
     assert!(report.to_json()["lost"] == 0);
 
     let inc = sync_cost::incremental(&http, &server.url, 3).await.expect("incremental");
