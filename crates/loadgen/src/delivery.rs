@@ -125,6 +125,9 @@ pub struct Report {
     /// CPU-seconds over `measured_secs` (server, this load generator, whole machine), when
     /// server PIDs were given.
     pub cpu: Option<CpuUsage>,
+    /// CPU-seconds of the server's database processes (e.g. its PostgreSQL backends) over the
+    /// same window, when their PIDs were given.
+    pub db_cpu_secs: Option<f64>,
 }
 
 impl Report {
@@ -138,6 +141,13 @@ impl Report {
     pub fn cpu_secs_per_delivery(&self) -> Option<f64> {
         let n = self.expected_deliveries();
         self.cpu.filter(|_| n > 0).map(|c| c.server_secs / n as f64)
+    }
+
+    /// Server plus database CPU-seconds per delivered event.
+    pub fn cpu_with_db_per_delivery(&self) -> Option<f64> {
+        let n = self.expected_deliveries();
+        let (cpu, db) = (self.cpu?, self.db_cpu_secs?);
+        (n > 0).then(|| (cpu.server_secs + db) / n as f64)
     }
 
     /// The report as JSON.
@@ -167,6 +177,8 @@ impl Report {
             "loadgen_cpu_secs": self.cpu.map(|c| c.loadgen_secs),
             "host_busy_cpu_secs": self.cpu.map(|c| c.host_busy_secs),
             "server_cpu_us_per_delivered_event": self.cpu_secs_per_delivery().map(|c| c * 1e6),
+            "db_cpu_secs": self.db_cpu_secs,
+            "server_and_db_cpu_us_per_delivered_event": self.cpu_with_db_per_delivery().map(|c| c * 1e6),
         })
     }
 }
@@ -211,6 +223,9 @@ impl fmt::Display for Report {
                 cpu.loadgen_secs,
                 cpu.host_busy_secs
             )?;
+        }
+        if let (Some(db), Some(per)) = (self.db_cpu_secs, self.cpu_with_db_per_delivery()) {
+            writeln!(f, "  database CPU {db:.2}s; server + database = {:.1}µs per delivered event", per * 1e6)?;
         }
         Ok(())
     }
@@ -340,14 +355,20 @@ async fn send_all(
     out
 }
 
-/// Runs the scenario against `base` with fresh users and a fresh room; `server_pids` (possibly
-/// empty) are measured for CPU from the first send until every message arrived everywhere or
-/// the grace period ended.
+/// Runs the scenario against `base` with fresh users and a fresh room; `server_pids` and
+/// `db_pids` (either possibly empty) are measured for CPU from the first send until every
+/// message arrived everywhere or the grace period ended.
 ///
 /// # Errors
 /// When setting up fails (registration, room creation, joins, initial syncs) or the server's
 /// processes cannot be read. Failures during the measured part are counted instead.
-pub async fn run(http: &reqwest::Client, base: &str, params: &Params, server_pids: &[u32]) -> Result<Report> {
+pub async fn run(
+    http: &reqwest::Client,
+    base: &str,
+    params: &Params,
+    server_pids: &[u32],
+    db_pids: &[u32],
+) -> Result<Report> {
     let tag = crate::run_tag();
     let password = format!("pw-{tag}-{:016x}", rand::random::<u64>());
     let senders = params.senders.max(1);
@@ -410,6 +431,7 @@ pub async fn run(http: &reqwest::Client, base: &str, params: &Params, server_pid
     tokio::time::sleep(Duration::from_secs(1)).await;
 
     let meter = if server_pids.is_empty() { None } else { Some(CpuMeter::start(server_pids)?) };
+    let db_meter = if db_pids.is_empty() { None } else { Some(CpuMeter::start(db_pids)?) };
     let start = tokio::time::Instant::now();
     let interval = Duration::from_secs_f64(1.0 / params.rate_per_sec.max(0.001));
     let mut sender_tasks = JoinSet::new();
@@ -434,6 +456,7 @@ pub async fn run(http: &reqwest::Client, base: &str, params: &Params, server_pid
     }
     let measured_secs = start.elapsed().as_secs_f64();
     let cpu = meter.map(|m| m.stop()).transpose()?;
+    let db_cpu_secs = db_meter.map(|m| m.stop()).transpose().context("a database process ended during the run")?;
     let _ = stop_tx.send(true);
 
     let mut logs: Vec<(usize, ReceiverLog)> = Vec::with_capacity(receivers.len());
@@ -456,6 +479,7 @@ pub async fn run(http: &reqwest::Client, base: &str, params: &Params, server_pid
         latency: Summary::of(tally.latencies_us.clone()),
         tally,
         cpu,
+        db_cpu_secs: db_cpu_secs.map(|c| c.server_secs),
     })
 }
 

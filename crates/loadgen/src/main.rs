@@ -39,6 +39,10 @@ struct Cli {
     /// living descendants count too).
     #[arg(long = "server-pid")]
     server_pids: Vec<u32>,
+    /// A database process serving the server (e.g. a PostgreSQL backend), measured like
+    /// `--server-pid` but reported apart (repeatable).
+    #[arg(long = "db-pid")]
+    db_pids: Vec<u32>,
     /// Give up after this many seconds in all.
     #[arg(long, default_value_t = 1800)]
     max_secs: u64,
@@ -100,7 +104,7 @@ async fn run(cli: &Cli) -> Result<Value> {
             timeline_limit: cli.timeline_limit,
             ..delivery::Params::default()
         };
-        let r = delivery::run(&http, base, &params, &cli.server_pids).await.context("delivery")?;
+        let r = delivery::run(&http, base, &params, &cli.server_pids, &cli.db_pids).await.context("delivery")?;
         say(cli, &r);
         out["delivery"] = r.to_json();
     }

@@ -96,7 +96,7 @@ async fn tiny_run_against_ganglion_loses_and_duplicates_nothing() {
         sync_timeout_ms: 5_000,
         timeline_limit: 50,
     };
-    let report = delivery::run(&http, &server.url, &params, &[pid]).await.expect("delivery run");
+    let report = delivery::run(&http, &server.url, &params, &[pid], &[]).await.expect("delivery run");
     let t = &report.tally;
     assert_eq!(report.sent_ok, 20, "{report}\n{}", server.log());
     assert_eq!((t.lost, t.duplicates, t.unexpected), (0, 0, 0), "{report}");
