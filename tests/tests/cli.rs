@@ -120,6 +120,9 @@ async fn migrate_register_user_and_log_in_over_tls() {
     assert!(out.contains("@admin:localhost"), "{out}");
     let (code, _, err) = run(&["--config", "g.yaml", "register-user", "admin", "--password", "x"], dir.path(), &[]);
     assert_ne!(code, 0, "a second registration of the same user fails: {err}");
+    let (code, out, err) = run(&["--config", "g.yaml", "rotate-signing-key"], dir.path(), &[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("now signing with ed25519:"), "{out}");
 
     let mut cmd = tokio::process::Command::new(ganglion_bin());
     cmd.args(["--config", "g.yaml", "serve"]).current_dir(dir.path()).kill_on_drop(true);

@@ -37,17 +37,41 @@ pub async fn load_signing_key(keys: &KeyStore) -> Result<ServerSigningKey, Strin
     ServerSigningKey::from_stored(&stored.version, &stored.pkcs8_base64).map_err(|e| e.to_string())
 }
 
-/// Our `/_matrix/key/v2/server` answer, signed with `key`.
-pub fn server_keys_document(server_name: &ServerName, key: &ServerSigningKey) -> Value {
+/// Our `/_matrix/key/v2/server` answer, signed with `key`; `old` are keys we no longer sign
+/// with and when they expired (ms), listed so what they signed can still be checked.
+pub fn server_keys_document(
+    server_name: &ServerName,
+    key: &ServerSigningKey,
+    old: &[(ServerSigningKey, i64)],
+) -> Value {
+    let old_keys: serde_json::Map<String, Value> = old
+        .iter()
+        .map(|(k, expired)| {
+            (format!("ed25519:{}", k.version()), json!({ "key": k.public_key_base64(), "expired_ts": expired }))
+        })
+        .collect();
     let doc = json!({
         "server_name": server_name,
         "valid_until_ts": now_ms() + OUR_KEYS_VALID_FOR.as_millis() as u64,
         "verify_keys": { format!("ed25519:{}", key.version()): { "key": key.public_key_base64() } },
-        "old_verify_keys": {},
+        "old_verify_keys": old_keys,
     });
     let mut object: ruma::CanonicalJsonObject = serde_json::from_value(doc).expect("a JSON object");
     ruma::signatures::sign_json(server_name.as_str(), key.pair(), &mut object).expect("signing a JSON object");
     serde_json::to_value(object).expect("canonical JSON is JSON")
+}
+
+/// The keys we no longer sign with, for [`server_keys_document`].
+///
+/// # Errors
+/// When the database fails or a stored key does not decode.
+pub async fn load_expired_keys(keys: &KeyStore) -> Result<Vec<(ServerSigningKey, i64)>, String> {
+    keys.expired_keys()
+        .await
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .map(|(k, at)| Ok((ServerSigningKey::from_stored(&k.version, &k.pkcs8_base64).map_err(|e| e.to_string())?, at)))
+        .collect()
 }
 
 #[derive(Debug, Clone)]

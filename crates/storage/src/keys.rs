@@ -56,4 +56,42 @@ impl KeyStore {
         .await?;
         Ok(res.rows_affected() > 0)
     }
+
+    /// Makes `key` the active key: every unexpired key is marked expired now, kept for
+    /// verifying what it signed.
+    ///
+    /// # Errors
+    /// On database failure, or when a key of that version exists.
+    pub async fn rotate_to(&self, key: &StoredSigningKey) -> Result<()> {
+        let mut tx = self.db.pool().begin().await?;
+        let now = now_ms();
+        sqlx::query("UPDATE server_signing_keys SET expired_ts = $1 WHERE expired_ts IS NULL")
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("INSERT INTO server_signing_keys (key_id, pkcs8_base64, created_ts) VALUES ($1, $2, $3)")
+            .bind(&key.version)
+            .bind(&key.pkcs8_base64)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Keys no longer used for signing, with when they expired (ms since the epoch), newest first.
+    ///
+    /// # Errors
+    /// On database failure.
+    pub async fn expired_keys(&self) -> Result<Vec<(StoredSigningKey, i64)>> {
+        let rows = sqlx::query(
+            "SELECT key_id, pkcs8_base64, expired_ts FROM server_signing_keys WHERE expired_ts IS NOT NULL
+             ORDER BY expired_ts DESC, key_id",
+        )
+        .fetch_all(self.db.pool())
+        .await?;
+        rows.iter()
+            .map(|r| Ok((StoredSigningKey { version: r.try_get(0)?, pkcs8_base64: r.try_get(1)? }, r.try_get(2)?)))
+            .collect()
+    }
 }

@@ -407,6 +407,15 @@ async fn signing_keys_first_writer_wins(t: &TestDb) {
     assert!(keys.insert_key(&k).await.unwrap());
     assert!(!keys.insert_key(&k).await.unwrap());
     assert_eq!(keys.active_key().await.unwrap().unwrap().version, "a_AAAA");
+    let before = keys.active_key().await.unwrap().unwrap();
+    let newer = StoredSigningKey { version: "b_2".into(), pkcs8_base64: "cGtjczg".into() };
+    keys.rotate_to(&newer).await.unwrap();
+    assert_eq!(keys.active_key().await.unwrap().unwrap().version, "b_2", "the new key signs");
+    let expired = keys.expired_keys().await.unwrap();
+    assert_eq!(expired.iter().map(|(k, _)| k.version.clone()).collect::<Vec<_>>(), vec![before.version]);
+    assert!(expired[0].1 > 0, "with when it expired");
+    assert!(keys.rotate_to(&newer).await.is_err(), "a version is never reused");
+    assert_eq!(keys.active_key().await.unwrap().unwrap().version, "b_2", "a failed rotation changes nothing");
 }
 
 async fn aliases_are_unique(t: &TestDb) {

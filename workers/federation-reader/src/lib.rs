@@ -44,6 +44,8 @@ impl std::error::Error for StartError {}
 struct KeyState {
     server_name: OwnedServerName,
     key: Arc<ServerSigningKey>,
+    /// Keys no longer signing, with when they expired.
+    old: Arc<Vec<(ServerSigningKey, i64)>>,
 }
 
 /// A running `federation-reader` role.
@@ -63,10 +65,12 @@ impl FederationReader {
     pub async fn start(cfg: &Config, db: Db, bus: Arc<dyn Bus>) -> Result<Self, StartError> {
         let server_name = OwnedServerName::try_from(cfg.server_name.as_str())
             .map_err(|e| StartError::Config(format!("server_name: {e}")))?;
-        let key =
-            ganglion_federation::load_signing_key(&KeyStore::new(db.clone())).await.map_err(StartError::Config)?;
+        let store = KeyStore::new(db.clone());
+        let key = ganglion_federation::load_signing_key(&store).await.map_err(StartError::Config)?;
+        let old = ganglion_federation::load_expired_keys(&store).await.map_err(StartError::Config)?;
         let (follower, position) = follow_events(&EventStore::new(db), bus).await.map_err(StartError::Storage)?;
-        Ok(Self { _follower: follower, position, keys: KeyState { server_name, key: Arc::new(key) } })
+        let keys = KeyState { server_name, key: Arc::new(key), old: Arc::new(old) };
+        Ok(Self { _follower: follower, position, keys })
     }
 
     /// The position reached on the `events` stream.
@@ -76,20 +80,20 @@ impl FederationReader {
 
     /// The role's HTTP routes.
     pub fn router(&self) -> Router {
-        router(self.keys.server_name.clone(), self.keys.key.clone())
+        router(self.keys.clone())
     }
 }
 
 /// `/_matrix/key/v2/server` (and the deprecated `/{keyId}` form, which answers the same).
-fn router(server_name: OwnedServerName, key: Arc<ServerSigningKey>) -> Router {
+fn router(keys: KeyState) -> Router {
     Router::new()
         .route("/_matrix/key/v2/server", get(server_keys))
         .route("/_matrix/key/v2/server/{key_id}", get(server_keys))
-        .with_state(KeyState { server_name, key })
+        .with_state(keys)
 }
 
 async fn server_keys(State(s): State<KeyState>) -> axum::Json<Value> {
-    axum::Json(ganglion_federation::server_keys_document(&s.server_name, &s.key))
+    axum::Json(ganglion_federation::server_keys_document(&s.server_name, &s.key, &s.old))
 }
 
 #[cfg(test)]
@@ -101,8 +105,12 @@ mod tests {
     #[tokio::test]
     async fn server_keys_are_self_signed_and_current() {
         let key = Arc::new(ServerSigningKey::generate());
+        let retired = ServerSigningKey::generate();
+        let retired_public = retired.public_key_base64();
+        let retired_id = format!("ed25519:{}", retired.version());
         let name = OwnedServerName::try_from("example.org").unwrap();
-        let resp = router(name, key.clone())
+        let state = KeyState { server_name: name, key: key.clone(), old: Arc::new(vec![(retired, 1_700_000_000_000)]) };
+        let resp = router(state)
             .oneshot(http::Request::get("/_matrix/key/v2/server").body(axum::body::Body::empty()).unwrap())
             .await
             .unwrap();
@@ -111,6 +119,10 @@ mod tests {
         assert_eq!(body["server_name"], "example.org");
         let key_id = format!("ed25519:{}", key.version());
         assert_eq!(body["verify_keys"][&key_id]["key"], key.public_key_base64());
+        assert_eq!(
+            body["old_verify_keys"][&retired_id],
+            serde_json::json!({"key": retired_public, "expired_ts": 1_700_000_000_000_i64})
+        );
         let public = ruma::serde::Base64::parse(key.public_key_base64()).unwrap();
         let mut map = ruma::signatures::PublicKeyMap::new();
         map.insert("example.org".into(), [(key_id, public)].into());

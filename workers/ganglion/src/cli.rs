@@ -33,6 +33,9 @@ enum Command {
         #[command(subcommand)]
         action: ConfigAction,
     },
+    /// Start signing with a new server key; the old one stays published (with its expiry) for
+    /// checking what it signed. Restart every role afterwards.
+    RotateSigningKey,
     /// Create a user account.
     RegisterUser {
         /// The localpart (`alice` for `@alice:server`).
@@ -160,6 +163,7 @@ pub(crate) fn run() -> ExitCode {
                     Command::Serve => crate::roles::serve(cfg).await,
                     Command::Worker { role } => crate::roles::worker(cfg, role).await,
                     Command::Migrate => crate::roles::migrate(cfg).await,
+                    Command::RotateSigningKey => crate::roles::rotate_signing_key(cfg).await,
                     Command::RegisterUser { username, password, admin } => {
                         crate::roles::register_user(cfg, &username, &password, admin).await
                     }

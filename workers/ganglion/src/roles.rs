@@ -274,6 +274,18 @@ pub(crate) async fn migrate(cfg: Config) -> Result<(), Fatal> {
     Ok(())
 }
 
+/// `ganglion rotate-signing-key`.
+pub(crate) async fn rotate_signing_key(cfg: Config) -> Result<(), Fatal> {
+    let db = connect_db(&cfg).await?;
+    db.migrate().await.map_err(rt("migrations"))?;
+    let key = ganglion_core::ServerSigningKey::generate();
+    let stored =
+        ganglion_storage::StoredSigningKey { version: key.version().to_owned(), pkcs8_base64: key.pkcs8_base64() };
+    ganglion_storage::KeyStore::new(db).rotate_to(&stored).await.map_err(rt("database"))?;
+    println!("now signing with ed25519:{}; restart every role to use it", key.version());
+    Ok(())
+}
+
 /// `ganglion register-user`.
 pub(crate) async fn register_user(cfg: Config, username: &str, password: &str, admin: bool) -> Result<(), Fatal> {
     let db = connect_db(&cfg).await?;
