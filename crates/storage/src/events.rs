@@ -572,17 +572,7 @@ impl EventStore {
         .bind(user_id.as_str())
         .fetch_all(self.db.pool())
         .await?;
-        rows.iter()
-            .map(|r| {
-                let room: String = r.try_get(0)?;
-                let membership: Option<String> = r.try_get(1)?;
-                Ok(RoomMembership {
-                    room_id: OwnedRoomId::try_from(room.as_str()).map_err(|e| Error::Decode(e.to_string()))?,
-                    membership: membership.unwrap_or_default(),
-                    stream_ordering: r.try_get(2)?,
-                })
-            })
-            .collect()
+        rows.iter().map(membership_row).collect()
     }
 
     /// A user's unread counts in a room: notifying events at or below `upto` that no read receipt
@@ -891,17 +881,7 @@ impl EventStore {
         .bind(upto)
         .fetch_all(self.db.pool())
         .await?;
-        rows.iter()
-            .map(|r| {
-                let room: String = r.try_get(0)?;
-                let membership: Option<String> = r.try_get(1)?;
-                Ok(RoomMembership {
-                    room_id: OwnedRoomId::try_from(room.as_str()).map_err(|e| Error::Decode(e.to_string()))?,
-                    membership: membership.unwrap_or_default(),
-                    stream_ordering: r.try_get(2)?,
-                })
-            })
-            .collect()
+        rows.iter().map(membership_row).collect()
     }
 
     /// Per room, the stream position of the newest event at or below `upto` whose type is one of
@@ -1102,4 +1082,15 @@ impl EventStore {
             })
             .collect()
     }
+}
+
+/// `(room_id, membership, stream_ordering)` as a [`RoomMembership`].
+fn membership_row(r: &sqlx::any::AnyRow) -> Result<RoomMembership> {
+    let room: String = r.try_get(0)?;
+    let membership: Option<String> = r.try_get(1)?;
+    Ok(RoomMembership {
+        room_id: OwnedRoomId::try_from(room.as_str()).map_err(|e| Error::Decode(e.to_string()))?,
+        membership: membership.unwrap_or_default(),
+        stream_ordering: r.try_get(2)?,
+    })
 }

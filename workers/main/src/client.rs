@@ -38,6 +38,17 @@ pub(crate) fn parse_room_id(s: &str) -> Result<OwnedRoomId, MatrixError> {
     OwnedRoomId::try_from(s).map_err(|e| MatrixError::invalid_param(format!("Invalid room ID {s}: {e}")))
 }
 
+/// A room ID, or the room a local alias (`#…`) points at (404 `M_NOT_FOUND` when it points
+/// nowhere).
+pub(crate) async fn resolve_room_id_or_alias(rooms: &Rooms, target: &str) -> Result<OwnedRoomId, MatrixError> {
+    if !target.starts_with('#') {
+        return parse_room_id(target);
+    }
+    let alias = ruma::OwnedRoomAliasId::try_from(target)
+        .map_err(|e| MatrixError::invalid_param(format!("Invalid alias: {e}")))?;
+    rooms.events.alias_room(alias.as_str()).await?.ok_or_else(|| MatrixError::not_found("Room alias not found"))
+}
+
 /// How far into a room's history a user may see: members everything up to now, former members up
 /// to their departure (unless they forgot the room). Others get `M_FORBIDDEN`.
 pub(crate) async fn visible_upto(rooms: &Rooms, user: &UserId, room_id: &RoomId) -> Result<i64, MatrixError> {

@@ -30,7 +30,7 @@ use tokio::time::Instant;
 use self::extensions::{ExtensionsRequest, Scope};
 use self::lists::{Candidates, ListRequest, RoomDetails, RoomFacts, bump_event_types, in_ranges, senders};
 use self::pos::{ListPos, Pos, fnv1a, room_set_hash};
-use crate::sync_v3::{pagination_token, stripped, sync_event};
+use crate::sync_v3::{pagination_token, sync_event};
 use crate::{SyncContext, SyncToken};
 
 /// Query parameters.
@@ -435,23 +435,9 @@ async fn room(
         out["highlight_count"] = json!(counts.highlights);
     }
     if d.membership.membership == "invite" {
-        let mut invite_state: Vec<Value> = state
-            .iter()
-            .filter(|e| {
-                matches!(
-                    e.event_type.as_str(),
-                    "m.room.create"
-                        | "m.room.join_rules"
-                        | "m.room.name"
-                        | "m.room.avatar"
-                        | "m.room.canonical_alias"
-                        | "m.room.encryption"
-                        | "m.room.topic"
-                ) || (e.event_type == "m.room.member" && e.state_key.as_deref() == Some(d.user_id.as_str()))
-            })
-            .filter_map(stripped)
-            .collect();
-        invite_state.sort_by_key(|v| v["type"] == "m.room.member");
+        // Sliding sync shows the topic too, for the room list.
+        let types = [crate::sync_v3::STRIPPED_STATE_TYPES, &["m.room.topic"]].concat();
+        let invite_state = crate::sync_v3::stripped_room_state(&state, d.user_id, &types);
         out["invite_state"] = json!(invite_state);
         return Ok(out);
     }

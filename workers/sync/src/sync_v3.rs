@@ -505,6 +505,30 @@ pub(crate) fn sync_event(e: &PersistedEvent) -> Value {
     strip_to_sync_format(client_event(&e.json, e.event_id.as_str(), e.room_id.as_str(), None))
 }
 
+/// The state types an invited or knocking user sees (stripped), with their own member event.
+pub(crate) const STRIPPED_STATE_TYPES: &[&str] = &[
+    "m.room.create",
+    "m.room.join_rules",
+    "m.room.name",
+    "m.room.avatar",
+    "m.room.canonical_alias",
+    "m.room.encryption",
+];
+
+/// Stripped state of `types` from `state`, plus `user`'s member event, which goes last.
+pub(crate) fn stripped_room_state(state: &[PersistedEvent], user: &UserId, types: &[&str]) -> Vec<Value> {
+    let mut out: Vec<Value> = state
+        .iter()
+        .filter(|e| {
+            types.contains(&e.event_type.as_str())
+                || (e.event_type == "m.room.member" && e.state_key.as_deref() == Some(user.as_str()))
+        })
+        .filter_map(stripped)
+        .collect();
+    out.sort_by_key(|v| v["type"] == "m.room.member");
+    out
+}
+
 pub(crate) fn stripped(e: &PersistedEvent) -> Option<Value> {
     let full: Value = serde_json::from_str(&e.json).ok()?;
     Some(json!({
@@ -666,25 +690,8 @@ async fn build_rooms(
                 join.insert(m.room_id.to_string(), joined_room(timeline, state));
             }
             "invite" | "knock" if is_new => {
-                let mut stripped_state: Vec<Value> = ctx
-                    .events
-                    .current_state_events(&m.room_id)
-                    .await?
-                    .iter()
-                    .filter(|e| {
-                        matches!(
-                            e.event_type.as_str(),
-                            "m.room.create"
-                                | "m.room.join_rules"
-                                | "m.room.name"
-                                | "m.room.avatar"
-                                | "m.room.canonical_alias"
-                                | "m.room.encryption"
-                        ) || (e.event_type == "m.room.member" && e.state_key.as_deref() == Some(user_id.as_str()))
-                    })
-                    .filter_map(stripped)
-                    .collect();
-                stripped_state.sort_by_key(|v| v["type"] == "m.room.member");
+                let state = ctx.events.current_state_events(&m.room_id).await?;
+                let stripped_state = stripped_room_state(&state, user_id, STRIPPED_STATE_TYPES);
                 if m.membership == "invite" {
                     invite.insert(m.room_id.to_string(), json!({ "invite_state": { "events": stripped_state } }));
                 } else {

@@ -6,7 +6,7 @@ use axum::extract::{Path, State};
 use axum::{Extension, Json};
 use ganglion_core::EventTemplate;
 use ganglion_http::{AuthUser, MatrixError, MatrixJson, RequestId};
-use ruma::{OwnedRoomAliasId, OwnedUserId, RoomId, UserId};
+use ruma::{OwnedUserId, RoomId, UserId};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -168,13 +168,7 @@ pub(crate) async fn knock(
     Path(target): Path<String>,
     MatrixJson(body): MatrixJson<ReasonBody>,
 ) -> Result<Json<Value>, MatrixError> {
-    let room_id = if target.starts_with('#') {
-        let alias = OwnedRoomAliasId::try_from(target.as_str())
-            .map_err(|e| MatrixError::invalid_param(format!("Invalid alias: {e}")))?;
-        rooms.events.alias_room(alias.as_str()).await?.ok_or_else(|| MatrixError::not_found("Room alias not found"))?
-    } else {
-        parse_room_id(&target)?
-    };
+    let room_id = super::resolve_room_id_or_alias(&rooms, &target).await?;
     set_membership(&rooms, &room_id, &user.user_id, &user.user_id, "knock", body.reason, &origin(&req)).await?;
     Ok(Json(json!({ "room_id": room_id })))
 }

@@ -358,14 +358,7 @@ pub(crate) async fn join_by_id_or_alias(
     Path(target): Path<String>,
     MatrixJson(_body): MatrixJson<serde_json::Map<String, Value>>,
 ) -> Result<Json<Value>, MatrixError> {
-    let room_id = if target.starts_with('#') {
-        let alias = OwnedRoomAliasId::try_from(target.as_str())
-            .map_err(|e| MatrixError::invalid_param(format!("Invalid alias: {e}")))?;
-        rooms.events.alias_room(alias.as_str()).await?.ok_or_else(|| MatrixError::not_found("Room alias not found"))?
-    } else {
-        OwnedRoomId::try_from(target)
-            .map_err(|e| MatrixError::invalid_param(format!("Invalid room ID or alias: {e}")))?
-    };
+    let room_id = super::resolve_room_id_or_alias(&rooms, &target).await?;
     join(&rooms, &room_id, &user, &origin(&req, None)).await
 }
 

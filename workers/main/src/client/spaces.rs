@@ -6,7 +6,7 @@ use std::collections::{HashSet, VecDeque};
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use ganglion_http::{AuthUser, MatrixError};
-use ruma::{OwnedRoomAliasId, OwnedRoomId, RoomId, UserId};
+use ruma::{OwnedRoomId, RoomId, UserId};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
@@ -169,13 +169,7 @@ pub(crate) async fn room_summary(
     user: AuthUser,
     Path(target): Path<String>,
 ) -> Result<Json<Value>, MatrixError> {
-    let room_id = if target.starts_with('#') {
-        let alias = OwnedRoomAliasId::try_from(target.as_str())
-            .map_err(|e| MatrixError::invalid_param(format!("Invalid alias: {e}")))?;
-        rooms.events.alias_room(alias.as_str()).await?.ok_or_else(|| MatrixError::not_found("Room alias not found"))?
-    } else {
-        parse_room_id(&target)?
-    };
+    let room_id = super::resolve_room_id_or_alias(&rooms, &target).await?;
     if rooms.events.room_version(&room_id).await?.is_none() {
         return Err(MatrixError::not_found("Room not found"));
     }
