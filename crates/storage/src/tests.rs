@@ -293,6 +293,12 @@ async fn refresh_login_tokens_guests_and_profile_fields(t: &TestDb) {
     users.add_access_token("g", &guest, "GDEV").await.unwrap();
     assert!(users.whoami("g").await.unwrap().unwrap().is_guest);
     assert!(matches!(users.create_guest(&guest).await, Err(Error::Conflict(_))));
+    assert!(users.is_guest(&guest).await.unwrap());
+    assert!(!users.is_guest(&alice).await.unwrap());
+    assert!(users.upgrade_guest(&guest, Some("hash")).await.unwrap());
+    assert!(!users.is_guest(&guest).await.unwrap(), "upgraded to a full account");
+    assert!(!users.upgrade_guest(&guest, Some("hash")).await.unwrap(), "only a guest is upgraded");
+    assert_eq!(users.password_hash(&guest).await.unwrap().as_deref(), Some("hash"));
 
     users.set_profile_custom_field(&alice, "m.tz", &serde_json::json!("UTC")).await.unwrap();
     users.set_profile_custom_field(&alice, "m.tz", &serde_json::json!("Europe/Paris")).await.unwrap();
