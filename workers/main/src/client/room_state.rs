@@ -348,7 +348,7 @@ pub(crate) async fn redact(
         content["reason"] = json!(r);
     }
     let origin = WriteOrigin {
-        txn: Some((user.device_id.to_string(), format!("redact:{txn_id}"))),
+        txn: Some((user.device_id.to_string(), format!("redact:{room_id}/{event_id}/{txn_id}"))),
         request_id: req.as_ref().map(|r| r.0.0.clone()).unwrap_or_default(),
     };
     let template = EventTemplate { event_type: "m.room.redaction".into(), state_key: None, content };

@@ -380,8 +380,11 @@ pub(crate) async fn send_message(
     if rooms.events.membership(&room_id, &user.user_id).await?.as_deref() != Some("join") {
         return Err(MatrixError::forbidden(format!("User {} not in room {room_id}", user.user_id)));
     }
+    // A transaction ID is scoped to the device and the request path (the spec's "same endpoint"),
+    // so the same ID in another room or for another type is another request.
+    let scoped_txn = format!("send:{room_id}/{event_type}/{txn_id}");
     let template = EventTemplate { event_type, state_key: None, content: Value::Object(content) };
-    let origin = origin(&req, Some((user.device_id.to_string(), txn_id)));
+    let origin = origin(&req, Some((user.device_id.to_string(), scoped_txn)));
     let Written { event_id, .. } = rooms.writer.send(&room_id, &user.user_id, template, &origin).await?;
     Ok(Json(json!({ "event_id": event_id })))
 }
