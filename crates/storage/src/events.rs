@@ -8,6 +8,7 @@ use ruma::{OwnedEventId, OwnedRoomId, OwnedUserId, RoomId, UserId};
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
+use crate::state_groups::{self, GroupMeta, StateIds};
 use crate::{Db, Error, Result, now_ms};
 
 /// An event ready to be stored.
@@ -49,6 +50,61 @@ pub struct NewEvent {
     /// `Some((parent event ID, rel_type))` when the content's `m.relates_to` relates it to another
     /// event: indexed in `event_relations` for `/relations`, `/threads` and bundled aggregations.
     pub relation: Option<(OwnedEventId, String)>,
+    /// `auth_events`.
+    pub auth_events: Vec<OwnedEventId>,
+    /// How the event takes part in the room.
+    pub status: EventStatus,
+    /// The room's state before the event.
+    pub state_before: StateBefore,
+    /// `Some(state)` when the room's current state becomes `state` (an event from another server,
+    /// whose arrival the caller resolved against the room's other forward extremities).
+    pub new_current_state: Option<StateIds>,
+}
+
+/// How an event takes part in its room (the `status` column).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum EventStatus {
+    /// Part of the room's timeline and state; shown to clients.
+    #[default]
+    Ordinary,
+    /// Known only as another event's auth or state event; its own state is unknown.
+    Outlier,
+    /// Failed the auth rules; kept so it is not fetched again, never shown or part of state.
+    Rejected(String),
+    /// Valid at its place in the graph but not against the room's current state: never shown and
+    /// never a forward extremity, but its state counts for events that follow it.
+    SoftFailed(String),
+}
+
+impl EventStatus {
+    fn column(&self) -> Option<&'static str> {
+        match self {
+            Self::Ordinary => None,
+            Self::Outlier => Some("outlier"),
+            Self::Rejected(_) => Some("rejected"),
+            Self::SoftFailed(_) => Some("soft_failed"),
+        }
+    }
+
+    fn reason(&self) -> Option<&str> {
+        match self {
+            Self::Rejected(r) | Self::SoftFailed(r) => Some(r),
+            _ => None,
+        }
+    }
+}
+
+/// The room's state before an event, as the writer knows it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum StateBefore {
+    /// The room's current state: a local event, built on all forward extremities. Its state
+    /// change becomes the current state.
+    #[default]
+    Current,
+    /// This state, computed (and resolved, where `prev_events` disagree) by the caller.
+    Ids(StateIds),
+    /// Unknown: an outlier.
+    Unknown,
 }
 
 /// Unread counts of one user in one room.
@@ -174,20 +230,39 @@ impl EventStore {
     ///
     /// # Errors
     /// [`Error::Conflict`] when the event ID or position exists; database failures.
-    #[tracing::instrument(skip_all, fields(room_id = %ev.room_id, event_id = %ev.event_id, position = ev.stream_ordering))]
     pub async fn persist(&self, ev: &NewEvent) -> Result<()> {
+        self.persist_batch(std::slice::from_ref(ev)).await
+    }
+
+    /// Writes several events in one transaction (group commit): all of them or none. Events of
+    /// the same room must come in the order they were built.
+    ///
+    /// # Errors
+    /// [`Error::Conflict`] when an event ID or position exists; database failures.
+    #[tracing::instrument(skip_all, fields(events = batch.len()))]
+    pub async fn persist_batch(&self, batch: &[NewEvent]) -> Result<()> {
         let mut tx = self.db.pool().begin().await?;
+        for ev in batch {
+            self.persist_in(&mut tx, ev).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    #[tracing::instrument(skip_all, fields(room_id = %ev.room_id, event_id = %ev.event_id, position = ev.stream_ordering))]
+    async fn persist_in(&self, tx: &mut sqlx::Transaction<'static, sqlx::Any>, ev: &NewEvent) -> Result<()> {
         if let Some((version, creator)) = &ev.creates_room {
             sqlx::query("INSERT INTO rooms (room_id, room_version, creator, created_ts) VALUES ($1, $2, $3, $4)")
                 .bind(ev.room_id.as_str())
                 .bind(version)
                 .bind(creator.as_str())
                 .bind(now_ms())
-                .execute(&mut *tx)
+                .execute(&mut **tx)
                 .await?;
         }
         let inserted = sqlx::query(&format!(
-            "INSERT INTO events ({EVENT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+            "INSERT INTO events ({EVENT_COLUMNS}, status, rejected_reason)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
              ON CONFLICT DO NOTHING"
         ))
         .bind(ev.stream_ordering)
@@ -201,37 +276,43 @@ impl EventStore {
         .bind(ev.origin_server_ts)
         .bind(&ev.json)
         .bind(&ev.request_id)
-        .execute(&mut *tx)
+        .bind(ev.status.column())
+        .bind(ev.status.reason())
+        .execute(&mut **tx)
         .await?;
         if inserted.rows_affected() == 0 {
             return Err(Error::Conflict(format!("event {} or position {} exists", ev.event_id, ev.stream_ordering)));
         }
-        if let Some(state_key) = &ev.state_key {
-            sqlx::query(
-                "INSERT INTO current_state (room_id, event_type, state_key, event_id, membership)
-                 VALUES ($1, $2, $3, $4, $5)
-                 ON CONFLICT (room_id, event_type, state_key) DO UPDATE SET
-                   event_id = excluded.event_id, membership = excluded.membership",
-            )
-            .bind(ev.room_id.as_str())
-            .bind(&ev.event_type)
-            .bind(state_key)
-            .bind(ev.event_id.as_str())
-            .bind(ev.membership.as_deref())
-            .execute(&mut *tx)
-            .await?;
+        for prev in &ev.prev_events {
+            sqlx::query("INSERT INTO event_edges (event_id, prev_event_id) VALUES ($1, $2) ON CONFLICT DO NOTHING")
+                .bind(ev.event_id.as_str())
+                .bind(prev.as_str())
+                .execute(&mut **tx)
+                .await?;
+        }
+        for auth in &ev.auth_events {
+            sqlx::query("INSERT INTO event_auth (event_id, auth_event_id) VALUES ($1, $2) ON CONFLICT DO NOTHING")
+                .bind(ev.event_id.as_str())
+                .bind(auth.as_str())
+                .execute(&mut **tx)
+                .await?;
+        }
+        self.record_state(tx, ev).await?;
+        if ev.status != EventStatus::Ordinary {
+            // Nothing below applies to an event clients never see.
+            return Ok(());
         }
         for prev in &ev.prev_events {
             sqlx::query("DELETE FROM forward_extremities WHERE room_id = $1 AND event_id = $2")
                 .bind(ev.room_id.as_str())
                 .bind(prev.as_str())
-                .execute(&mut *tx)
+                .execute(&mut **tx)
                 .await?;
         }
         sqlx::query("INSERT INTO forward_extremities (room_id, event_id) VALUES ($1, $2)")
             .bind(ev.room_id.as_str())
             .bind(ev.event_id.as_str())
-            .execute(&mut *tx)
+            .execute(&mut **tx)
             .await?;
         if let Some((device_id, txn_id)) = &ev.txn {
             sqlx::query(
@@ -242,7 +323,7 @@ impl EventStore {
             .bind(txn_id)
             .bind(ev.event_id.as_str())
             .bind(now_ms())
-            .execute(&mut *tx)
+            .execute(&mut **tx)
             .await?;
         }
         for (user, highlight, thread) in &ev.push_actions {
@@ -255,11 +336,11 @@ impl EventStore {
             .bind(user.as_str())
             .bind(i64::from(*highlight))
             .bind(thread)
-            .execute(&mut *tx)
+            .execute(&mut **tx)
             .await?;
         }
         if let Some((parent, rel_type)) = &ev.relation {
-            crate::relations::insert_relation(&mut tx, ev, parent, rel_type).await?;
+            crate::relations::insert_relation(tx, ev, parent, rel_type).await?;
         }
         if let Some((key, text)) = searchable(&ev.event_type, &ev.json) {
             let sql = match self.db.backend() {
@@ -279,22 +360,25 @@ impl EventStore {
                 .bind(ev.origin_server_ts)
                 .bind(key)
                 .bind(text)
-                .execute(&mut *tx)
+                .execute(&mut **tx)
                 .await?;
         }
         if let Some((target, redacted_json)) = &ev.redacts {
             // A redacted event no longer relates to anything (its content is gone).
             sqlx::query("DELETE FROM event_relations WHERE event_id = $1")
                 .bind(target.as_str())
-                .execute(&mut *tx)
+                .execute(&mut **tx)
                 .await?;
             sqlx::query("UPDATE events SET json = $1 WHERE event_id = $2 AND room_id = $3")
                 .bind(redacted_json)
                 .bind(target.as_str())
                 .bind(ev.room_id.as_str())
-                .execute(&mut *tx)
+                .execute(&mut **tx)
                 .await?;
-            sqlx::query("DELETE FROM event_search WHERE event_id = $1").bind(target.as_str()).execute(&mut *tx).await?;
+            sqlx::query("DELETE FROM event_search WHERE event_id = $1")
+                .bind(target.as_str())
+                .execute(&mut **tx)
+                .await?;
             sqlx::query(
                 "INSERT INTO redactions (event_id, redacted_by, redacted_ts) VALUES ($1, $2, $3)
                  ON CONFLICT (event_id) DO NOTHING",
@@ -302,10 +386,92 @@ impl EventStore {
             .bind(target.as_str())
             .bind(ev.event_id.as_str())
             .bind(now_ms())
-            .execute(&mut *tx)
+            .execute(&mut **tx)
             .await?;
         }
-        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Stores the state group the event sees after it and moves the room's current state on.
+    async fn record_state(&self, tx: &mut sqlx::Transaction<'static, sqlx::Any>, ev: &NewEvent) -> Result<()> {
+        let room = ev.room_id.as_str();
+        // A rejected state event changes nothing: the state after it is the state before it.
+        let change = match (&ev.state_key, &ev.status) {
+            (_, EventStatus::Rejected(_)) | (None, _) => None,
+            (Some(key), _) => Some((ev.event_type.clone(), key.clone())),
+        };
+        let after: Option<GroupMeta> = match &ev.state_before {
+            _ if ev.status == EventStatus::Outlier => None,
+            StateBefore::Unknown => None,
+            StateBefore::Current => match (change.clone(), current_group(tx, room).await?) {
+                (Some(key), Some(base)) => {
+                    let id = state_groups::store_group_with(tx, room, base, key, ev.event_id.as_str()).await?;
+                    state_groups::group_meta(tx, id).await?
+                }
+                (Some(key), None) => {
+                    let state = StateIds::from([(key, ev.event_id.to_string())]);
+                    let id = state_groups::store_group(tx, room, None, None, &state).await?;
+                    state_groups::group_meta(tx, id).await?
+                }
+                (None, base) => base,
+            },
+            StateBefore::Ids(before) => {
+                let before_group = group_for_state(tx, room, &ev.prev_events, before).await?;
+                match change.clone() {
+                    Some(key) => {
+                        let id =
+                            state_groups::store_group_with(tx, room, before_group, key, ev.event_id.as_str()).await?;
+                        state_groups::group_meta(tx, id).await?
+                    }
+                    None => Some(before_group),
+                }
+            }
+        };
+        if let Some(g) = after {
+            sqlx::query("UPDATE events SET state_group = $1 WHERE event_id = $2")
+                .bind(g.id)
+                .bind(ev.event_id.as_str())
+                .execute(&mut **tx)
+                .await?;
+        }
+        if ev.status != EventStatus::Ordinary {
+            return Ok(());
+        }
+        let current_group_id = match (&ev.new_current_state, &ev.state_before) {
+            (Some(current), _) => {
+                replace_current_state(tx, room, current).await?;
+                // The event's own state is the likeliest base (it usually wins resolution).
+                let prevs: Vec<OwnedEventId> =
+                    std::iter::once(ev.event_id.clone()).chain(ev.prev_events.iter().cloned()).collect();
+                Some(group_for_state(tx, room, &prevs, current).await?.id)
+            }
+            (None, StateBefore::Current) => {
+                if let Some((ty, key)) = &change {
+                    sqlx::query(
+                        "INSERT INTO current_state (room_id, event_type, state_key, event_id, membership)
+                         VALUES ($1, $2, $3, $4, $5)
+                         ON CONFLICT (room_id, event_type, state_key) DO UPDATE SET
+                           event_id = excluded.event_id, membership = excluded.membership",
+                    )
+                    .bind(room)
+                    .bind(ty)
+                    .bind(key)
+                    .bind(ev.event_id.as_str())
+                    .bind(ev.membership.as_deref())
+                    .execute(&mut **tx)
+                    .await?;
+                }
+                after.map(|g| g.id)
+            }
+            (None, _) => None,
+        };
+        if let Some(g) = current_group_id {
+            sqlx::query("UPDATE rooms SET state_group = $1 WHERE room_id = $2")
+                .bind(g)
+                .bind(room)
+                .execute(&mut **tx)
+                .await?;
+        }
         Ok(())
     }
 
@@ -320,21 +486,98 @@ impl EventStore {
             .await?)
     }
 
-    /// A room's state as of stream position `upto`: the latest event of each (type, state key) at
-    /// or below it. Exact for rooms whose history is linear (every room created here, until
-    /// federation brings forks and state resolution).
+    /// A room's state as of stream position `upto`: the state after the room's latest visible
+    /// event at or below it, read from that event's state group.
     ///
     /// # Errors
     /// On database failure.
     pub async fn state_at(&self, room_id: &RoomId, upto: i64) -> Result<Vec<PersistedEvent>> {
-        let sql = format!(
-            "SELECT {EVENT_COLUMNS} FROM events e WHERE e.room_id = $1 AND e.state_key IS NOT NULL
-             AND e.stream_ordering = (SELECT MAX(e2.stream_ordering) FROM events e2
-                 WHERE e2.room_id = e.room_id AND e2.event_type = e.event_type
-                 AND e2.state_key = e.state_key AND e2.stream_ordering <= $2)
-             ORDER BY e.stream_ordering"
-        );
-        decode_all(sqlx::query(&sql).bind(room_id.as_str()).bind(upto).fetch_all(self.db.pool()).await?)
+        let mut conn = self.db.pool().acquire().await?;
+        let group: Option<Option<i64>> = sqlx::query_scalar(
+            "SELECT state_group FROM events WHERE room_id = $1 AND stream_ordering > 0 AND stream_ordering <= $2
+             AND status IS NULL ORDER BY stream_ordering DESC LIMIT 1",
+        )
+        .bind(room_id.as_str())
+        .bind(upto)
+        .fetch_optional(&mut *conn)
+        .await?;
+        match group {
+            None => Ok(Vec::new()),
+            Some(Some(g)) => group_events(&mut conn, g).await,
+            Some(None) => {
+                // Written before state groups existed (schema 17): such history is linear, so the
+                // latest event of each (type, state key) up to the position is the state.
+                let sql = format!(
+                    "SELECT {EVENT_COLUMNS} FROM events e WHERE e.room_id = $1 AND e.state_key IS NOT NULL
+                     AND e.stream_ordering = (SELECT MAX(e2.stream_ordering) FROM events e2
+                         WHERE e2.room_id = e.room_id AND e2.event_type = e.event_type
+                         AND e2.state_key = e.state_key AND e2.stream_ordering <= $2 AND e2.stream_ordering > 0
+                         AND e2.status IS NULL)
+                     ORDER BY e.stream_ordering"
+                );
+                decode_all(sqlx::query(&sql).bind(room_id.as_str()).bind(upto).fetch_all(&mut *conn).await?)
+            }
+        }
+    }
+
+    /// The state after an event, by IDs; `None` when it is unknown (an outlier, or an event written
+    /// before state groups existed).
+    ///
+    /// # Errors
+    /// On database failure.
+    pub async fn state_ids_after(&self, event_id: &str) -> Result<Option<StateIds>> {
+        let mut conn = self.db.pool().acquire().await?;
+        let group: Option<Option<i64>> = sqlx::query_scalar("SELECT state_group FROM events WHERE event_id = $1")
+            .bind(event_id)
+            .fetch_optional(&mut *conn)
+            .await?;
+        match group.flatten() {
+            Some(g) => Ok(Some(state_groups::load_group(&mut conn, g).await?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Events by ID whatever their status (outliers, rejected and soft-failed too), for the auth
+    /// rules and state resolution; missing ones are left out. With each, its status.
+    ///
+    /// # Errors
+    /// On database failure.
+    pub async fn pdus(&self, event_ids: &[&str]) -> Result<Vec<(PersistedEvent, EventStatus)>> {
+        let mut out = Vec::with_capacity(event_ids.len());
+        for chunk in event_ids.chunks(500) {
+            let sql = format!(
+                "SELECT {EVENT_COLUMNS}, status, rejected_reason FROM events WHERE event_id IN {}",
+                placeholders(1, chunk.len())
+            );
+            let mut q = sqlx::query(&sql);
+            for id in chunk {
+                q = q.bind(*id);
+            }
+            for row in q.fetch_all(self.db.pool()).await? {
+                let status: Option<String> = row.try_get(11)?;
+                let reason: Option<String> = row.try_get(12)?;
+                let status = match status.as_deref() {
+                    None => EventStatus::Ordinary,
+                    Some("outlier") => EventStatus::Outlier,
+                    Some("rejected") => EventStatus::Rejected(reason.unwrap_or_default()),
+                    Some("soft_failed") => EventStatus::SoftFailed(reason.unwrap_or_default()),
+                    Some(other) => return Err(Error::Decode(format!("event status {other}"))),
+                };
+                out.push((decode_event(&row)?, status));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The lowest stream position in use, 0 when none is below zero. Events kept off the live
+    /// stream (outliers, rejected and soft-failed events) take positions below zero, downwards.
+    ///
+    /// # Errors
+    /// On database failure.
+    pub async fn min_stream_ordering(&self) -> Result<i64> {
+        Ok(sqlx::query_scalar("SELECT COALESCE(MIN(stream_ordering), 0) FROM events WHERE stream_ordering < 0")
+            .fetch_one(self.db.pool())
+            .await?)
     }
 
     /// Records that a user forgot a room.
@@ -429,7 +672,7 @@ impl EventStore {
     /// # Errors
     /// On database failure.
     pub async fn event(&self, event_id: &str) -> Result<Option<PersistedEvent>> {
-        let row = sqlx::query(&format!("SELECT {EVENT_COLUMNS} FROM events WHERE event_id = $1"))
+        let row = sqlx::query(&format!("SELECT {EVENT_COLUMNS} FROM events WHERE event_id = $1 AND status IS NULL"))
             .bind(event_id)
             .fetch_optional(self.db.pool())
             .await?;
@@ -445,7 +688,7 @@ impl EventStore {
             return Ok(Vec::new());
         }
         let sql = format!(
-            "SELECT {EVENT_COLUMNS} FROM events WHERE event_id IN {} ORDER BY stream_ordering",
+            "SELECT {EVENT_COLUMNS} FROM events WHERE event_id IN {} AND status IS NULL ORDER BY stream_ordering",
             placeholders(1, event_ids.len())
         );
         let mut q = sqlx::query(&sql);
@@ -768,7 +1011,7 @@ impl EventStore {
     /// On database failure.
     pub async fn latest_room_events(&self, room_id: &RoomId, upto: i64, limit: i64) -> Result<Vec<PersistedEvent>> {
         let rows = sqlx::query(&format!(
-            "SELECT {EVENT_COLUMNS} FROM events WHERE room_id = $1 AND stream_ordering <= $2
+            "SELECT {EVENT_COLUMNS} FROM events WHERE room_id = $1 AND stream_ordering <= $2 AND status IS NULL
              ORDER BY stream_ordering DESC LIMIT $3"
         ))
         .bind(room_id.as_str())
@@ -797,7 +1040,7 @@ impl EventStore {
     ) -> Result<Vec<PersistedEvent>> {
         let (cmp, order) = if backwards { ("<", "DESC") } else { (">", "ASC") };
         let sql = format!(
-            "SELECT {EVENT_COLUMNS} FROM events WHERE room_id = $1 AND stream_ordering <= $2
+            "SELECT {EVENT_COLUMNS} FROM events WHERE room_id = $1 AND stream_ordering <= $2 AND status IS NULL
              AND (depth {cmp} $3 OR (depth = $3 AND stream_ordering {cmp} $4))
              ORDER BY depth {order}, stream_ordering {order} LIMIT $5"
         );
@@ -1093,4 +1336,120 @@ fn membership_row(r: &sqlx::any::AnyRow) -> Result<RoomMembership> {
         membership: membership.unwrap_or_default(),
         stream_ordering: r.try_get(2)?,
     })
+}
+
+/// The group of a room's current state. A room written before state groups existed gets a snapshot
+/// of its current state on first use; `None` for a room with no state yet.
+async fn current_group(tx: &mut sqlx::Transaction<'static, sqlx::Any>, room: &str) -> Result<Option<GroupMeta>> {
+    let group: Option<Option<i64>> = sqlx::query_scalar("SELECT state_group FROM rooms WHERE room_id = $1")
+        .bind(room)
+        .fetch_optional(&mut **tx)
+        .await?;
+    if let Some(Some(id)) = group {
+        return state_groups::group_meta(tx, id).await;
+    }
+    let rows = sqlx::query("SELECT event_type, state_key, event_id FROM current_state WHERE room_id = $1")
+        .bind(room)
+        .fetch_all(&mut **tx)
+        .await?;
+    if rows.is_empty() {
+        return Ok(None);
+    }
+    let mut state = StateIds::new();
+    for r in rows {
+        state.insert((r.try_get(0)?, r.try_get(1)?), r.try_get(2)?);
+    }
+    let id = state_groups::store_group(tx, room, None, None, &state).await?;
+    sqlx::query("UPDATE rooms SET state_group = $1 WHERE room_id = $2").bind(id).bind(room).execute(&mut **tx).await?;
+    state_groups::group_meta(tx, id).await
+}
+
+/// A group holding `state`: the group of one of `near` (events whose state is likely close) when it
+/// is equal, else a new group stored as a delta over it.
+async fn group_for_state(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    room: &str,
+    near: &[OwnedEventId],
+    state: &StateIds,
+) -> Result<GroupMeta> {
+    let mut base = None;
+    if !near.is_empty() {
+        let sql = format!(
+            "SELECT state_group FROM events WHERE event_id IN {} AND state_group IS NOT NULL",
+            placeholders(1, near.len())
+        );
+        let mut q = sqlx::query_scalar::<_, i64>(&sql);
+        for id in near {
+            q = q.bind(id.as_str());
+        }
+        for g in q.fetch_all(&mut **tx).await? {
+            let loaded = state_groups::load_group(tx, g).await?;
+            if &loaded == state {
+                return state_groups::group_meta(tx, g).await?.ok_or_else(|| Error::Decode("state group".into()));
+            }
+            if base.is_none() {
+                base = Some((g, loaded));
+            }
+        }
+    }
+    let id = match &base {
+        Some((g, loaded)) => {
+            let meta = state_groups::group_meta(tx, *g).await?;
+            state_groups::store_group(tx, room, meta, Some(loaded), state).await?
+        }
+        None => state_groups::store_group(tx, room, None, None, state).await?,
+    };
+    state_groups::group_meta(tx, id).await?.ok_or_else(|| Error::Decode("state group".into()))
+}
+
+/// Makes the `current_state` rows of a room equal to `state` (entries are only added or replaced).
+async fn replace_current_state(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    room: &str,
+    state: &StateIds,
+) -> Result<()> {
+    let rows = sqlx::query("SELECT event_type, state_key, event_id FROM current_state WHERE room_id = $1")
+        .bind(room)
+        .fetch_all(&mut **tx)
+        .await?;
+    let mut existing = StateIds::new();
+    for r in rows {
+        existing.insert((r.try_get(0)?, r.try_get(1)?), r.try_get(2)?);
+    }
+    for ((ty, key), id) in state {
+        if existing.get(&(ty.clone(), key.clone())) == Some(id) {
+            continue;
+        }
+        sqlx::query(
+            "INSERT INTO current_state (room_id, event_type, state_key, event_id, membership)
+             SELECT room_id, event_type, state_key, event_id, membership FROM events WHERE event_id = $1
+             ON CONFLICT (room_id, event_type, state_key) DO UPDATE SET
+               event_id = excluded.event_id, membership = excluded.membership",
+        )
+        .bind(id)
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(())
+}
+
+/// The events of a state group, in stream order.
+async fn group_events(conn: &mut sqlx::AnyConnection, group: i64) -> Result<Vec<PersistedEvent>> {
+    let cols = EVENT_COLUMNS.split(", ").map(|c| format!("e.{c}")).collect::<Vec<_>>().join(", ");
+    let sql = format!(
+        "{chain} SELECT {cols} FROM state_group_entries s JOIN chain c ON c.id = s.state_group
+         JOIN events e ON e.event_id = s.event_id ORDER BY c.hop DESC",
+        chain = state_groups::CHAIN
+    );
+    let rows = sqlx::query(&sql).bind(group).fetch_all(&mut *conn).await?;
+    // Oldest group first, so nearer groups overwrite the keys they changed.
+    let mut by_key: std::collections::HashMap<(String, String), PersistedEvent> =
+        std::collections::HashMap::with_capacity(rows.len());
+    for row in &rows {
+        let e = decode_event(row)?;
+        by_key.insert((e.event_type.clone(), e.state_key.clone().unwrap_or_default()), e);
+    }
+    let mut events: Vec<PersistedEvent> = by_key.into_values().collect();
+    events.sort_by_key(|e| e.stream_ordering);
+    Ok(events)
 }

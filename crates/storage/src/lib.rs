@@ -23,6 +23,7 @@ mod presence;
 mod relations;
 mod reports;
 mod sessions;
+mod state_groups;
 mod users;
 
 use std::str::FromStr;
@@ -38,7 +39,8 @@ pub use device_lists::{DeviceListWindow, device_list_changes};
 pub use e2ee::{E2eeStore, ToDeviceMessage};
 pub use ephemeral::{EphemeralStore, Receipt};
 pub use events::{
-    EventStore, NewEvent, NotificationEntry, PersistedEvent, RoomMembership, SearchHit, StateEntry, UnreadCounts,
+    EventStatus, EventStore, NewEvent, NotificationEntry, PersistedEvent, RoomMembership, SearchHit, StateBefore,
+    StateEntry, UnreadCounts,
 };
 pub use key_backup::{BackedUpKey, BackupVersion, KeyBackupStore};
 pub use keys::{KeyStore, StoredSigningKey};
@@ -48,6 +50,7 @@ pub use presence::{Presence, PresenceStore};
 pub use relations::{RelationFilter, RelationRow};
 pub use reports::{Report, ReportStore};
 pub use sessions::NewRefresh;
+pub use state_groups::{MIN_CHAIN, StateIds};
 pub use users::{DeviceInfo, UserStore, Whoami};
 
 /// A storage failure. Absence of a row is never an error: look-ups return `Option`.

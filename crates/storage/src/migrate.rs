@@ -108,10 +108,16 @@ const MIGRATIONS: &[Migration] = &[
         postgres: include_str!("../../../migrations/postgres/0016_sessions_and_profiles.sql"),
         sqlite: include_str!("../../../migrations/sqlite/0016_sessions_and_profiles.sql"),
     },
+    Migration {
+        version: 17,
+        name: "event_graph_and_state_groups",
+        postgres: include_str!("../../../migrations/postgres/0017_event_graph_and_state_groups.sql"),
+        sqlite: include_str!("../../../migrations/sqlite/0017_event_graph_and_state_groups.sql"),
+    },
 ];
 
 /// The schema version this build reads and writes: the highest migration's version.
-pub const SCHEMA_VERSION: i64 = 16;
+pub const SCHEMA_VERSION: i64 = 17;
 
 /// How the database's schema compares with this build's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -96,7 +96,7 @@ impl EventStore {
                  SELECT r.event_id, rel.depth + 1 FROM event_relations r JOIN rel ON r.relates_to = rel.event_id
                  WHERE rel.depth < $3 AND r.room_id = $2)
              SELECT {cols} FROM events e JOIN event_relations r ON r.event_id = e.event_id
-             WHERE e.event_id IN (SELECT event_id FROM rel) AND e.stream_ordering <= $4"
+             WHERE e.event_id IN (SELECT event_id FROM rel) AND e.stream_ordering <= $4 AND e.status IS NULL"
         );
         let mut n = 5;
         let mut next = |clause: &str| {
@@ -232,7 +232,7 @@ impl EventStore {
     ) -> Result<Option<PersistedEvent>> {
         let (cmp, order) = if forwards { (">=", "ASC") } else { ("<=", "DESC") };
         let sql = format!(
-            "SELECT {EVENT_COLUMNS} FROM events WHERE room_id = $1 AND stream_ordering <= $2
+            "SELECT {EVENT_COLUMNS} FROM events WHERE room_id = $1 AND stream_ordering <= $2 AND status IS NULL
              AND origin_server_ts {cmp} $3 ORDER BY origin_server_ts {order}, stream_ordering {order} LIMIT 1"
         );
         let rows = sqlx::query(&sql).bind(room_id.as_str()).bind(upto).bind(ts).fetch_all(self.db().pool()).await?;

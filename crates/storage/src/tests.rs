@@ -37,6 +37,10 @@ on_both_backends!(
     relations_threads_and_timestamps,
     dehydrated_devices_replace_each_other,
     cross_user_signatures_are_per_signer,
+    state_groups_are_deltas_with_bounded_snapshots,
+    forks_outliers_rejected_and_soft_failed_events,
+    rooms_from_before_state_groups_keep_their_state,
+    group_commit_is_all_or_nothing,
 );
 
 async fn e2ee_keys_and_inbox(t: &TestDb) {
@@ -348,6 +352,10 @@ fn event(
         redacts: None,
         push_actions: Vec::new(),
         relation: None,
+        auth_events: Vec::new(),
+        status: Default::default(),
+        state_before: Default::default(),
+        new_current_state: None,
     }
 }
 
@@ -686,4 +694,192 @@ async fn full_text_search_finds_words_in_visible_rooms(t: &TestDb) {
     events.persist(&redaction).await.unwrap();
     let (none, _) = events.search("lazy", &rooms, &keys, true, 0, 10).await.unwrap();
     assert!(none.is_empty(), "a redacted event is no longer found");
+}
+
+async fn count(t: &TestDb, sql: &str) -> i64 {
+    sqlx::query_scalar(sql).fetch_one(t.db.pool()).await.unwrap()
+}
+
+/// Linear history: messages share their predecessor's group, each state event adds one delta row,
+/// snapshots come when the chain reaches half the state, and the state at every position is the
+/// latest event of each key up to it.
+async fn state_groups_are_deltas_with_bounded_snapshots(t: &TestDb) {
+    let events = EventStore::new(t.db.clone());
+    let room = owned_room_id!("!big:example.org");
+    let alice = owned_user_id!("@alice:example.org");
+    events.persist(&event(1, &room, &alice, "m.room.create", Some(""), &[])).await.unwrap();
+    let mut expected: std::collections::BTreeMap<(String, String), i64> =
+        [(("m.room.create".to_owned(), String::new()), 1)].into();
+    let mut at: Vec<std::collections::BTreeMap<(String, String), i64>> = vec![Default::default(), expected.clone()];
+    for pos in 2..=700_i64 {
+        let prev = format!("$e{}", pos - 1);
+        let e = match pos % 3 {
+            0 => event(pos, &room, &alice, "m.room.message", None, &[&prev]),
+            1 => event(pos, &room, &alice, "m.room.member", Some(&format!("@u{pos}:example.org")), &[&prev]),
+            // Re-sets one key: a replacement, not growth.
+            _ => event(pos, &room, &alice, "m.room.topic", Some(""), &[&prev]),
+        };
+        if let Some(key) = &e.state_key {
+            expected.insert((e.event_type.clone(), key.clone()), pos);
+        }
+        let mut e = e;
+        e.creates_room = None;
+        events.persist(&e).await.unwrap();
+        at.push(expected.clone());
+    }
+    for pos in [1_i64, 2, 3, 50, 101, 102, 333, 500, 699, 700] {
+        let got: std::collections::BTreeMap<(String, String), i64> = events
+            .state_at(&room, pos)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| ((e.event_type, e.state_key.unwrap_or_default()), e.stream_ordering))
+            .collect();
+        assert_eq!(got, at[usize::try_from(pos).unwrap()], "state at {pos}");
+    }
+    let state_events = count(t, "SELECT COUNT(*) FROM events WHERE state_key IS NOT NULL").await;
+    let groups = count(t, "SELECT COUNT(*) FROM state_groups").await;
+    assert_eq!(groups, state_events, "one group per state event; messages share their predecessor's");
+    let snapshots = count(t, "SELECT COUNT(*) FROM state_groups WHERE prev_group IS NULL").await;
+    assert!(snapshots >= 2, "long chains are cut by snapshots ({snapshots})");
+    let max_chain = count(t, "SELECT MAX(chain_length) FROM state_groups").await;
+    assert!(max_chain <= crate::MIN_CHAIN.max(235 / 2), "chains stay bounded ({max_chain})");
+    let rows = count(t, "SELECT COUNT(*) FROM state_group_entries").await;
+    assert!(rows < state_events * 4, "{rows} entry rows for {state_events} state events: no copy per event");
+    let after = events.state_ids_after("$e699").await.unwrap().unwrap();
+    assert_eq!(after.get(&("m.room.topic".to_owned(), String::new())).map(String::as_str), Some("$e698"));
+}
+
+/// A fork: two branches off one event, merged by an event whose state the caller resolved; an
+/// outlier, a rejected and a soft-failed event are kept off the live stream and out of clients'
+/// sight, and only ordinary events become forward extremities.
+async fn forks_outliers_rejected_and_soft_failed_events(t: &TestDb) {
+    use crate::{EventStatus, StateBefore, StateIds};
+    let events = EventStore::new(t.db.clone());
+    let room = owned_room_id!("!fork:example.org");
+    let alice = owned_user_id!("@alice:example.org");
+    events.persist(&event(1, &room, &alice, "m.room.create", Some(""), &[])).await.unwrap();
+    let ids = |pairs: &[(&str, &str, &str)]| -> StateIds {
+        pairs.iter().map(|(t, k, e)| (((*t).to_owned(), (*k).to_owned()), (*e).to_owned())).collect()
+    };
+    let base = ids(&[("m.room.create", "", "$e1")]);
+    let remote = |pos: i64, ty: &str, key: Option<&str>, prev: &[&str], before: StateIds| {
+        let mut e = event(pos, &room, &alice, ty, key, prev);
+        e.creates_room = None;
+        e.state_before = StateBefore::Ids(before);
+        e
+    };
+    // Branch A: a name; branch B (from another server): a topic. Both follow $e1.
+    let a = remote(2, "m.room.name", Some(""), &["$e1"], base.clone());
+    events.persist(&a).await.unwrap();
+    let mut b = remote(3, "m.room.topic", Some(""), &["$e1"], base.clone());
+    let merged = ids(&[("m.room.create", "", "$e1"), ("m.room.name", "", "$e2"), ("m.room.topic", "", "$e3")]);
+    b.new_current_state = Some(merged.clone());
+    events.persist(&b).await.unwrap();
+    let mut ext: Vec<String> =
+        events.forward_extremities(&room).await.unwrap().into_iter().map(|(e, _)| e.to_string()).collect();
+    ext.sort();
+    assert_eq!(ext, vec!["$e2", "$e3"], "two branches, two extremities");
+    assert_eq!(events.current_state(&room).await.unwrap().len(), 3, "current state is the resolved one");
+    assert_eq!(
+        events.state_ids_after("$e2").await.unwrap().unwrap(),
+        ids(&[("m.room.create", "", "$e1"), ("m.room.name", "", "$e2")])
+    );
+    // The merge follows both; its state before is the resolved state.
+    let m = remote(4, "m.room.message", None, &["$e2", "$e3"], merged.clone());
+    events.persist(&m).await.unwrap();
+    assert_eq!(events.state_ids_after("$e4").await.unwrap().unwrap(), merged);
+    assert_eq!(events.forward_extremities(&room).await.unwrap().len(), 1);
+
+    // Off the live stream, below zero.
+    let mut outlier = remote(-1, "m.room.member", Some("@bob:example.org"), &[], StateIds::new());
+    outlier.status = EventStatus::Outlier;
+    outlier.state_before = StateBefore::Unknown;
+    events.persist(&outlier).await.unwrap();
+    let mut rejected = remote(-2, "m.room.name", Some(""), &["$e4"], merged.clone());
+    rejected.status = EventStatus::Rejected("not allowed".into());
+    events.persist(&rejected).await.unwrap();
+    let mut soft = remote(-3, "m.room.topic", Some(""), &["$e4"], merged.clone());
+    soft.status = EventStatus::SoftFailed("sender is banned".into());
+    events.persist(&soft).await.unwrap();
+
+    for hidden in ["$e-1", "$e-2", "$e-3"] {
+        assert!(events.event(hidden).await.unwrap().is_none(), "{hidden} is not shown to clients");
+    }
+    let latest = events.latest_room_events(&room, i64::MAX, 10).await.unwrap();
+    assert_eq!(latest.iter().map(|e| e.stream_ordering).collect::<Vec<_>>(), vec![1, 2, 3, 4]);
+    assert_eq!(
+        events.forward_extremities(&room).await.unwrap()[0].0.as_str(),
+        "$e4",
+        "only ordinary events extend the room"
+    );
+    assert_eq!(events.current_state(&room).await.unwrap().len(), 3, "hidden events leave the current state alone");
+    let pdus = events.pdus(&["$e-1", "$e-2", "$e-3", "$e4", "$missing"]).await.unwrap();
+    let mut statuses: Vec<(String, EventStatus)> = pdus.into_iter().map(|(e, s)| (e.event_id.to_string(), s)).collect();
+    statuses.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(
+        statuses,
+        vec![
+            ("$e-1".to_owned(), EventStatus::Outlier),
+            ("$e-2".to_owned(), EventStatus::Rejected("not allowed".into())),
+            ("$e-3".to_owned(), EventStatus::SoftFailed("sender is banned".into())),
+            ("$e4".to_owned(), EventStatus::Ordinary),
+        ]
+    );
+    assert!(events.state_ids_after("$e-1").await.unwrap().is_none(), "an outlier's state is unknown");
+    assert_eq!(events.state_ids_after("$e-2").await.unwrap().unwrap(), merged, "a rejected event changes no state");
+    let soft_after = events.state_ids_after("$e-3").await.unwrap().unwrap();
+    assert_eq!(
+        soft_after.get(&("m.room.topic".to_owned(), String::new())).map(String::as_str),
+        Some("$e-3"),
+        "a soft-failed event's state counts after it"
+    );
+    assert_eq!(events.min_stream_ordering().await.unwrap(), -3);
+    assert_eq!(events.max_stream_ordering().await.unwrap(), 4);
+    assert_eq!(count(t, "SELECT COUNT(*) FROM event_edges WHERE event_id = '$e4'").await, 2);
+}
+
+/// Events written before schema 17 have no state group: their state is still read from the linear
+/// history, and the next event snapshots the room's current state.
+async fn rooms_from_before_state_groups_keep_their_state(t: &TestDb) {
+    let events = EventStore::new(t.db.clone());
+    let room = owned_room_id!("!old:example.org");
+    let alice = owned_user_id!("@alice:example.org");
+    events.persist(&event(1, &room, &alice, "m.room.create", Some(""), &[])).await.unwrap();
+    let mut name = event(2, &room, &alice, "m.room.name", Some(""), &["$e1"]);
+    name.creates_room = None;
+    events.persist(&name).await.unwrap();
+    for sql in [
+        "UPDATE events SET state_group = NULL",
+        "UPDATE rooms SET state_group = NULL",
+        "DELETE FROM state_group_entries",
+        "DELETE FROM state_groups",
+    ] {
+        sqlx::query(sql).execute(t.db.pool()).await.unwrap();
+    }
+    let positions = |v: Vec<crate::PersistedEvent>| v.iter().map(|e| e.stream_ordering).collect::<Vec<_>>();
+    assert_eq!(positions(events.state_at(&room, 2).await.unwrap()), vec![1, 2]);
+    let mut topic = event(3, &room, &alice, "m.room.topic", Some(""), &["$e2"]);
+    topic.creates_room = None;
+    events.persist(&topic).await.unwrap();
+    assert_eq!(positions(events.state_at(&room, 3).await.unwrap()), vec![1, 2, 3]);
+    assert_eq!(positions(events.state_at(&room, 1).await.unwrap()), vec![1], "older positions still read linearly");
+}
+
+/// A group that fails leaves nothing behind.
+async fn group_commit_is_all_or_nothing(t: &TestDb) {
+    let events = EventStore::new(t.db.clone());
+    let room = owned_room_id!("!g:example.org");
+    let alice = owned_user_id!("@alice:example.org");
+    let first = event(1, &room, &alice, "m.room.create", Some(""), &[]);
+    let mut second = event(2, &room, &alice, "m.room.name", Some(""), &["$e1"]);
+    second.creates_room = None;
+    let mut clash = event(3, &room, &alice, "m.room.message", None, &["$e2"]);
+    clash.creates_room = None;
+    clash.event_id = OwnedEventId::try_from("$e1").unwrap();
+    assert!(events.persist_batch(&[first.clone(), second.clone(), clash]).await.is_err());
+    assert_eq!(events.max_stream_ordering().await.unwrap(), 0, "nothing of the failed group is kept");
+    events.persist_batch(&[first, second]).await.unwrap();
+    assert_eq!(events.max_stream_ordering().await.unwrap(), 2);
+    assert_eq!(events.current_state(&room).await.unwrap().len(), 2);
 }

@@ -45,7 +45,7 @@ impl WriteApi for WriteApiService {
         Ok(Response::new(ServerInfoResponse {
             server_name: self.state.accounts.server_name.to_string(),
             schema_version: ganglion_storage::SCHEMA_VERSION,
-            events_position: self.state.events_position().await.max(0) as u64,
+            events_position: self.state.events_position().max(0) as u64,
         }))
     }
 

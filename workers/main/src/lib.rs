@@ -274,8 +274,8 @@ impl MainState {
     }
 
     /// The writer's last position (for `ServerInfo`).
-    pub(crate) async fn events_position(&self) -> i64 {
-        self.rooms.writer.position().await
+    pub(crate) fn events_position(&self) -> i64 {
+        self.rooms.writer.position()
     }
 }
 

@@ -113,6 +113,7 @@ on_both_backends!(
     extended_profile_fields,
     guests_are_limited_to_their_endpoints,
     search_groups_results_and_includes_state,
+    concurrent_writes_keep_rooms_linear_and_positions_contiguous,
 );
 
 async fn registration_follows_uia_and_validates_usernames(backend: Backend) {
@@ -2870,5 +2871,59 @@ async fn restricted_rooms_admit_members_of_allowed_rooms(backend: Backend) {
     assert_eq!(join(bob.clone(), knockable.clone()).await.0, StatusCode::OK, "bob is in the space");
     let (s, _) = join(carol.clone(), knockable).await;
     assert_eq!(s, StatusCode::FORBIDDEN, "carol is not; she may knock instead");
+    app.db.cleanup().await;
+}
+
+/// Sends race in several rooms at once: each room's events still form one chain (every event
+/// follows the one before it, its state built on its predecessor's), and the committer hands out
+/// contiguous stream positions across all of them.
+async fn concurrent_writes_keep_rooms_linear_and_positions_contiguous(backend: Backend) {
+    let app = app(backend, |_| {}).await;
+    let alice = app.register("alice").await;
+    let mut rooms = Vec::new();
+    for _ in 0..4 {
+        rooms.push(public_room(&app, &alice, &[]).await);
+    }
+    let sends = rooms.iter().flat_map(|room| {
+        let app = &app;
+        let alice = &alice;
+        (0..12).map(move |i| async move {
+            let (ty, path, content) = if i % 4 == 3 {
+                (
+                    "m.room.topic",
+                    format!("/_matrix/client/v3/rooms/{room}/state/m.room.topic"),
+                    json!({"topic": format!("t{i}")}),
+                )
+            } else {
+                (
+                    "m.room.message",
+                    format!("/_matrix/client/v3/rooms/{room}/send/m.room.message/c{i}"),
+                    json!({"msgtype": "m.text", "body": format!("m{i}")}),
+                )
+            };
+            let (s, b) = app.call("PUT", &path, Some(alice), Some(content)).await;
+            assert_eq!(s, StatusCode::OK, "{ty}: {b}");
+        })
+    });
+    futures::future::join_all(sends).await;
+
+    let events = ganglion_storage::EventStore::new(app.db.db.clone());
+    let max = events.max_stream_ordering().await.unwrap();
+    let all = events.events_after(0, 10_000).await.unwrap();
+    assert_eq!(all.iter().map(|e| e.stream_ordering).collect::<Vec<_>>(), (1..=max).collect::<Vec<_>>(), "no gaps");
+    for room in &rooms {
+        let in_room: Vec<_> = all.iter().filter(|e| e.room_id.as_str() == room).collect();
+        assert!(in_room.len() >= 12 + 5, "{room}: {} events", in_room.len());
+        for pair in in_room.windows(2) {
+            let pdu: Value = serde_json::from_str(&pair[1].json).unwrap();
+            assert_eq!(pdu["prev_events"], json!([pair[0].event_id.as_str()]), "{room}: a chain, not a fork");
+            assert_eq!(pair[1].depth, pair[0].depth + 1);
+        }
+        let topic = events.state_event(&ruma::RoomId::parse(room).unwrap(), "m.room.topic", "").await.unwrap().unwrap();
+        let last_topic = in_room.iter().rev().find(|e| e.event_type == "m.room.topic").unwrap();
+        assert_eq!(topic.event_id, last_topic.event_id, "the latest topic in the chain is the current one");
+        let extremities = events.forward_extremities(&ruma::RoomId::parse(room).unwrap()).await.unwrap();
+        assert_eq!(extremities.len(), 1);
+    }
     app.db.cleanup().await;
 }

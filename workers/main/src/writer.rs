@@ -1,17 +1,21 @@
 //! The event writer: the one place events are built, authorised, persisted and published.
 //!
-//! Writes are serialised (one lock for now; per-room locks with group commit come with the rooms
-//! work) so stream positions stay contiguous: a consumer that sees position N+2 after N knows to
-//! fetch N+1 from the database. A row is published only after its transaction commits.
+//! Writes to one room are serialised by a per-room lock held from loading the room's state until
+//! the event is committed, so each event is built on the one before it. Writes to different rooms
+//! run concurrently and meet at the committer, one task that gives them stream positions and
+//! commits whatever has queued up in one transaction (group commit): positions stay contiguous, so
+//! a consumer that sees position N+2 after N knows to fetch N+1 from the database. Rows are
+//! published only after their transaction commits, in position order.
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 
 use ganglion_core::{BuildError, EventTemplate, Pdu, RoomContext, ServerSigningKey, StateMap, build_event};
 use ganglion_replication::Bus;
 use ganglion_storage::{EventStore, NewEvent, PersistedEvent, event_row};
 use ruma::{OwnedEventId, OwnedRoomId, OwnedServerName, RoomId, RoomVersionId, UserId};
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, mpsc, oneshot};
 
 /// Why a write failed.
 #[derive(Debug, thiserror::Error)]
@@ -95,11 +99,142 @@ pub(crate) struct Written {
 pub(crate) struct EventWriter {
     events: EventStore,
     account_data: ganglion_storage::AccountDataStore,
-    bus: Arc<dyn Bus>,
     key: Arc<ServerSigningKey>,
     server_name: OwnedServerName,
-    /// The last position written. Held across build + persist, which serialises writes.
-    last_position: Mutex<i64>,
+    /// One lock per room with a write in progress.
+    room_locks: RoomLocks,
+    /// Events built and waiting for the committer.
+    commits: mpsc::Sender<Commit>,
+    /// The last position committed.
+    position: Arc<AtomicI64>,
+}
+
+/// Events the committer takes into one transaction at most.
+const MAX_GROUP_COMMIT: usize = 64;
+
+/// An event handed to the committer, and where to send its position.
+struct Commit {
+    event: NewEvent,
+    /// Kept off the live stream (an outlier, rejected or soft-failed event): a position below zero,
+    /// never published.
+    off_stream: bool,
+    done: oneshot::Sender<Result<i64, ganglion_storage::Error>>,
+}
+
+/// Per-room write locks. Entries nobody holds or waits for are pruned as the map grows.
+#[derive(Default)]
+struct RoomLocks(std::sync::Mutex<HashMap<OwnedRoomId, Arc<Mutex<()>>>>);
+
+impl RoomLocks {
+    async fn lock(&self, room_id: &RoomId) -> tokio::sync::OwnedMutexGuard<()> {
+        let lock = {
+            let mut map = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if map.len() >= 1024 {
+                // Only the map holds these: no write is in progress or waiting.
+                map.retain(|_, l| Arc::strong_count(l) > 1);
+            }
+            map.entry(room_id.to_owned()).or_default().clone()
+        };
+        lock.lock_owned().await
+    }
+}
+
+/// The committer: takes built events in arrival order, gives them positions and commits them in
+/// groups. A group that fails is retried one event at a time, so one bad event does not fail the
+/// others that happened to share its transaction.
+async fn run_committer(
+    events: EventStore,
+    bus: Arc<dyn Bus>,
+    mut rx: mpsc::Receiver<Commit>,
+    position: Arc<AtomicI64>,
+) {
+    let mut lowest = match events.min_stream_ordering().await {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::error!(error = %e, "reading the lowest stream position failed; the event committer stops");
+            return;
+        }
+    };
+    while let Some(first) = rx.recv().await {
+        let mut group = vec![first];
+        while group.len() < MAX_GROUP_COMMIT {
+            match rx.try_recv() {
+                Ok(c) => group.push(c),
+                Err(_) => break,
+            }
+        }
+        let start = position.load(Ordering::Acquire);
+        let (mut last, low) = assign_positions(&mut group, start, lowest);
+        let rows: Vec<NewEvent> = group.iter().map(|c| c.event.clone()).collect();
+        let results: Vec<Result<i64, ganglion_storage::Error>> = match events.persist_batch(&rows).await {
+            Ok(()) => {
+                lowest = low;
+                group.iter().map(|c| Ok(c.event.stream_ordering)).collect()
+            }
+            Err(e) if group.len() == 1 => {
+                last = start;
+                vec![Err(e)]
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, events = group.len(), "group commit failed; committing one at a time");
+                last = start;
+                let mut out = Vec::with_capacity(group.len());
+                for c in &mut group {
+                    let (l, low) = assign_positions(std::slice::from_mut(c), last, lowest);
+                    match events.persist(&c.event).await {
+                        Ok(()) => {
+                            last = l;
+                            lowest = low;
+                            out.push(Ok(c.event.stream_ordering));
+                        }
+                        Err(e) => out.push(Err(e)),
+                    }
+                }
+                out
+            }
+        };
+        position.store(last, Ordering::Release);
+        for (c, result) in group.into_iter().zip(results) {
+            if result.is_ok() && !c.off_stream {
+                // Published after commit. If this fails, consumers still get the row from the database.
+                if let Err(e) = bus.publish(event_row(&persisted(&c.event))).await {
+                    tracing::warn!(error = %e, position = c.event.stream_ordering, "publishing an event row failed; consumers will catch up from the database");
+                }
+            }
+            let _ = c.done.send(result);
+        }
+    }
+}
+
+/// Gives each event of a group its position: the next ones after `last` on the live stream, or the
+/// next ones below `lowest` off it. Returns the new `(last, lowest)`.
+fn assign_positions(group: &mut [Commit], mut last: i64, mut lowest: i64) -> (i64, i64) {
+    for c in group {
+        if c.off_stream {
+            lowest -= 1;
+            c.event.stream_ordering = lowest;
+        } else {
+            last += 1;
+            c.event.stream_ordering = last;
+        }
+    }
+    (last, lowest)
+}
+
+fn persisted(ev: &NewEvent) -> PersistedEvent {
+    PersistedEvent {
+        stream_ordering: ev.stream_ordering,
+        event_id: ev.event_id.clone(),
+        room_id: ev.room_id.clone(),
+        sender: ev.sender.clone(),
+        event_type: ev.event_type.clone(),
+        state_key: ev.state_key.clone(),
+        membership: ev.membership.clone(),
+        depth: ev.depth,
+        origin_server_ts: ev.origin_server_ts,
+        json: ev.json.clone(),
+        request_id: ev.request_id.clone(),
+    }
 }
 
 impl std::fmt::Debug for EventWriter {
@@ -120,9 +255,11 @@ impl EventWriter {
         key: Arc<ServerSigningKey>,
         server_name: OwnedServerName,
     ) -> Result<Self, ganglion_storage::Error> {
-        let last = events.max_stream_ordering().await?;
+        let position = Arc::new(AtomicI64::new(events.max_stream_ordering().await?));
         let account_data = ganglion_storage::AccountDataStore::new(events.db().clone());
-        Ok(Self { events, account_data, bus, key, server_name, last_position: Mutex::new(last) })
+        let (commits, rx) = mpsc::channel(1024);
+        tokio::spawn(run_committer(events.clone(), bus, rx, position.clone()));
+        Ok(Self { events, account_data, key, server_name, room_locks: RoomLocks::default(), commits, position })
     }
 
     /// The server name events are signed as.
@@ -130,9 +267,9 @@ impl EventWriter {
         &self.server_name
     }
 
-    /// The last position written.
-    pub(crate) async fn position(&self) -> i64 {
-        *self.last_position.lock().await
+    /// The last position committed.
+    pub(crate) fn position(&self) -> i64 {
+        self.position.load(Ordering::Acquire)
     }
 
     async fn load_state(&self, room_id: &RoomId) -> Result<StateMap, WriteError> {
@@ -169,11 +306,11 @@ impl EventWriter {
             content: create_content,
         };
         let state = StateMap::new();
-        let mut last = self.last_position.lock().await;
         let ctx = RoomContext { room_id, version, state: &state, prev_events: Vec::new(), max_prev_depth: 0 };
         let (pdu, room_id) = build_event(&template, creator, &ctx, &self.server_name, &self.key, now_ms())?;
         let extras = PersistExtras { creates_room: Some(version.to_string()), ..PersistExtras::default() };
-        self.persist(&mut last, pdu, room_id, extras, origin).await
+        // A new room: nobody else can write to it yet, so no room lock.
+        self.persist(pdu, room_id, extras, origin).await
     }
 
     /// Sends an event into an existing room. A retried transaction returns the first event.
@@ -184,7 +321,7 @@ impl EventWriter {
         template: EventTemplate,
         origin: &WriteOrigin,
     ) -> Result<Written, WriteError> {
-        let mut last = self.last_position.lock().await;
+        let _room = self.room_locks.lock(room_id).await;
         if let Some((device, txn)) = &origin.txn
             && let Some(existing) = self.events.event_for_txn(sender, device, txn).await?
         {
@@ -210,7 +347,7 @@ impl EventWriter {
             }
             _ => None,
         };
-        self.persist(&mut last, pdu, room_id, PersistExtras { creates_room: None, redacts, push_actions }, origin).await
+        self.persist(pdu, room_id, PersistExtras { creates_room: None, redacts, push_actions }, origin).await
     }
 
     /// The redacted form of `target` when `sender` may redact it: their own event, or anyone's
@@ -250,18 +387,17 @@ impl EventWriter {
         self.load_state(room_id).await
     }
 
+    /// Hands a built event to the committer and waits until it is committed and published.
     async fn persist(
         &self,
-        last: &mut i64,
         pdu: Pdu,
         room_id: OwnedRoomId,
         extras: PersistExtras,
         origin: &WriteOrigin,
     ) -> Result<Written, WriteError> {
         let PersistExtras { creates_room, redacts, push_actions } = extras;
-        let position = *last + 1;
         let new = NewEvent {
-            stream_ordering: position,
+            stream_ordering: 0,
             event_id: pdu.event_id.clone(),
             room_id: room_id.clone(),
             sender: pdu.sender.clone(),
@@ -278,28 +414,22 @@ impl EventWriter {
             redacts,
             push_actions,
             relation: relation_of(&pdu),
+            auth_events: pdu.auth_events.clone(),
+            status: ganglion_storage::EventStatus::Ordinary,
+            state_before: ganglion_storage::StateBefore::Current,
+            new_current_state: None,
         };
-        self.events.persist(&new).await?;
-        *last = position;
-        let persisted = PersistedEvent {
-            stream_ordering: position,
-            event_id: new.event_id.clone(),
-            room_id: room_id.clone(),
-            sender: new.sender,
-            event_type: new.event_type,
-            state_key: new.state_key,
-            membership: new.membership,
-            depth: new.depth,
-            origin_server_ts: new.origin_server_ts,
-            json: new.json,
-            request_id: new.request_id,
-        };
-        // Published after commit. If this fails, consumers still get the row from the database.
-        if let Err(e) = self.bus.publish(event_row(&persisted)).await {
-            tracing::warn!(error = %e, position, "publishing an event row failed; consumers will catch up from the database");
-        }
-        tracing::debug!(event_id = %new.event_id, room_id = %room_id, position, "persisted event");
-        Ok(Written { event_id: new.event_id, room_id, position })
+        let position = self.commit(new, false).await?;
+        tracing::debug!(event_id = %pdu.event_id, room_id = %room_id, position, "persisted event");
+        Ok(Written { event_id: pdu.event_id, room_id, position })
+    }
+
+    /// Queues an event for the committer and waits for its position.
+    async fn commit(&self, event: NewEvent, off_stream: bool) -> Result<i64, WriteError> {
+        let (done, rx) = oneshot::channel();
+        let closed = || WriteError::Storage(ganglion_storage::Error::Decode("the event committer stopped".into()));
+        self.commits.send(Commit { event, off_stream, done }).await.map_err(|_| closed())?;
+        Ok(rx.await.map_err(|_| closed())??)
     }
 }
 

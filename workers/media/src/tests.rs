@@ -722,6 +722,10 @@ async fn admins_quarantine_the_media_a_room_refers_to() {
                 redacts: None,
                 push_actions: Vec::new(),
                 relation: None,
+                auth_events: Vec::new(),
+                status: Default::default(),
+                state_before: Default::default(),
+                new_current_state: None,
             })
             .await
             .unwrap();
