@@ -196,3 +196,53 @@ fn conflicted_subgraph<'a>(
     }
     subgraph
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use ganglion_core::Pdu;
+    use ruma::OwnedEventId;
+
+    use super::conflicted_subgraph;
+
+    fn id(s: &str) -> OwnedEventId {
+        OwnedEventId::try_from(format!("${s}")).expect("event ID")
+    }
+
+    /// Bare state events citing `auth`; enough for walking the auth DAG.
+    fn dag(edges: &[(&str, &[&str])]) -> HashMap<OwnedEventId, Pdu> {
+        edges
+            .iter()
+            .map(|(name, auth)| {
+                let json = serde_json::json!({
+                    "room_id": "!r:example.org", "sender": "@a:example.org", "origin_server_ts": 0,
+                    "type": "m.room.topic", "state_key": "", "content": {}, "depth": 1,
+                    "prev_events": [], "auth_events": auth.iter().map(|a| format!("${a}")).collect::<Vec<_>>(),
+                });
+                (id(name), Pdu::from_json(id(name), &json.to_string()).expect("parses"))
+            })
+            .collect()
+    }
+
+    fn names(set: &ruma::state_res::utils::event_id_set::EventIdSet<OwnedEventId>) -> Vec<String> {
+        let mut v: Vec<String> = set.iter().map(|i| i.as_str()[1..].to_owned()).collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn conflicted_subgraph_is_the_events_between_conflicted_ones() {
+        // a ← b ← c, a ← d ← e, and f off to the side of a.
+        let events = dag(&[("a", &[]), ("b", &["a"]), ("c", &["b"]), ("d", &["a"]), ("e", &["d"]), ("f", &["a"])]);
+        // c reaches a through b; d and e are not between them, nor is f.
+        let got = conflicted_subgraph([id("c"), id("a")].iter(), &events);
+        assert_eq!(names(&got), ["a", "b", "c"]);
+        // c and e share only a, which is no conflicted event: nothing lies between them.
+        let got = conflicted_subgraph([id("c"), id("e")].iter(), &events);
+        assert_eq!(names(&got), ["c", "e"]);
+        // Both paths down to a count.
+        let got = conflicted_subgraph([id("c"), id("e"), id("a")].iter(), &events);
+        assert_eq!(names(&got), ["a", "b", "c", "d", "e"]);
+    }
+}
