@@ -102,6 +102,26 @@ impl AccountDataStore {
         .await?)
     }
 
+    /// One global entry type for many users at once: `(user, content)` for those who have it.
+    ///
+    /// # Errors
+    /// On database failure.
+    pub async fn global_for_users(&self, users: &[&str], data_type: &str) -> Result<Vec<(String, String)>> {
+        let mut out = Vec::new();
+        for chunk in users.chunks(500) {
+            let sql = format!(
+                "SELECT user_id, content FROM account_data WHERE room_id = '' AND data_type = $1 AND user_id IN {}",
+                crate::events::placeholders(2, chunk.len())
+            );
+            let mut q = sqlx::query_as::<_, (String, String)>(&sql).bind(data_type);
+            for u in chunk {
+                q = q.bind(*u);
+            }
+            out.extend(q.fetch_all(self.db.pool()).await?);
+        }
+        Ok(out)
+    }
+
     /// A user's entries whose latest write is in `(after, upto]`, for sync.
     ///
     /// # Errors

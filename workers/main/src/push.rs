@@ -44,15 +44,23 @@ pub(crate) async fn push_actions(
         .unwrap_or_default();
     let power_levels = power_levels_ctx(state, rules);
     let member_count = UInt::try_from(members.len() as u64).unwrap_or_default();
+    // The members' own rules, in one query (a big room has thousands of local members).
+    let user_ids: Vec<&str> = local.iter().map(|(_, u)| u.as_str()).collect();
+    let own_rules: std::collections::HashMap<String, String> =
+        match account_data.global_for_users(&user_ids, "m.push_rules").await {
+            Ok(rows) => rows.into_iter().collect(),
+            Err(e) => {
+                tracing::warn!(error = %e, "loading push rules failed; the default rules apply to this event");
+                std::collections::HashMap::new()
+            }
+        };
     let mut out = Vec::new();
     for (member_event, user) in local {
-        let ruleset = match account_data.get(user, "", "m.push_rules").await {
-            Ok(Some(c)) => serde_json::from_str::<Value>(&c)
-                .ok()
-                .and_then(|v| serde_json::from_value::<Ruleset>(v["global"].clone()).ok())
-                .unwrap_or_else(|| Ruleset::server_default(user)),
-            _ => Ruleset::server_default(user),
-        };
+        let ruleset = own_rules
+            .get(user.as_str())
+            .and_then(|c| serde_json::from_str::<Value>(c).ok())
+            .and_then(|v| serde_json::from_value::<Ruleset>(v["global"].clone()).ok())
+            .unwrap_or_else(|| Ruleset::server_default(user));
         let display_name = member_event
             .content_value()
             .get("displayname")
