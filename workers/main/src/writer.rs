@@ -103,10 +103,97 @@ pub(crate) struct EventWriter {
     server_name: OwnedServerName,
     /// One lock per room with a write in progress.
     room_locks: RoomLocks,
+    /// The current state of recently written rooms.
+    state_cache: StateCache,
     /// Events built and waiting for the committer.
     commits: mpsc::Sender<Commit>,
     /// The last position committed.
     position: Arc<AtomicI64>,
+}
+
+/// State entries the writer's state cache holds at most, over all rooms.
+const STATE_CACHE_ENTRIES: usize = 200_000;
+
+/// The current state of recently written rooms, so a send into a room with thousands of members
+/// does not reload and re-parse every member event. Only the writer changes room state, under the
+/// room's lock, and it updates an entry after each commit, so a cached state is never stale.
+/// Bounded by entries; the least recently used rooms go first.
+struct StateCache(std::sync::Mutex<StateCacheInner>);
+
+struct StateCacheInner {
+    rooms: HashMap<OwnedRoomId, (Arc<StateMap>, u64)>,
+    entries: usize,
+    limit: usize,
+    tick: u64,
+}
+
+impl Default for StateCache {
+    fn default() -> Self {
+        Self::with_limit(STATE_CACHE_ENTRIES)
+    }
+}
+
+impl StateCache {
+    fn with_limit(limit: usize) -> Self {
+        Self(std::sync::Mutex::new(StateCacheInner { rooms: HashMap::new(), entries: 0, limit, tick: 0 }))
+    }
+
+    fn inner(&self) -> std::sync::MutexGuard<'_, StateCacheInner> {
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn get(&self, room_id: &RoomId) -> Option<Arc<StateMap>> {
+        let mut inner = self.inner();
+        inner.tick += 1;
+        let tick = inner.tick;
+        inner.rooms.get_mut(room_id).map(|(state, used)| {
+            *used = tick;
+            state.clone()
+        })
+    }
+
+    fn put(&self, room_id: &RoomId, state: Arc<StateMap>) {
+        let mut inner = self.inner();
+        inner.tick += 1;
+        let tick = inner.tick;
+        let size = state.len();
+        if let Some((old, _)) = inner.rooms.insert(room_id.to_owned(), (state, tick)) {
+            inner.entries -= old.len();
+        }
+        inner.entries += size;
+        while inner.entries > inner.limit && inner.rooms.len() > 1 {
+            let Some(oldest) = inner
+                .rooms
+                .iter()
+                .filter(|(r, _)| r.as_str() != room_id.as_str())
+                .min_by_key(|(_, (_, used))| *used)
+                .map(|(r, _)| r.clone())
+            else {
+                break;
+            };
+            if let Some((old, _)) = inner.rooms.remove(&oldest) {
+                inner.entries -= old.len();
+            }
+        }
+    }
+
+    /// Applies a committed state event to the room's cached state, if it is cached.
+    fn apply(&self, room_id: &RoomId, pdu: &Pdu) {
+        let Some(key) = pdu.state_key.clone().map(|k| (pdu.event_type.to_string(), k)) else { return };
+        let taken = {
+            let mut inner = self.inner();
+            let taken = inner.rooms.remove(room_id);
+            if let Some((old, _)) = &taken {
+                inner.entries -= old.len();
+            }
+            taken
+        };
+        if let Some((mut state, _)) = taken {
+            // Usually the only reference by now, so this does not copy the state.
+            Arc::make_mut(&mut state).insert(key, pdu.clone());
+            self.put(room_id, state);
+        }
+    }
 }
 
 /// Events the committer takes into one transaction at most.
@@ -259,7 +346,16 @@ impl EventWriter {
         let account_data = ganglion_storage::AccountDataStore::new(events.db().clone());
         let (commits, rx) = mpsc::channel(1024);
         tokio::spawn(run_committer(events.clone(), bus, rx, position.clone()));
-        Ok(Self { events, account_data, key, server_name, room_locks: RoomLocks::default(), commits, position })
+        Ok(Self {
+            events,
+            account_data,
+            key,
+            server_name,
+            room_locks: RoomLocks::default(),
+            state_cache: StateCache::default(),
+            commits,
+            position,
+        })
     }
 
     /// The server name events are signed as.
@@ -272,13 +368,20 @@ impl EventWriter {
         self.position.load(Ordering::Acquire)
     }
 
-    async fn load_state(&self, room_id: &RoomId) -> Result<StateMap, WriteError> {
+    async fn load_state(&self, room_id: &RoomId) -> Result<Arc<StateMap>, WriteError> {
+        if let Some(state) = self.state_cache.get(room_id) {
+            return Ok(state);
+        }
         let events = self.events.current_state_events(room_id).await?;
         let mut state = HashMap::with_capacity(events.len());
         for e in events {
             let pdu =
                 Pdu::from_json(e.event_id.clone(), &e.json).map_err(|err| WriteError::Invalid(err.to_string()))?;
             state.insert((e.event_type.clone(), e.state_key.clone().unwrap_or_default()), pdu);
+        }
+        let state = Arc::new(state);
+        if !state.is_empty() {
+            self.state_cache.put(room_id, state.clone());
         }
         Ok(state)
     }
@@ -336,7 +439,8 @@ impl EventWriter {
         // Cap prev_events like other servers do, so a room with many extremities still builds
         // bounded events.
         let prev_events: Vec<OwnedEventId> = extremities.into_iter().take(10).map(|(id, _)| id).collect();
-        let ctx = RoomContext { room_id: Some(room_id), version: &version, state: &state, prev_events, max_prev_depth };
+        let ctx =
+            RoomContext { room_id: Some(room_id), version: &version, state: &state, prev_events, max_prev_depth };
         let (pdu, room_id) = build_event(&template, sender, &ctx, &self.server_name, &self.key, now_ms())?;
         let rules = version.rules().ok_or_else(|| WriteError::UnsupportedVersion(version.to_string()))?;
         let push_actions =
@@ -347,7 +451,14 @@ impl EventWriter {
             }
             _ => None,
         };
-        self.persist(pdu, room_id, PersistExtras { creates_room: None, redacts, push_actions }, origin).await
+        drop(state);
+        let state_change = pdu.state_key.is_some().then(|| pdu.clone());
+        let written =
+            self.persist(pdu, room_id, PersistExtras { creates_room: None, redacts, push_actions }, origin).await?;
+        if let Some(pdu) = state_change {
+            self.state_cache.apply(&written.room_id, &pdu);
+        }
+        Ok(written)
     }
 
     /// The redacted form of `target` when `sender` may redact it: their own event, or anyone's
@@ -383,7 +494,7 @@ impl EventWriter {
     }
 
     /// A room's current state, as the auth rules see it.
-    pub(crate) async fn room_state(&self, room_id: &RoomId) -> Result<StateMap, WriteError> {
+    pub(crate) async fn room_state(&self, room_id: &RoomId) -> Result<Arc<StateMap>, WriteError> {
         self.load_state(room_id).await
     }
 
@@ -449,4 +560,52 @@ pub(crate) fn random_localpart(n: usize) -> String {
     const CHARS: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ";
     let mut rng = rand::thread_rng();
     (0..n).map(|_| CHARS[rng.gen_range(0..CHARS.len())] as char).collect()
+}
+
+#[cfg(test)]
+mod state_cache_tests {
+    use super::*;
+
+    fn state_of(room: &str, n: usize) -> (OwnedRoomId, Arc<StateMap>) {
+        let room_id = OwnedRoomId::try_from(format!("!{room}:example.org")).unwrap();
+        let mut state = StateMap::new();
+        for i in 0..n {
+            let json = format!(
+                r#"{{"type":"m.room.member","state_key":"@u{i}:example.org","sender":"@u{i}:example.org","room_id":"{room_id}","origin_server_ts":1,"content":{{"membership":"join"}},"prev_events":[],"auth_events":[],"depth":1}}"#
+            );
+            let id = OwnedEventId::try_from(format!("${room}{i}")).unwrap();
+            let pdu = Pdu::from_json(id, &json).unwrap();
+            state.insert(("m.room.member".into(), format!("@u{i}:example.org")), pdu);
+        }
+        (room_id, Arc::new(state))
+    }
+
+    #[test]
+    fn keeps_within_its_limit_and_drops_the_least_recently_used() {
+        let cache = StateCache::with_limit(10);
+        let (a, sa) = state_of("a", 4);
+        let (b, sb) = state_of("b", 4);
+        let (c, sc) = state_of("c", 4);
+        cache.put(&a, sa);
+        cache.put(&b, sb);
+        assert!(cache.get(&a).is_some(), "a is now more recently used than b");
+        cache.put(&c, sc);
+        assert!(cache.get(&b).is_none(), "b was the least recently used");
+        assert!(cache.get(&a).is_some() && cache.get(&c).is_some());
+        assert_eq!(cache.inner().entries, 8);
+    }
+
+    #[test]
+    fn applies_state_events_to_cached_rooms_only() {
+        let cache = StateCache::with_limit(100);
+        let (a, sa) = state_of("a", 2);
+        let (_, extra) = state_of("a", 3);
+        let newcomer = extra.get(&("m.room.member".to_owned(), "@u2:example.org".to_owned())).unwrap().clone();
+        cache.apply(&a, &newcomer);
+        assert!(cache.get(&a).is_none(), "an uncached room stays uncached");
+        cache.put(&a, sa);
+        cache.apply(&a, &newcomer);
+        assert_eq!(cache.get(&a).unwrap().len(), 3);
+        assert_eq!(cache.inner().entries, 3);
+    }
 }
