@@ -10,11 +10,13 @@
 //!   server CPU-seconds per delivered event.
 //! - [`sync_cost`]: incremental `/sync` with nothing new and with one new event; initial `/sync`
 //!   of a user in many rooms with a lazy-loading filter.
+//! - [`big_room`]: one room with many members and messages, for bytes-on-disk figures.
 //!
 //! Depends on no Ganglion crate, and nothing in the server depends on it.
 
 #![warn(missing_docs)]
 
+pub mod big_room;
 pub mod client;
 pub mod delivery;
 pub mod procstat;

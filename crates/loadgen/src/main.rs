@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result};
 use clap::{Parser, ValueEnum};
-use ganglion_loadgen::{client, delivery, sync_cost};
+use ganglion_loadgen::{big_room, client, delivery, sync_cost};
 use serde_json::{Value, json};
 
 /// Which measurements to run.
@@ -19,6 +19,8 @@ enum Scenario {
     Initial,
     /// All three, in that order.
     All,
+    /// Not a measurement: fills one room with many members and messages (for bytes on disk).
+    BigRoom,
 }
 
 /// Load generator for Matrix homeservers (Client-Server API only; open registration with
@@ -76,6 +78,15 @@ struct Cli {
     /// Initial: initial syncs to time (the first is the headline).
     #[arg(long, default_value_t = 3)]
     repeats: usize,
+    /// Big room: members, the creator included.
+    #[arg(long, default_value_t = 5000)]
+    members: usize,
+    /// Big room: messages.
+    #[arg(long, default_value_t = 100_000)]
+    room_messages: usize,
+    /// Big room: requests at once.
+    #[arg(long, default_value_t = 16)]
+    concurrency: usize,
 }
 
 /// Prints a summary: on stdout, or on stderr when stdout carries the JSON.
@@ -119,6 +130,17 @@ async fn run(cli: &Cli) -> Result<Value> {
             .context("initial sync")?;
         say(cli, &r);
         out["initial_sync"] = r.to_json();
+    }
+    if cli.scenario == Scenario::BigRoom {
+        let params = big_room::Params {
+            members: cli.members,
+            messages: cli.room_messages,
+            senders: cli.senders.max(10),
+            concurrency: cli.concurrency,
+        };
+        let r = big_room::run(&http, base, &params).await.context("big room")?;
+        say(cli, &r);
+        out["big_room"] = r.to_json();
     }
     Ok(out)
 }
