@@ -12,6 +12,7 @@ mod grpc;
 mod password;
 mod presence_writer;
 mod push;
+mod receive;
 mod writer;
 
 use std::sync::Arc;

@@ -18,6 +18,7 @@ use crate::{MainState, router};
 struct App {
     router: Router,
     db: TestDb,
+    writer: Arc<crate::writer::EventWriter>,
 }
 
 async fn app(backend: Backend, tweak: impl FnOnce(&mut Config)) -> App {
@@ -27,7 +28,8 @@ async fn app(backend: Backend, tweak: impl FnOnce(&mut Config)) -> App {
     cfg.password_hashing.iterations = 1;
     tweak(&mut cfg);
     let state = MainState::new(&cfg, db.db.clone(), Arc::new(InProcessBus::new(64))).await.expect("state");
-    App { router: ganglion_http::matrix_fallbacks(router(state)), db }
+    let writer = state.rooms.writer.clone();
+    App { router: ganglion_http::matrix_fallbacks(router(state)), db, writer }
 }
 
 impl App {
@@ -114,6 +116,7 @@ on_both_backends!(
     guests_are_limited_to_their_endpoints,
     search_groups_results_and_includes_state,
     concurrent_writes_keep_rooms_linear_and_positions_contiguous,
+    received_events_are_accepted_rejected_soft_failed_and_resolved,
 );
 
 async fn registration_follows_uia_and_validates_usernames(backend: Backend) {
@@ -2925,5 +2928,177 @@ async fn concurrent_writes_keep_rooms_linear_and_positions_contiguous(backend: B
         let extremities = events.forward_extremities(&ruma::RoomId::parse(room).unwrap()).await.unwrap();
         assert_eq!(extremities.len(), 1);
     }
+    app.db.cleanup().await;
+}
+
+/// Builds an event of `remote.example` on the given state and prev_events, as another server would.
+fn remote_event(
+    room: &str,
+    sender: &str,
+    template: ganglion_core::EventTemplate,
+    state: &ganglion_core::StateMap,
+    prev: &[&ruma::OwnedEventId],
+    key: &ganglion_core::ServerSigningKey,
+) -> ganglion_core::Pdu {
+    let room_id = ruma::OwnedRoomId::try_from(room).unwrap();
+    let version = ruma::RoomVersionId::V12;
+    let depth = 1_000; // deeper than anything the test room has; depth is advisory
+    let ctx = ganglion_core::RoomContext {
+        room_id: Some(&room_id),
+        version: &version,
+        state,
+        prev_events: prev.iter().map(|p| (*p).clone()).collect(),
+        max_prev_depth: depth,
+    };
+    let server = ruma::OwnedServerName::try_from("remote.example").unwrap();
+    let sender = ruma::OwnedUserId::try_from(sender).unwrap();
+    ganglion_core::build_event(&template, &sender, &ctx, &server, key, 1_700_000_000_000).unwrap().0
+}
+
+fn member(user: &str, membership: &str) -> ganglion_core::EventTemplate {
+    ganglion_core::EventTemplate {
+        event_type: "m.room.member".into(),
+        state_key: Some(user.into()),
+        content: json!({"membership": membership}),
+    }
+}
+
+/// Events from another server through the receive pipeline: a join extends the room; a message
+/// from before its sender's ban is soft-failed; an event whose prev_events put it after the ban is
+/// rejected; a join on a fork from before the ban is accepted, the room's state becomes the
+/// resolution of both sides (the ban wins over the earlier join) and the next local event merges
+/// the fork. Outliers and hidden events stay off the live stream.
+async fn received_events_are_accepted_rejected_soft_failed_and_resolved(backend: Backend) {
+    use crate::receive::ReceiveError;
+    use ganglion_state::Verdict;
+    let app = app(backend, |_| {}).await;
+    let alice = app.register("alice").await;
+    let (s, b) = app
+        .call(
+            "POST",
+            "/_matrix/client/v3/createRoom",
+            Some(&alice),
+            Some(json!({"preset": "public_chat", "room_version": "12"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let room = b["room_id"].as_str().unwrap().to_owned();
+    let room_id = ruma::OwnedRoomId::try_from(room.as_str()).unwrap();
+    let store = ganglion_storage::EventStore::new(app.db.db.clone());
+    let extremity = || async { store.forward_extremities(&room_id).await.unwrap()[0].0.clone() };
+    let key = ganglion_core::ServerSigningKey::generate();
+
+    // eve@remote joins: it follows the room's one extremity.
+    let s0 = app.writer.room_state(&room_id).await.unwrap();
+    let e0 = extremity().await;
+    let eve_join = remote_event(&room, "@eve:remote.example", member("@eve:remote.example", "join"), &s0, &[&e0], &key);
+    let got = app.writer.receive_pdu(eve_join.clone()).await.unwrap();
+    assert_eq!(got.verdict, Verdict::Accepted);
+    assert!(got.position > 0);
+    assert_eq!(membership_of(&app, &alice, &room, "@eve:remote.example").await.as_deref(), Some("join"));
+    let again = app.writer.receive_pdu(eve_join.clone()).await.unwrap();
+    assert_eq!(again, got, "receiving an event twice changes nothing");
+    let s1 = app.writer.room_state(&room_id).await.unwrap();
+
+    // alice bans eve here; meanwhile eve's server sent a message built before the ban.
+    let (s, b) = app
+        .call(
+            "POST",
+            &format!("/_matrix/client/v3/rooms/{room}/ban"),
+            Some(&alice),
+            Some(json!({"user_id": "@eve:remote.example"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let ban = extremity().await;
+    let text = ganglion_core::EventTemplate {
+        event_type: "m.room.message".into(),
+        state_key: None,
+        content: json!({"msgtype": "m.text", "body": "sent before the ban arrived"}),
+    };
+    let late = remote_event(&room, "@eve:remote.example", text.clone(), &s1, &[&eve_join.event_id], &key);
+    let got = app.writer.receive_pdu(late.clone()).await.unwrap();
+    assert!(matches!(got.verdict, Verdict::SoftFailed(_)), "{:?}", got.verdict);
+    assert!(got.position < 0, "kept off the live stream");
+    assert!(store.event(late.event_id.as_str()).await.unwrap().is_none(), "not shown to clients");
+    assert_eq!(extremity().await, ban, "a soft-failed event does not extend the room");
+
+    // The same message placed after the ban (prev_events = the ban) fails against the state
+    // before it: rejected.
+    let after_ban = remote_event(&room, "@eve:remote.example", text, &s1, &[&ban], &key);
+    let got = app.writer.receive_pdu(after_ban).await.unwrap();
+    assert!(matches!(got.verdict, Verdict::Rejected(_)), "{:?}", got.verdict);
+
+    // frank@remote joins on a fork from before the ban: valid, accepted, and the room now has two
+    // extremities whose states are resolved: frank is in, eve stays banned.
+    let frank = remote_event(
+        &room,
+        "@frank:remote.example",
+        member("@frank:remote.example", "join"),
+        &s1,
+        &[&eve_join.event_id],
+        &key,
+    );
+    let got = app.writer.receive_pdu(frank.clone()).await.unwrap();
+    assert_eq!(got.verdict, Verdict::Accepted);
+    assert_eq!(store.forward_extremities(&room_id).await.unwrap().len(), 2);
+    assert_eq!(membership_of(&app, &alice, &room, "@frank:remote.example").await.as_deref(), Some("join"));
+    assert_eq!(membership_of(&app, &alice, &room, "@eve:remote.example").await.as_deref(), Some("ban"), "the ban wins");
+
+    // The next local event merges the fork and sees the resolved state.
+    let merged = send_event(&app, &room, &alice, "m.room.message", json!({"msgtype": "m.text", "body": "merge"})).await;
+    let merged = store.event(&merged).await.unwrap().unwrap();
+    let pdu: Value = serde_json::from_str(&merged.json).unwrap();
+    let mut prevs: Vec<String> = serde_json::from_value(pdu["prev_events"].clone()).unwrap();
+    prevs.sort();
+    let mut expected = vec![ban.to_string(), frank.event_id.to_string()];
+    expected.sort();
+    assert_eq!(prevs, expected);
+    assert_eq!(store.forward_extremities(&room_id).await.unwrap().len(), 1);
+    let state_after_merge = store.state_ids_after(merged.event_id.as_str()).await.unwrap().unwrap();
+    assert_eq!(
+        state_after_merge.get(&("m.room.member".to_owned(), "@frank:remote.example".to_owned())),
+        Some(&frank.event_id.to_string())
+    );
+    assert_eq!(
+        state_after_merge.get(&("m.room.member".to_owned(), "@eve:remote.example".to_owned())),
+        Some(&ban.to_string())
+    );
+
+    // An outlier: known only as someone's auth event.
+    let s2 = app.writer.room_state(&room_id).await.unwrap();
+    let grace = remote_event(
+        &room,
+        "@grace:remote.example",
+        member("@grace:remote.example", "join"),
+        &s2,
+        &[&merged.event_id],
+        &key,
+    );
+    let got = app.writer.receive_outlier(grace.clone()).await.unwrap();
+    assert_eq!(got.verdict, Verdict::Accepted);
+    assert!(got.position < 0);
+    assert!(store.state_ids_after(grace.event_id.as_str()).await.unwrap().is_none(), "an outlier's state is unknown");
+    assert_eq!(membership_of(&app, &alice, &room, "@grace:remote.example").await, None, "an outlier changes no state");
+
+    // Unknown prev_events: the transport must fetch them first.
+    let mut orphan_state = (*s2).clone();
+    orphan_state.remove(&("m.room.member".to_owned(), "@grace:remote.example".to_owned()));
+    let unknown = ruma::OwnedEventId::try_from("$unknownunknownunknownunknownunknownunknown00").unwrap();
+    let orphan = remote_event(
+        &room,
+        "@hal:remote.example",
+        member("@hal:remote.example", "join"),
+        &orphan_state,
+        &[&unknown],
+        &key,
+    );
+    assert!(matches!(app.writer.receive_pdu(orphan).await, Err(ReceiveError::Missing(ids)) if ids == vec![unknown]));
+
+    // The live stream carries the accepted events only, contiguously.
+    let live: Vec<String> =
+        store.events_after(0, 1000).await.unwrap().into_iter().map(|e| e.event_id.to_string()).collect();
+    assert!(live.contains(&eve_join.event_id.to_string()) && live.contains(&frank.event_id.to_string()));
+    assert!(!live.contains(&late.event_id.to_string()) && !live.contains(&grace.event_id.to_string()));
     app.db.cleanup().await;
 }

@@ -177,6 +177,14 @@ impl StateCache {
         }
     }
 
+    #[cfg_attr(not(test), allow(dead_code))]
+    fn forget(&self, room_id: &RoomId) {
+        let mut inner = self.inner();
+        if let Some((old, _)) = inner.rooms.remove(room_id) {
+            inner.entries -= old.len();
+        }
+    }
+
     /// Applies a committed state event to the room's cached state, if it is cached.
     fn apply(&self, room_id: &RoomId, pdu: &Pdu) {
         let Some(key) = pdu.state_key.clone().map(|k| (pdu.event_type.to_string(), k)) else { return };
@@ -439,8 +447,7 @@ impl EventWriter {
         // Cap prev_events like other servers do, so a room with many extremities still builds
         // bounded events.
         let prev_events: Vec<OwnedEventId> = extremities.into_iter().take(10).map(|(id, _)| id).collect();
-        let ctx =
-            RoomContext { room_id: Some(room_id), version: &version, state: &state, prev_events, max_prev_depth };
+        let ctx = RoomContext { room_id: Some(room_id), version: &version, state: &state, prev_events, max_prev_depth };
         let (pdu, room_id) = build_event(&template, sender, &ctx, &self.server_name, &self.key, now_ms())?;
         let rules = version.rules().ok_or_else(|| WriteError::UnsupportedVersion(version.to_string()))?;
         let push_actions =
@@ -464,7 +471,7 @@ impl EventWriter {
     /// The redacted form of `target` when `sender` may redact it: their own event, or anyone's
     /// with the room's `redact` power. The auth rules only check the event itself; this check is
     /// the server's, done before the redaction is applied.
-    async fn redaction_of(
+    pub(crate) async fn redaction_of(
         &self,
         room_id: &RoomId,
         version: &RoomVersionId,
@@ -508,6 +515,21 @@ impl EventWriter {
     ) -> Result<Written, WriteError> {
         let PersistExtras { creates_room, redacts, push_actions } = extras;
         let new = NewEvent {
+            txn: origin.txn.clone(),
+            request_id: origin.request_id.clone(),
+            creates_room: creates_room.map(|v| (v, pdu.sender.clone())),
+            redacts,
+            push_actions,
+            ..self.new_event_row(&pdu, &room_id)
+        };
+        let position = self.commit_row(new, false).await?;
+        tracing::debug!(event_id = %pdu.event_id, room_id = %room_id, position, "persisted event");
+        Ok(Written { event_id: pdu.event_id, room_id, position })
+    }
+
+    /// The row of an ordinary event built on the room's current state, with nothing beside it.
+    pub(crate) fn new_event_row(&self, pdu: &Pdu, room_id: &OwnedRoomId) -> NewEvent {
+        NewEvent {
             stream_ordering: 0,
             event_id: pdu.event_id.clone(),
             room_id: room_id.clone(),
@@ -519,24 +541,42 @@ impl EventWriter {
             origin_server_ts: i64::try_from(u64::from(pdu.origin_server_ts.get())).unwrap_or(0),
             json: pdu.json.clone(),
             prev_events: pdu.prev_events.clone(),
-            txn: origin.txn.clone(),
-            request_id: origin.request_id.clone(),
-            creates_room: creates_room.map(|v| (v, pdu.sender.clone())),
-            redacts,
-            push_actions,
-            relation: relation_of(&pdu),
+            txn: None,
+            request_id: String::new(),
+            creates_room: None,
+            redacts: None,
+            push_actions: Vec::new(),
+            relation: relation_of(pdu),
             auth_events: pdu.auth_events.clone(),
             status: ganglion_storage::EventStatus::Ordinary,
             state_before: ganglion_storage::StateBefore::Current,
             new_current_state: None,
-        };
-        let position = self.commit(new, false).await?;
-        tracing::debug!(event_id = %pdu.event_id, room_id = %room_id, position, "persisted event");
-        Ok(Written { event_id: pdu.event_id, room_id, position })
+        }
+    }
+
+    /// The event store the writer writes to.
+    pub(crate) fn store(&self) -> &EventStore {
+        &self.events
+    }
+
+    /// The account data the writer reads push rules from.
+    pub(crate) fn account_data(&self) -> &ganglion_storage::AccountDataStore {
+        &self.account_data
+    }
+
+    /// Takes the room's write lock (held until the guard drops).
+    pub(crate) async fn lock_room(&self, room_id: &RoomId) -> tokio::sync::OwnedMutexGuard<()> {
+        self.room_locks.lock(room_id).await
+    }
+
+    /// Drops the room's cached state, after a write that may have changed it in several places.
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub(crate) fn forget_state(&self, room_id: &RoomId) {
+        self.state_cache.forget(room_id);
     }
 
     /// Queues an event for the committer and waits for its position.
-    async fn commit(&self, event: NewEvent, off_stream: bool) -> Result<i64, WriteError> {
+    pub(crate) async fn commit_row(&self, event: NewEvent, off_stream: bool) -> Result<i64, WriteError> {
         let (done, rx) = oneshot::channel();
         let closed = || WriteError::Storage(ganglion_storage::Error::Decode("the event committer stopped".into()));
         self.commits.send(Commit { event, off_stream, done }).await.map_err(|_| closed())?;
@@ -546,7 +586,7 @@ impl EventWriter {
 
 /// The parent and `rel_type` of an event's `content.m.relates_to`, for the relations index. A
 /// rich reply (`m.in_reply_to` alone) has no `rel_type`, so it is no relation.
-fn relation_of(pdu: &Pdu) -> Option<(OwnedEventId, String)> {
+pub(crate) fn relation_of(pdu: &Pdu) -> Option<(OwnedEventId, String)> {
     let content = pdu.content_value();
     let rel = content.get("m.relates_to")?;
     let rel_type = rel.get("rel_type")?.as_str()?;
