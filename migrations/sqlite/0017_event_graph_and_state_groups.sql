@@ -12,18 +12,19 @@ ALTER TABLE events ADD COLUMN rejected_reason TEXT;
 ALTER TABLE events ADD COLUMN state_group INTEGER;
 CREATE INDEX events_room_group ON events (room_id, stream_ordering, state_group);
 
--- The graph: each event's prev_events and auth_events, both ways.
+-- The graph: each event's prev_events and auth_events, both ways. (WITHOUT ROWID: the key is
+-- the row, so SQLite does not store it twice.)
 CREATE TABLE event_edges (
     event_id TEXT NOT NULL,
     prev_event_id TEXT NOT NULL,
     PRIMARY KEY (event_id, prev_event_id)
-);
+) WITHOUT ROWID;
 CREATE INDEX event_edges_prev ON event_edges (prev_event_id);
 CREATE TABLE event_auth (
     event_id TEXT NOT NULL,
     auth_event_id TEXT NOT NULL,
     PRIMARY KEY (event_id, auth_event_id)
-);
+) WITHOUT ROWID;
 
 -- A state group is a room state some event sees. It is stored as a delta over prev_group (the
 -- entries that differ), or in full when prev_group is NULL (a snapshot). chain_length counts the
@@ -42,7 +43,7 @@ CREATE TABLE state_group_entries (
     state_key TEXT NOT NULL,
     event_id TEXT NOT NULL,
     PRIMARY KEY (state_group, event_type, state_key)
-);
+) WITHOUT ROWID;
 
 -- The group of each room's current state (the state current_state materialises).
 ALTER TABLE rooms ADD COLUMN state_group INTEGER;

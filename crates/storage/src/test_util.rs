@@ -53,6 +53,11 @@ impl TestDb {
         }
     }
 
+    /// The connection pool, for tests and examples that inspect the database directly.
+    pub fn pool(&self) -> &sqlx::AnyPool {
+        self.db.pool()
+    }
+
     /// Closes the pool and drops the PostgreSQL database.
     pub async fn cleanup(self) {
         self.db.close().await;
