@@ -47,3 +47,17 @@ CREATE TABLE state_group_entries (
 
 -- The group of each room's current state (the state current_state materialises).
 ALTER TABLE rooms ADD COLUMN state_group INTEGER;
+
+-- Push actions keyed by their primary key alone (WITHOUT ROWID): one copy of each row instead of
+-- a table plus an index holding the same columns. They are the biggest table of a busy room.
+CREATE TABLE event_push_actions_new (
+    stream_ordering INTEGER NOT NULL,
+    room_id TEXT NOT NULL,
+    user_id TEXT NOT NULL,
+    highlight INTEGER NOT NULL,
+    thread_id TEXT NOT NULL,
+    PRIMARY KEY (user_id, room_id, stream_ordering)
+) WITHOUT ROWID;
+INSERT INTO event_push_actions_new SELECT stream_ordering, room_id, user_id, highlight, thread_id FROM event_push_actions;
+DROP TABLE event_push_actions;
+ALTER TABLE event_push_actions_new RENAME TO event_push_actions;

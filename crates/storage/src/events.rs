@@ -492,32 +492,81 @@ impl EventStore {
     /// # Errors
     /// On database failure.
     pub async fn state_at(&self, room_id: &RoomId, upto: i64) -> Result<Vec<PersistedEvent>> {
-        let mut conn = self.db.pool().acquire().await?;
-        let group: Option<Option<i64>> = sqlx::query_scalar(
-            "SELECT state_group FROM events WHERE room_id = $1 AND stream_ordering > 0 AND stream_ordering <= $2
-             AND status IS NULL ORDER BY stream_ordering DESC LIMIT 1",
-        )
-        .bind(room_id.as_str())
-        .bind(upto)
-        .fetch_optional(&mut *conn)
-        .await?;
-        match group {
-            None => Ok(Vec::new()),
-            Some(Some(g)) => group_events(&mut conn, g).await,
-            Some(None) => {
-                // Written before state groups existed (schema 17): such history is linear, so the
-                // latest event of each (type, state key) up to the position is the state.
-                let sql = format!(
-                    "SELECT {EVENT_COLUMNS} FROM events e WHERE e.room_id = $1 AND e.state_key IS NOT NULL
-                     AND e.stream_ordering = (SELECT MAX(e2.stream_ordering) FROM events e2
-                         WHERE e2.room_id = e.room_id AND e2.event_type = e.event_type
-                         AND e2.state_key = e.state_key AND e2.stream_ordering <= $2 AND e2.stream_ordering > 0
-                         AND e2.status IS NULL)
-                     ORDER BY e.stream_ordering"
-                );
-                decode_all(sqlx::query(&sql).bind(room_id.as_str()).bind(upto).fetch_all(&mut *conn).await?)
-            }
+        self.state_at_filtered(room_id, upto, None).await
+    }
+
+    /// The member events of `users` in a room's state as of stream position `upto` (like
+    /// [`Self::state_at`], reading only those keys).
+    ///
+    /// # Errors
+    /// On database failure.
+    pub async fn members_at(&self, room_id: &RoomId, upto: i64, users: &[&str]) -> Result<Vec<PersistedEvent>> {
+        if users.is_empty() {
+            return Ok(Vec::new());
         }
+        let mut state = self.state_at_filtered(room_id, upto, Some(users)).await?;
+        state.retain(|e| e.event_type == "m.room.member");
+        Ok(state)
+    }
+
+    /// The state as of `upto`, all of it or only the member events of `members`.
+    async fn state_at_filtered(
+        &self,
+        room_id: &RoomId,
+        upto: i64,
+        members: Option<&[&str]>,
+    ) -> Result<Vec<PersistedEvent>> {
+        let mut conn = self.db.pool().acquire().await?;
+        let latest = "SELECT state_group FROM events WHERE room_id = $1 AND stream_ordering > 0
+             AND stream_ordering <= $2 AND status IS NULL ORDER BY stream_ordering DESC LIMIT 1";
+        let key_filter = match members {
+            Some(users) => {
+                format!(" AND s.event_type = 'm.room.member' AND s.state_key IN {}", placeholders(3, users.len()))
+            }
+            None => String::new(),
+        };
+        // One round trip: the group of the latest event at `upto`, its chain, its entries.
+        let cols = EVENT_COLUMNS.split(", ").map(|c| format!("e.{c}")).collect::<Vec<_>>().join(", ");
+        let sql = format!(
+            "WITH RECURSIVE chain(id, prev_group, hop) AS (
+                 SELECT id, prev_group, 0 FROM state_groups WHERE id = ({latest})
+                 UNION ALL
+                 SELECT g.id, g.prev_group, c.hop + 1 FROM state_groups g JOIN chain c ON g.id = c.prev_group
+             )
+             SELECT {cols} FROM state_group_entries s JOIN chain c ON c.id = s.state_group
+             JOIN events e ON e.event_id = s.event_id WHERE 1 = 1{key_filter} ORDER BY c.hop DESC"
+        );
+        let mut q = sqlx::query(&sql).bind(room_id.as_str()).bind(upto);
+        for u in members.unwrap_or_default() {
+            q = q.bind(*u);
+        }
+        let rows = q.fetch_all(&mut *conn).await?;
+        if !rows.is_empty() {
+            return Ok(nearest_per_key(&rows)?);
+        }
+        // Nothing: no event at `upto`, no such members, or history from before state groups.
+        let group: Option<Option<i64>> =
+            sqlx::query_scalar(latest).bind(room_id.as_str()).bind(upto).fetch_optional(&mut *conn).await?;
+        if !matches!(group, Some(None)) {
+            return Ok(Vec::new());
+        }
+        // Written before state groups existed (schema 17): such history is linear, so the latest
+        // event of each (type, state key) up to the position is the state.
+        let sql = format!(
+            "SELECT {EVENT_COLUMNS} FROM events e WHERE e.room_id = $1 AND e.state_key IS NOT NULL
+             AND e.stream_ordering = (SELECT MAX(e2.stream_ordering) FROM events e2
+                 WHERE e2.room_id = e.room_id AND e2.event_type = e.event_type
+                 AND e2.state_key = e.state_key AND e2.stream_ordering <= $2 AND e2.stream_ordering > 0
+                 AND e2.status IS NULL)
+             ORDER BY e.stream_ordering"
+        );
+        let mut state = decode_all(sqlx::query(&sql).bind(room_id.as_str()).bind(upto).fetch_all(&mut *conn).await?)?;
+        if let Some(users) = members {
+            state.retain(|e| {
+                e.event_type == "m.room.member" && e.state_key.as_deref().is_some_and(|k| users.contains(&k))
+            });
+        }
+        Ok(state)
     }
 
     /// The state after an event, by IDs; `None` when it is unknown (an outlier, or an event written
@@ -1433,19 +1482,12 @@ async fn replace_current_state(
     Ok(())
 }
 
-/// The events of a state group, in stream order.
-async fn group_events(conn: &mut sqlx::AnyConnection, group: i64) -> Result<Vec<PersistedEvent>> {
-    let cols = EVENT_COLUMNS.split(", ").map(|c| format!("e.{c}")).collect::<Vec<_>>().join(", ");
-    let sql = format!(
-        "{chain} SELECT {cols} FROM state_group_entries s JOIN chain c ON c.id = s.state_group
-         JOIN events e ON e.event_id = s.event_id ORDER BY c.hop DESC",
-        chain = state_groups::CHAIN
-    );
-    let rows = sqlx::query(&sql).bind(group).fetch_all(&mut *conn).await?;
-    // Oldest group first, so nearer groups overwrite the keys they changed.
+/// Rows of a state group's chain, oldest group first: the nearest group's event per key, in
+/// stream order.
+fn nearest_per_key(rows: &[AnyRow]) -> Result<Vec<PersistedEvent>> {
     let mut by_key: std::collections::HashMap<(String, String), PersistedEvent> =
         std::collections::HashMap::with_capacity(rows.len());
-    for row in &rows {
+    for row in rows {
         let e = decode_event(row)?;
         by_key.insert((e.event_type.clone(), e.state_key.clone().unwrap_or_default()), e);
     }

@@ -746,6 +746,10 @@ async fn state_groups_are_deltas_with_bounded_snapshots(t: &TestDb) {
     assert!(max_chain <= crate::MIN_CHAIN.max(235 / 2), "chains stay bounded ({max_chain})");
     let rows = count(t, "SELECT COUNT(*) FROM state_group_entries").await;
     assert!(rows < state_events * 4, "{rows} entry rows for {state_events} state events: no copy per event");
+    let some =
+        events.members_at(&room, 500, &["@u4:example.org", "@u499:example.org", "@nobody:example.org"]).await.unwrap();
+    assert_eq!(some.iter().map(|e| e.stream_ordering).collect::<Vec<_>>(), vec![4, 499], "only the members asked for");
+    assert!(events.members_at(&room, 498, &["@u499:example.org"]).await.unwrap().is_empty(), "not yet joined");
     let after = events.state_ids_after("$e699").await.unwrap().unwrap();
     assert_eq!(after.get(&("m.room.topic".to_owned(), String::new())).map(String::as_str), Some("$e698"));
 }
@@ -859,6 +863,7 @@ async fn rooms_from_before_state_groups_keep_their_state(t: &TestDb) {
     }
     let positions = |v: Vec<crate::PersistedEvent>| v.iter().map(|e| e.stream_ordering).collect::<Vec<_>>();
     assert_eq!(positions(events.state_at(&room, 2).await.unwrap()), vec![1, 2]);
+    assert!(events.members_at(&room, 2, &["@alice:example.org"]).await.unwrap().is_empty());
     let mut topic = event(3, &room, &alice, "m.room.topic", Some(""), &["$e2"]);
     topic.creates_room = None;
     events.persist(&topic).await.unwrap();
