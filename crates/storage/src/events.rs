@@ -260,9 +260,10 @@ impl EventStore {
                 .execute(&mut **tx)
                 .await?;
         }
+        let after = self.state_group_after(tx, ev).await?;
         let inserted = sqlx::query(&format!(
-            "INSERT INTO events ({EVENT_COLUMNS}, status, rejected_reason)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+            "INSERT INTO events ({EVENT_COLUMNS}, status, rejected_reason, state_group)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
              ON CONFLICT DO NOTHING"
         ))
         .bind(ev.stream_ordering)
@@ -278,6 +279,7 @@ impl EventStore {
         .bind(&ev.request_id)
         .bind(ev.status.column())
         .bind(ev.status.reason())
+        .bind(after.map(|g| g.id))
         .execute(&mut **tx)
         .await?;
         if inserted.rows_affected() == 0 {
@@ -297,11 +299,11 @@ impl EventStore {
                 .execute(&mut **tx)
                 .await?;
         }
-        self.record_state(tx, ev).await?;
         if ev.status != EventStatus::Ordinary {
             // Nothing below applies to an event clients never see.
             return Ok(());
         }
+        self.move_current_state(tx, ev, after).await?;
         for prev in &ev.prev_events {
             sqlx::query("DELETE FROM forward_extremities WHERE room_id = $1 AND event_id = $2")
                 .bind(ev.room_id.as_str())
@@ -393,7 +395,13 @@ impl EventStore {
     }
 
     /// Stores the state group the event sees after it and moves the room's current state on.
-    async fn record_state(&self, tx: &mut sqlx::Transaction<'static, sqlx::Any>, ev: &NewEvent) -> Result<()> {
+    /// The state group after the event (stored first, so the event row is written once, with
+    /// it): `None` for an outlier, whose state is unknown.
+    async fn state_group_after(
+        &self,
+        tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+        ev: &NewEvent,
+    ) -> Result<Option<GroupMeta>> {
         let room = ev.room_id.as_str();
         // A rejected state event changes nothing: the state after it is the state before it.
         let change = match (&ev.state_key, &ev.status) {
@@ -427,23 +435,36 @@ impl EventStore {
                 }
             }
         };
-        if let Some(g) = after {
-            sqlx::query("UPDATE events SET state_group = $1 WHERE event_id = $2")
-                .bind(g.id)
-                .bind(ev.event_id.as_str())
-                .execute(&mut **tx)
-                .await?;
-        }
-        if ev.status != EventStatus::Ordinary {
-            return Ok(());
-        }
+        Ok(after)
+    }
+
+    /// Moves the room's current state on after an ordinary event whose state after it is `after`.
+    async fn move_current_state(
+        &self,
+        tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+        ev: &NewEvent,
+        after: Option<GroupMeta>,
+    ) -> Result<()> {
+        let room = ev.room_id.as_str();
+        let change = match (&ev.state_key, &ev.status) {
+            (_, EventStatus::Rejected(_)) | (None, _) => None,
+            (Some(key), _) => Some((ev.event_type.clone(), key.clone())),
+        };
         let current_group_id = match (&ev.new_current_state, &ev.state_before) {
             (Some(current), _) => {
                 replace_current_state(tx, room, current).await?;
                 // The event's own state is the likeliest base (it usually wins resolution).
-                let prevs: Vec<OwnedEventId> =
-                    std::iter::once(ev.event_id.clone()).chain(ev.prev_events.iter().cloned()).collect();
-                Some(group_for_state(tx, room, &prevs, current).await?.id)
+                match after {
+                    Some(a) => {
+                        let own = state_groups::load_group(tx, a.id).await?;
+                        if &own == current {
+                            Some(a.id)
+                        } else {
+                            Some(state_groups::store_group(tx, room, Some(a), Some(&own), current).await?)
+                        }
+                    }
+                    None => Some(group_for_state(tx, room, &ev.prev_events, current).await?.id),
+                }
             }
             (None, StateBefore::Current) => {
                 if let Some((ty, key)) = &change {
@@ -892,20 +913,54 @@ impl EventStore {
         room_id: &RoomId,
         upto: i64,
     ) -> Result<Vec<(String, UnreadCounts)>> {
-        let rows = sqlx::query(
-            "SELECT p.thread_id, COUNT(*), CAST(COALESCE(SUM(p.highlight), 0) AS BIGINT) FROM event_push_actions p
-             WHERE p.user_id = $1 AND p.room_id = $2 AND p.stream_ordering <= $3
-             AND p.stream_ordering > COALESCE((SELECT MAX(e.stream_ordering) FROM receipts r
-                 JOIN events e ON e.event_id = r.event_id
-                 WHERE r.room_id = $2 AND r.user_id = $1 AND r.receipt_type IN ('m.read', 'm.read.private')
-                 AND (r.thread_id = '' OR r.thread_id = CASE WHEN p.thread_id = '' THEN 'main' ELSE p.thread_id END)), 0)
-             GROUP BY p.thread_id ORDER BY p.thread_id",
+        // The user's read receipts in the room, per thread ('' unthreaded, 'main' the main
+        // timeline), as stream positions: read first, so the count below compares each row
+        // with a constant instead of re-running a receipt lookup for every unread row.
+        let receipts = sqlx::query(
+            "SELECT r.thread_id, MAX(e.stream_ordering) FROM receipts r JOIN events e ON e.event_id = r.event_id
+             WHERE r.room_id = $1 AND r.user_id = $2 AND r.receipt_type IN ('m.read', 'm.read.private')
+             GROUP BY r.thread_id",
         )
-        .bind(user_id.as_str())
         .bind(room_id.as_str())
-        .bind(upto)
+        .bind(user_id.as_str())
         .fetch_all(self.db.pool())
         .await?;
+        let mut unthreaded = 0_i64;
+        let mut per_thread: Vec<(String, i64)> = Vec::new();
+        for r in &receipts {
+            let thread: String = r.try_get(0)?;
+            let position: Option<i64> = r.try_get(1)?;
+            let position = position.unwrap_or(0);
+            if thread.is_empty() {
+                unthreaded = position;
+            } else {
+                // Push actions name the main timeline '' where receipts name it 'main'.
+                per_thread.push((if thread == "main" { String::new() } else { thread }, position));
+            }
+        }
+        // Each thread's rows count after the later of the unthreaded receipt and its own.
+        let mut threshold = String::from("$4");
+        let mut binds: Vec<(String, i64)> = Vec::new();
+        if !per_thread.is_empty() {
+            threshold = String::from("CASE p.thread_id");
+            for (i, (thread, position)) in per_thread.iter().enumerate() {
+                let n = 5 + i * 2;
+                threshold.push_str(&format!(" WHEN ${n} THEN ${}", n + 1));
+                binds.push((thread.clone(), (*position).max(unthreaded)));
+            }
+            threshold.push_str(" ELSE $4 END");
+        }
+        let sql = format!(
+            "SELECT p.thread_id, COUNT(*), CAST(COALESCE(SUM(p.highlight), 0) AS BIGINT) FROM event_push_actions p
+             WHERE p.user_id = $1 AND p.room_id = $2 AND p.stream_ordering <= $3 AND p.stream_ordering > $4
+             AND p.stream_ordering > {threshold}
+             GROUP BY p.thread_id ORDER BY p.thread_id"
+        );
+        let mut q = sqlx::query(&sql).bind(user_id.as_str()).bind(room_id.as_str()).bind(upto).bind(unthreaded);
+        for (thread, position) in binds {
+            q = q.bind(thread).bind(position);
+        }
+        let rows = q.fetch_all(self.db.pool()).await?;
         rows.iter()
             .map(|r| Ok((r.try_get(0)?, UnreadCounts { notifications: r.try_get(1)?, highlights: r.try_get(2)? })))
             .collect()
