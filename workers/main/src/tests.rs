@@ -117,6 +117,7 @@ on_both_backends!(
     search_groups_results_and_includes_state,
     concurrent_writes_keep_rooms_linear_and_positions_contiguous,
     received_events_are_accepted_rejected_soft_failed_and_resolved,
+    identical_rooms_created_at_once_get_their_own_ids,
 );
 
 async fn registration_follows_uia_and_validates_usernames(backend: Backend) {
@@ -3100,5 +3101,25 @@ async fn received_events_are_accepted_rejected_soft_failed_and_resolved(backend:
         store.events_after(0, 1000).await.unwrap().into_iter().map(|e| e.event_id.to_string()).collect();
     assert!(live.contains(&eve_join.event_id.to_string()) && live.contains(&frank.event_id.to_string()));
     assert!(!live.contains(&late.event_id.to_string()) && !live.contains(&grace.event_id.to_string()));
+    app.db.cleanup().await;
+}
+
+/// From room v12 a room's ID is its create event's hash: identical createRoom requests at the
+/// same moment still make distinct rooms.
+async fn identical_rooms_created_at_once_get_their_own_ids(backend: Backend) {
+    let app = app(backend, |_| {}).await;
+    let alice = app.register("alice").await;
+    let creates = (0..8).map(|_| {
+        let (app, alice) = (&app, &alice);
+        async move {
+            let (s, b) = app
+                .call("POST", "/_matrix/client/v3/createRoom", Some(alice), Some(json!({"room_version": "12"})))
+                .await;
+            assert_eq!(s, StatusCode::OK, "{b}");
+            b["room_id"].as_str().unwrap().to_owned()
+        }
+    });
+    let ids: std::collections::HashSet<String> = futures::future::join_all(creates).await.into_iter().collect();
+    assert_eq!(ids.len(), 8);
     app.db.cleanup().await;
 }

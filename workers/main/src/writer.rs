@@ -109,6 +109,8 @@ pub(crate) struct EventWriter {
     commits: mpsc::Sender<Commit>,
     /// The last position committed.
     position: Arc<AtomicI64>,
+    /// `origin_server_ts` of the last create event built here.
+    last_create_ts: std::sync::atomic::AtomicU64,
 }
 
 /// State entries the writer's state cache holds at most, over all rooms.
@@ -363,6 +365,7 @@ impl EventWriter {
             state_cache: StateCache::default(),
             commits,
             position,
+            last_create_ts: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -418,7 +421,18 @@ impl EventWriter {
         };
         let state = StateMap::new();
         let ctx = RoomContext { room_id, version, state: &state, prev_events: Vec::new(), max_prev_depth: 0 };
-        let (pdu, room_id) = build_event(&template, creator, &ctx, &self.server_name, &self.key, now_ms())?;
+        // From room v12 the room ID is the create event's hash: two rooms created by one user in
+        // the same millisecond with the same content would get one ID. Each create takes a
+        // timestamp after the previous one's.
+        let mut previous = self.last_create_ts.load(Ordering::Acquire);
+        let ts = loop {
+            let ts = now_ms().max(previous + 1);
+            match self.last_create_ts.compare_exchange(previous, ts, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => break ts,
+                Err(p) => previous = p,
+            }
+        };
+        let (pdu, room_id) = build_event(&template, creator, &ctx, &self.server_name, &self.key, ts)?;
         let extras = PersistExtras { creates_room: Some(version.to_string()), ..PersistExtras::default() };
         // A new room: nobody else can write to it yet, so no room lock.
         self.persist(pdu, room_id, extras, origin).await
