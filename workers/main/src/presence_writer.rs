@@ -25,7 +25,13 @@ pub(crate) struct PresenceWriter {
     store: PresenceStore,
     bus: Arc<dyn Bus>,
     last: Mutex<i64>,
+    /// `(state, last_active_ts)` of users as last written or read here. This writer is the only
+    /// one, so an entry is what the database holds; it spares a read on every sync's report.
+    known: std::sync::Mutex<std::collections::HashMap<String, (String, i64)>>,
 }
+
+/// Users [`PresenceWriter`] remembers at most; past that it starts over.
+const KNOWN_USERS: usize = 100_000;
 
 impl std::fmt::Debug for PresenceWriter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -37,7 +43,7 @@ impl PresenceWriter {
     /// A writer continuing the stream, with its idle timer running.
     pub(crate) async fn start(store: PresenceStore, bus: Arc<dyn Bus>) -> Result<Arc<Self>, ganglion_storage::Error> {
         let last = store.max_position().await?;
-        let this = Arc::new(Self { store, bus, last: Mutex::new(last) });
+        let this = Arc::new(Self { store, bus, last: Mutex::new(last), known: Default::default() });
         let weak = Arc::downgrade(&this);
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(30));
@@ -62,10 +68,19 @@ impl PresenceWriter {
         p.position = *last + 1;
         self.store.put(&p).await?;
         *last = p.position;
+        self.remember(&p.user_id, &p.state, p.last_active_ts);
         if let Err(e) = self.bus.publish(user_row(StreamName::Presence, p.position, &p.user_id, "")).await {
             tracing::warn!(error = %e, "publishing a presence row failed; consumers will catch up");
         }
         Ok(())
+    }
+
+    fn remember(&self, user: &str, state: &str, last_active_ts: i64) {
+        let mut known = self.known.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if known.len() >= KNOWN_USERS {
+            known.clear();
+        }
+        known.insert(user.to_owned(), (state.to_owned(), last_active_ts));
     }
 
     /// An explicit status change (`PUT /presence/{userId}/status`).
@@ -92,7 +107,18 @@ impl PresenceWriter {
     /// minute; the status message is kept.
     pub(crate) async fn sync_activity(&self, user: &UserId, state: &str) -> Result<(), ganglion_storage::Error> {
         let now = now_ms();
+        let fresh = |(known_state, active): &(String, i64)| {
+            known_state == state && (state != "online" || now - active < ACTIVITY_GRANULARITY_MS)
+        };
+        let remembered =
+            self.known.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(user.as_str()).cloned();
+        if remembered.as_ref().is_some_and(fresh) {
+            return Ok(());
+        }
         let previous = self.store.get(user).await?;
+        if let Some(p) = &previous {
+            self.remember(&p.user_id, &p.state, p.last_active_ts);
+        }
         let unchanged = previous.as_ref().is_some_and(|p| {
             p.state == state && (state != "online" || now - p.last_active_ts < ACTIVITY_GRANULARITY_MS)
         });
