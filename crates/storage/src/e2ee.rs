@@ -202,6 +202,37 @@ impl E2eeStore {
         .await?)
     }
 
+    /// A device's one-time key counts per algorithm and its unused fallback key algorithms, in one
+    /// round trip (every sync response carries both).
+    ///
+    /// # Errors
+    /// On database failure.
+    pub async fn key_counts(&self, user_id: &UserId, device_id: &str) -> Result<(Vec<(String, i64)>, Vec<String>)> {
+        let rows = sqlx::query(
+            "SELECT 'otk', algorithm, COUNT(*) FROM one_time_keys WHERE user_id = $1 AND device_id = $2
+             GROUP BY algorithm
+             UNION ALL
+             SELECT 'fallback', algorithm, 0 FROM fallback_keys WHERE user_id = $1 AND device_id = $2 AND used = 0",
+        )
+        .bind(user_id.as_str())
+        .bind(device_id)
+        .fetch_all(self.db.pool())
+        .await?;
+        let (mut counts, mut fallback) = (Vec::new(), Vec::new());
+        for r in &rows {
+            let kind: String = r.try_get(0)?;
+            let algorithm: String = r.try_get(1)?;
+            if kind == "otk" {
+                counts.push((algorithm, r.try_get::<i64, _>(2)?));
+            } else {
+                fallback.push(algorithm);
+            }
+        }
+        counts.sort();
+        fallback.sort();
+        Ok((counts, fallback))
+    }
+
     /// Removes everything a deleted device had: keys and its to-device inbox.
     ///
     /// # Errors

@@ -563,7 +563,7 @@ impl EventStore {
         }
         let rows = q.fetch_all(&mut *conn).await?;
         if !rows.is_empty() {
-            return Ok(nearest_per_key(&rows)?);
+            return nearest_per_key(&rows);
         }
         // Nothing: no event at `upto`, no such members, or history from before state groups.
         let group: Option<Option<i64>> =
@@ -886,6 +886,37 @@ impl EventStore {
         .fetch_all(self.db.pool())
         .await?;
         rows.iter().map(membership_row).collect()
+    }
+
+    /// [`Self::rooms_for_user`] and which of those rooms the user forgot, in one round trip.
+    ///
+    /// # Errors
+    /// On database failure.
+    pub async fn rooms_for_user_and_forgotten(
+        &self,
+        user_id: &UserId,
+    ) -> Result<(Vec<RoomMembership>, std::collections::HashSet<String>)> {
+        let rows = sqlx::query(
+            "SELECT c.room_id, c.membership, e.stream_ordering,
+                    CAST(CASE WHEN f.room_id IS NULL THEN 0 ELSE 1 END AS BIGINT)
+             FROM current_state c
+             JOIN events e ON e.event_id = c.event_id
+             LEFT JOIN room_forgotten f ON f.user_id = c.state_key AND f.room_id = c.room_id
+             WHERE c.event_type = 'm.room.member' AND c.state_key = $1 ORDER BY e.stream_ordering",
+        )
+        .bind(user_id.as_str())
+        .fetch_all(self.db.pool())
+        .await?;
+        let mut forgotten = std::collections::HashSet::new();
+        let mut rooms = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let m = membership_row(r)?;
+            if r.try_get::<i64, _>(3)? == 1 {
+                forgotten.insert(m.room_id.to_string());
+            }
+            rooms.push(m);
+        }
+        Ok((rooms, forgotten))
     }
 
     /// A user's unread counts in a room: notifying events at or below `upto` that no read receipt

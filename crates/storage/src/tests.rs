@@ -41,6 +41,7 @@ on_both_backends!(
     forks_outliers_rejected_and_soft_failed_events,
     rooms_from_before_state_groups_keep_their_state,
     group_commit_is_all_or_nothing,
+    sync_hot_path_queries_match_their_parts,
 );
 
 async fn e2ee_keys_and_inbox(t: &TestDb) {
@@ -887,4 +888,40 @@ async fn group_commit_is_all_or_nothing(t: &TestDb) {
     events.persist_batch(&[first, second]).await.unwrap();
     assert_eq!(events.max_stream_ordering().await.unwrap(), 2);
     assert_eq!(events.current_state(&room).await.unwrap().len(), 2);
+}
+
+/// The combined queries sync uses agree with the single ones they replace.
+async fn sync_hot_path_queries_match_their_parts(t: &TestDb) {
+    use crate::E2eeStore;
+    let events = EventStore::new(t.db.clone());
+    let alice = owned_user_id!("@alice:example.org");
+    let (r1, r2) = (owned_room_id!("!one:example.org"), owned_room_id!("!two:example.org"));
+    events.persist(&event(1, &r1, &alice, "m.room.create", Some(""), &[])).await.unwrap();
+    events.persist(&event(2, &r1, &alice, "m.room.member", Some(alice.as_str()), &["$e1"])).await.unwrap();
+    let mut create2 = event(3, &r2, &alice, "m.room.create", Some(""), &[]);
+    create2.room_id = r2.clone();
+    events.persist(&create2).await.unwrap();
+    let mut join2 = event(4, &r2, &alice, "m.room.member", Some(alice.as_str()), &["$e3"]);
+    join2.creates_room = None;
+    events.persist(&join2).await.unwrap();
+    events.forget_room(&alice, &r2).await.unwrap();
+    let (rooms, forgotten) = events.rooms_for_user_and_forgotten(&alice).await.unwrap();
+    assert_eq!(rooms, events.rooms_for_user(&alice).await.unwrap());
+    assert_eq!(forgotten, [r2.to_string()].into_iter().collect());
+
+    let e2ee = E2eeStore::new(t.db.clone());
+    assert_eq!(e2ee.key_counts(&alice, "D").await.unwrap(), (vec![], vec![]));
+    e2ee.add_one_time_keys(
+        &alice,
+        "D",
+        &[("curve:1".into(), "{}".into()), ("curve:2".into(), "{}".into()), ("ed:1".into(), "{}".into())],
+    )
+    .await
+    .unwrap();
+    e2ee.set_fallback_key(&alice, "D", "curve:F", "{}").await.unwrap();
+    let (counts, fallback) = e2ee.key_counts(&alice, "D").await.unwrap();
+    assert_eq!(counts, e2ee.one_time_key_counts(&alice, "D").await.unwrap());
+    assert_eq!(counts, vec![("curve".to_owned(), 2), ("ed".to_owned(), 1)]);
+    assert_eq!(fallback, e2ee.unused_fallback_algorithms(&alice, "D").await.unwrap());
+    assert_eq!(fallback, vec!["curve".to_owned()]);
 }

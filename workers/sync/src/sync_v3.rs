@@ -122,31 +122,40 @@ pub(crate) async fn sync(
             acknowledge_to_device(&ctx, &user, s.to_device);
         }
     }
+    // What the last pass found when it found nothing: a stream that has not moved since cannot
+    // have anything new, so a long-poll woken by one stream reruns only that stream's sections.
+    let mut quiet: Option<(SyncToken, Value)> = None;
     loop {
         let now = positions.current();
         let mut next = match since {
             Some(s) => s.max(now),
             None => now,
         };
-        let (mut rooms, mut has_data) = build_rooms(&ctx, &user.user_id, since, next.events, opts).await?;
+        let moved = |pos: fn(&SyncToken) -> u64| quiet.as_ref().is_none_or(|(q, _)| pos(&next) > pos(q));
+        let (mut rooms, mut has_data) = match &quiet {
+            Some((_, rooms)) if !moved(|t| t.events) => (rooms.clone(), false),
+            _ => build_rooms(&ctx, &user.user_id, since, next.events, opts).await?,
+        };
         let global = account_data(&ctx, &user.user_id, since, next, full_state, &mut rooms, &mut has_data).await?;
         ephemeral(&ctx, &user.user_id, since, next, full_state, &mut rooms, &mut has_data).await?;
         let per_thread = filter.pointer("/room/timeline/unread_thread_notifications").and_then(Value::as_bool);
         unread_counts(&ctx, &user.user_id, next, per_thread.unwrap_or(false), &mut rooms).await?;
-        room_summaries_and_lazy_members(&ctx, &user.user_id, &filter, next, state_after, &mut rooms).await?;
-        let e2ee = e2ee_sections(&ctx, &user, since, &mut next, &mut has_data).await?;
+        let incremental = since.is_some() && !full_state;
+        room_summaries_and_lazy_members(&ctx, &user.user_id, &filter, next, state_after, incremental, &mut rooms)
+            .await?;
+        let device_lists_moved = moved(|t| t.events) || moved(|t| t.device_lists);
+        let mut e2ee = e2ee_sections(&ctx, &user, since, &mut next, device_lists_moved, &mut has_data).await?;
         let presence = presence_events(&ctx, &user.user_id, since, next, &mut has_data).await?;
-        if since.is_none() || full_state || has_data || Instant::now() >= deadline {
-            return Ok(Json(finish(response(rooms, global, e2ee, presence, next), &filter, state_after)));
-        }
-        match tokio::time::timeout_at(deadline, positions.changed()).await {
-            Ok(Ok(())) => continue,
-            // Timed out, or the followers stopped (shutdown): answer with what we have.
-            _ => {
-                let body = finish(response(rooms, global, e2ee, presence, next), &filter, state_after);
-                return Ok(Json(body));
+        let answer = since.is_none() || full_state || has_data || Instant::now() >= deadline;
+        if !answer {
+            quiet = Some((next, rooms.clone()));
+            if let Ok(Ok(())) = tokio::time::timeout_at(deadline, positions.changed()).await {
+                continue;
             }
+            // Timed out, or the followers stopped (shutdown): answer with what we have.
         }
+        key_counts(&ctx, &user, &mut e2ee).await?;
+        return Ok(Json(finish(response(rooms, global, e2ee, presence, next), &filter, state_after)));
     }
 }
 
@@ -209,49 +218,67 @@ fn lazy_load_members(filter: &Value) -> bool {
 /// For every joined room in the response: the `summary` (member counts, and heroes when the room
 /// has no name or canonical alias), and, with lazy-loaded members, state trimmed to the members
 /// who sent something in the timeline (plus the user), with any of those missing added.
+///
+/// On an incremental sync the summary is sent only when membership may have changed (member
+/// events in the timeline or state): the spec lets a server leave out counts and heroes that did
+/// not change, and that spares reading the room's state for every new message.
 async fn room_summaries_and_lazy_members(
     ctx: &SyncContext,
     user_id: &UserId,
     filter: &Value,
     next: SyncToken,
     state_after: bool,
+    incremental: bool,
     rooms: &mut Value,
 ) -> Result<(), MatrixError> {
     let lazy = lazy_load_members(filter);
     let Some(join) = rooms["join"].as_object_mut() else { return Ok(()) };
     for (room_id, room) in join.iter_mut() {
         let Ok(room_id) = <&ruma::RoomId>::try_from(room_id.as_str()) else { continue };
-        let state = ctx.events.state_at(room_id, next.events as i64).await?;
-        let members: Vec<&PersistedEvent> = state.iter().filter(|e| e.event_type == "m.room.member").collect();
-        let count = |m: &str| members.iter().filter(|e| e.membership.as_deref() == Some(m)).count();
-        let mut summary = json!({
-            "m.joined_member_count": count("join"),
-            "m.invited_member_count": count("invite"),
-        });
-        let named = state.iter().any(|e| {
-            (e.event_type == "m.room.name" || e.event_type == "m.room.canonical_alias")
-                && e.state_key.as_deref() == Some("")
-        });
-        if !named {
-            let mut heroes: Vec<&str> = members
-                .iter()
-                .filter(|e| matches!(e.membership.as_deref(), Some("join" | "invite")))
-                .filter_map(|e| e.state_key.as_deref())
-                .filter(|u| *u != user_id.as_str())
-                .collect();
-            heroes.sort_unstable();
-            heroes.truncate(5);
-            summary["m.heroes"] = json!(heroes);
-        }
-        room["summary"] = summary;
-        if !lazy {
-            continue;
-        }
+        let has_members = |section: &str| {
+            room[section]["events"].as_array().is_some_and(|evs| evs.iter().any(|e| e["type"] == "m.room.member"))
+        };
+        let membership_may_have_changed = !incremental || has_members("timeline") || has_members("state");
         let mut wanted: std::collections::BTreeSet<String> = room["timeline"]["events"]
             .as_array()
             .map(|evs| evs.iter().filter_map(|e| e["sender"].as_str().map(str::to_owned)).collect())
             .unwrap_or_default();
         wanted.insert(user_id.to_string());
+        let state = if membership_may_have_changed {
+            ctx.events.state_at(room_id, next.events as i64).await?
+        } else if lazy {
+            let users: Vec<&str> = wanted.iter().map(String::as_str).collect();
+            ctx.events.members_at(room_id, next.events as i64, &users).await?
+        } else {
+            continue;
+        };
+        let members: Vec<&PersistedEvent> = state.iter().filter(|e| e.event_type == "m.room.member").collect();
+        if membership_may_have_changed {
+            let count = |m: &str| members.iter().filter(|e| e.membership.as_deref() == Some(m)).count();
+            let mut summary = json!({
+                "m.joined_member_count": count("join"),
+                "m.invited_member_count": count("invite"),
+            });
+            let named = state.iter().any(|e| {
+                (e.event_type == "m.room.name" || e.event_type == "m.room.canonical_alias")
+                    && e.state_key.as_deref() == Some("")
+            });
+            if !named {
+                let mut heroes: Vec<&str> = members
+                    .iter()
+                    .filter(|e| matches!(e.membership.as_deref(), Some("join" | "invite")))
+                    .filter_map(|e| e.state_key.as_deref())
+                    .filter(|u| *u != user_id.as_str())
+                    .collect();
+                heroes.sort_unstable();
+                heroes.truncate(5);
+                summary["m.heroes"] = json!(heroes);
+            }
+            room["summary"] = summary;
+        }
+        if !lazy {
+            continue;
+        }
         // `state` need not repeat members the timeline carries; `state_after` is complete.
         let in_timeline: HashSet<String> = room["timeline"]["events"]
             .as_array()
@@ -325,6 +352,14 @@ async fn ephemeral(
     rooms: &mut Value,
     has_data: &mut bool,
 ) -> Result<(), MatrixError> {
+    if let Some(s) = since
+        && !full_state
+        && next.receipts <= s.receipts
+        && next.typing <= s.typing
+    {
+        // No receipt or typing change anywhere since the token.
+        return Ok(());
+    }
     let joined: Vec<String> = ctx
         .events
         .rooms_for_user(user_id)
@@ -401,10 +436,16 @@ async fn e2ee_sections(
     user: &AuthUser,
     since: Option<SyncToken>,
     next: &mut SyncToken,
+    device_lists_moved: bool,
     has_data: &mut bool,
 ) -> Result<Value, MatrixError> {
     let device = user.device_id.as_str();
-    let messages = ctx.e2ee.to_device_for(&user.user_id, device, next.to_device as i64, TO_DEVICE_LIMIT).await?;
+    // With no new to-device row anywhere since the token, every message up to it was acknowledged
+    // by this very request: there is nothing to send.
+    let messages = match since {
+        Some(s) if next.to_device <= s.to_device => Vec::new(),
+        _ => ctx.e2ee.to_device_for(&user.user_id, device, next.to_device as i64, TO_DEVICE_LIMIT).await?,
+    };
     // Messages at or below `since` were delivered before and are being deleted; send again only
     // those the client has not acknowledged.
     let after = since.map_or(0, |s| s.to_device as i64);
@@ -419,21 +460,26 @@ async fn e2ee_sections(
         .map(|m| json!({ "sender": m.sender, "type": m.event_type, "content": serde_json::from_str::<Value>(&m.content).unwrap_or_default() }))
         .collect();
     let (changed, left) = match since {
-        Some(s) => crate::device_list_changes(ctx, &user.user_id, &s, next).await?,
-        None => (Vec::new(), Vec::new()),
+        Some(s) if device_lists_moved => crate::device_list_changes(ctx, &user.user_id, &s, next).await?,
+        _ => (Vec::new(), Vec::new()),
     };
     if !to_device.is_empty() || !changed.is_empty() || !left.is_empty() {
         *has_data = true;
     }
-    let counts: serde_json::Map<String, Value> =
-        ctx.e2ee.one_time_key_counts(&user.user_id, device).await?.into_iter().map(|(a, n)| (a, json!(n))).collect();
-    let fallback = ctx.e2ee.unused_fallback_algorithms(&user.user_id, device).await?;
     Ok(json!({
         "to_device": { "events": to_device },
         "device_lists": { "changed": changed, "left": left },
-        "device_one_time_keys_count": counts,
-        "device_unused_fallback_key_types": fallback,
     }))
+}
+
+/// The device's one-time key counts and unused fallback key types, which every response carries
+/// (read once, when the response is ready).
+async fn key_counts(ctx: &SyncContext, user: &AuthUser, e2ee: &mut Value) -> Result<(), MatrixError> {
+    let (counts, fallback) = ctx.e2ee.key_counts(&user.user_id, user.device_id.as_str()).await?;
+    let counts: serde_json::Map<String, Value> = counts.into_iter().map(|(a, n)| (a, json!(n))).collect();
+    e2ee["device_one_time_keys_count"] = Value::Object(counts);
+    e2ee["device_unused_fallback_key_types"] = json!(fallback);
+    Ok(())
 }
 
 /// Account data changed since the token: global entries are returned (for the top level), room
@@ -449,6 +495,10 @@ async fn account_data(
     has_data: &mut bool,
 ) -> Result<Vec<Value>, MatrixError> {
     let after = if full_state { 0 } else { since.map_or(0, |s| s.account_data as i64) };
+    if since.is_some() && !full_state && next.account_data as i64 <= after {
+        // Nothing was written to anyone's account data since the token.
+        return Ok(Vec::new());
+    }
     let entries = ctx.account_data.changed_for_user(user_id, after, next.account_data as i64).await?;
     let mut global = Vec::new();
     for e in entries {
@@ -598,12 +648,11 @@ async fn build_rooms(
     let RoomsOptions { full_state, limit, include_leave, state_after } = opts;
     let upto_i = upto as i64;
     let since_i = since.map(|s| s.events as i64);
-    let memberships = ctx.events.rooms_for_user(user_id).await?;
+    let (memberships, forgotten) = ctx.events.rooms_for_user_and_forgotten(user_id).await?;
     let mut join = Map::new();
     let mut invite = Map::new();
     let mut leave = Map::new();
     let mut knock = Map::new();
-    let forgotten: HashSet<String> = ctx.events.forgotten_rooms(user_id).await?.into_iter().collect();
 
     // Rooms the user was already joined to at `since` but whose member event changed since (a
     // profile change is a join → join event): the client knows them, so they are not sent whole.
