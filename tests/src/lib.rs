@@ -468,6 +468,8 @@ impl Synapse {
             .arg(&config)
             .arg("--data-directory")
             .arg(dir.path())
+            // The generated log config names `homeserver.log` relative to where this runs.
+            .current_dir(dir.path())
             .output()
             .await
             .context("running Synapse's --generate-config")?;
