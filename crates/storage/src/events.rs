@@ -540,30 +540,48 @@ impl EventStore {
         let mut conn = self.db.pool().acquire().await?;
         let latest = "SELECT state_group FROM events WHERE room_id = $1 AND stream_ordering > 0
              AND stream_ordering <= $2 AND status IS NULL ORDER BY stream_ordering DESC LIMIT 1";
-        let key_filter = match members {
-            Some(users) => {
-                format!(" AND s.event_type = 'm.room.member' AND s.state_key IN {}", placeholders(3, users.len()))
-            }
-            None => String::new(),
-        };
-        // One round trip: the group of the latest event at `upto`, its chain, its entries.
-        let cols = EVENT_COLUMNS.split(", ").map(|c| format!("e.{c}")).collect::<Vec<_>>().join(", ");
+        // The chain of the latest event's group first, then its entries by group ID (see
+        // `state_groups::chain_ids` for why not one statement).
         let sql = format!(
             "WITH RECURSIVE chain(id, prev_group, hop) AS (
                  SELECT id, prev_group, 0 FROM state_groups WHERE id = ({latest})
                  UNION ALL
                  SELECT g.id, g.prev_group, c.hop + 1 FROM state_groups g JOIN chain c ON g.id = c.prev_group
              )
-             SELECT {cols} FROM state_group_entries s JOIN chain c ON c.id = s.state_group
-             JOIN events e ON e.event_id = s.event_id WHERE 1 = 1{key_filter} ORDER BY c.hop DESC"
+             SELECT id, hop FROM chain"
         );
-        let mut q = sqlx::query(&sql).bind(room_id.as_str()).bind(upto);
-        for u in members.unwrap_or_default() {
-            q = q.bind(*u);
-        }
-        let rows = q.fetch_all(&mut *conn).await?;
-        if !rows.is_empty() {
-            return nearest_per_key(&rows);
+        let chain = state_groups::chain_ids(sqlx::query(&sql).bind(room_id.as_str()).bind(upto), &mut conn).await?;
+        if !chain.is_empty() {
+            let users = members.unwrap_or_default();
+            let key_filter = match members {
+                Some(users) => format!(
+                    " AND s.event_type = 'm.room.member' AND s.state_key IN {}",
+                    placeholders(chain.len() + 1, users.len())
+                ),
+                None => String::new(),
+            };
+            let cols = EVENT_COLUMNS.split(", ").map(|c| format!("e.{c}")).collect::<Vec<_>>().join(", ");
+            let sql = format!(
+                "SELECT {cols}, s.state_group FROM state_group_entries s JOIN events e ON e.event_id = s.event_id
+                 WHERE s.state_group IN {}{key_filter}",
+                state_groups::in_list(1, &chain)
+            );
+            let mut q = sqlx::query(&sql);
+            for (g, _) in &chain {
+                q = q.bind(*g);
+            }
+            for u in users {
+                q = q.bind(*u);
+            }
+            let rows = q.fetch_all(&mut *conn).await?;
+            let hops: std::collections::HashMap<i64, i64> = chain.iter().copied().collect();
+            let mut by_hop: Vec<(i64, &AnyRow)> = Vec::with_capacity(rows.len());
+            for r in &rows {
+                let g: i64 = r.try_get(11)?;
+                by_hop.push((hops.get(&g).copied().unwrap_or(0), r));
+            }
+            by_hop.sort_by_key(|(hop, _)| std::cmp::Reverse(*hop));
+            return nearest_per_key(by_hop.into_iter().map(|(_, r)| r));
         }
         // Nothing: no event at `upto`, no such members, or history from before state groups.
         let group: Option<Option<i64>> =
@@ -1570,9 +1588,8 @@ async fn replace_current_state(
 
 /// Rows of a state group's chain, oldest group first: the nearest group's event per key, in
 /// stream order.
-fn nearest_per_key(rows: &[AnyRow]) -> Result<Vec<PersistedEvent>> {
-    let mut by_key: std::collections::HashMap<(String, String), PersistedEvent> =
-        std::collections::HashMap::with_capacity(rows.len());
+fn nearest_per_key<'r>(rows: impl Iterator<Item = &'r AnyRow>) -> Result<Vec<PersistedEvent>> {
+    let mut by_key: std::collections::HashMap<(String, String), PersistedEvent> = std::collections::HashMap::new();
     for row in rows {
         let e = decode_event(row)?;
         by_key.insert((e.event_type.clone(), e.state_key.clone().unwrap_or_default()), e);

@@ -29,6 +29,23 @@ pub(crate) const CHAIN: &str = "WITH RECURSIVE chain(id, prev_group, hop) AS (
     SELECT g.id, g.prev_group, c.hop + 1 FROM state_groups g JOIN chain c ON g.id = c.prev_group
 )";
 
+/// The groups of a chain as `(id, hop)`, nearest first, from a [`CHAIN`]-shaped query whose
+/// anchor is bound by the caller. The chain is read alone and its entries by ID afterwards:
+/// joined in one statement, PostgreSQL's planner cannot see how short the chain is and hashes
+/// whole tables.
+pub(crate) async fn chain_ids<'q>(
+    q: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>,
+    conn: &mut AnyConnection,
+) -> Result<Vec<(i64, i64)>> {
+    let rows = q.fetch_all(&mut *conn).await?;
+    rows.iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).collect()
+}
+
+/// `($first, $first+1, …)` for the chain's group IDs, and the IDs to bind.
+pub(crate) fn in_list(first: usize, chain: &[(i64, i64)]) -> String {
+    crate::events::placeholders(first, chain.len())
+}
+
 /// A stored group's bookkeeping.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct GroupMeta {
@@ -47,19 +64,28 @@ pub(crate) async fn group_meta(conn: &mut AnyConnection, id: i64) -> Result<Opti
 
 /// The full state of a group: the chain's entries, the nearest group's entry winning per key.
 pub(crate) async fn load_group(conn: &mut AnyConnection, id: i64) -> Result<StateIds> {
-    let rows = sqlx::query(&format!(
-        "{CHAIN} SELECT s.event_type, s.state_key, s.event_id FROM state_group_entries s
-         JOIN chain c ON c.id = s.state_group ORDER BY c.hop DESC"
-    ))
-    .bind(id)
-    .fetch_all(&mut *conn)
-    .await?;
-    // Oldest first, so nearer groups overwrite what they changed.
-    let mut state = StateIds::new();
-    for r in rows {
-        state.insert((r.try_get(0)?, r.try_get(1)?), r.try_get(2)?);
+    let sql = format!("{CHAIN} SELECT id, hop FROM chain");
+    let chain = chain_ids(sqlx::query(&sql).bind(id), conn).await?;
+    if chain.is_empty() {
+        return Ok(StateIds::new());
     }
-    Ok(state)
+    let hops: std::collections::HashMap<i64, i64> = chain.iter().copied().collect();
+    let sql = format!(
+        "SELECT state_group, event_type, state_key, event_id FROM state_group_entries WHERE state_group IN {}",
+        in_list(1, &chain)
+    );
+    let mut q = sqlx::query(&sql);
+    for (g, _) in &chain {
+        q = q.bind(*g);
+    }
+    let mut rows: Vec<(i64, (String, String), String)> = Vec::new();
+    for r in q.fetch_all(&mut *conn).await? {
+        let g: i64 = r.try_get(0)?;
+        rows.push((hops.get(&g).copied().unwrap_or(0), (r.try_get(1)?, r.try_get(2)?), r.try_get(3)?));
+    }
+    // Farthest first, so nearer groups overwrite what they changed.
+    rows.sort_by_key(|(hop, _, _)| std::cmp::Reverse(*hop));
+    Ok(rows.into_iter().map(|(_, k, v)| (k, v)).collect())
 }
 
 /// Stores `state` as a new group of `room_id`, as a delta over `base` when that is cheap, else as a
@@ -115,16 +141,20 @@ pub(crate) async fn store_group_with(
     event_id: &str,
 ) -> Result<i64> {
     // The size grows by one unless the key replaces an entry.
-    let replaces: bool = sqlx::query_scalar::<_, i64>(&format!(
-        "{CHAIN} SELECT COUNT(*) FROM state_group_entries s JOIN chain c ON c.id = s.state_group
-             WHERE s.event_type = $2 AND s.state_key = $3"
-    ))
-    .bind(base.id)
-    .bind(&key.0)
-    .bind(&key.1)
-    .fetch_one(&mut *conn)
-    .await?
-        > 0;
+    let sql = format!("{CHAIN} SELECT id, hop FROM chain");
+    let chain = chain_ids(sqlx::query(&sql).bind(base.id), conn).await?;
+    if chain.is_empty() {
+        return Err(crate::Error::Decode(format!("state group {} is missing", base.id)));
+    }
+    let sql = format!(
+        "SELECT COUNT(*) FROM state_group_entries WHERE event_type = $1 AND state_key = $2 AND state_group IN {}",
+        in_list(3, &chain)
+    );
+    let mut q = sqlx::query_scalar::<_, i64>(&sql).bind(&key.0).bind(&key.1);
+    for (g, _) in &chain {
+        q = q.bind(*g);
+    }
+    let replaces = q.fetch_one(&mut *conn).await? > 0;
     let size = base.size + i64::from(!replaces);
     if base.chain_length + 1 > MIN_CHAIN.max(size / 2) {
         let mut state = load_group(conn, base.id).await?;
