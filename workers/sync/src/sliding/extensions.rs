@@ -127,14 +127,8 @@ pub(crate) async fn build(
             None => (Vec::new(), Vec::new()),
         };
         news |= !changed.is_empty() || !left.is_empty();
-        let counts: Map<String, Value> = ctx
-            .e2ee
-            .one_time_key_counts(&user.user_id, user.device_id.as_str())
-            .await?
-            .into_iter()
-            .map(|(a, n)| (a, json!(n)))
-            .collect();
-        let fallback = ctx.e2ee.unused_fallback_algorithms(&user.user_id, user.device_id.as_str()).await?;
+        let (counts, fallback) = ctx.e2ee.key_counts(&user.user_id, user.device_id.as_str()).await?;
+        let counts: Map<String, Value> = counts.into_iter().map(|(a, n)| (a, json!(n))).collect();
         out.insert(
             "e2ee".into(),
             json!({
