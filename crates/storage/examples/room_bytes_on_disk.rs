@@ -87,27 +87,9 @@ impl RoomBuilder {
 
 fn new_event(pdu: &Pdu, room_id: &OwnedRoomId, creates: bool, push: Vec<(OwnedUserId, bool, String)>) -> NewEvent {
     NewEvent {
-        stream_ordering: 0,
-        event_id: pdu.event_id.clone(),
-        room_id: room_id.clone(),
-        sender: pdu.sender.clone(),
-        event_type: pdu.event_type.to_string(),
-        state_key: pdu.state_key.clone(),
-        membership: pdu.membership(),
-        depth: i64::try_from(u64::from(pdu.depth)).unwrap_or(i64::MAX),
-        origin_server_ts: i64::try_from(u64::from(pdu.origin_server_ts.get())).unwrap_or(0),
-        json: pdu.json.clone(),
-        prev_events: pdu.prev_events.clone(),
-        txn: None,
-        request_id: String::new(),
         creates_room: creates.then(|| ("12".to_owned(), pdu.sender.clone())),
-        redacts: None,
         push_actions: push,
-        relation: None,
-        auth_events: pdu.auth_events.clone(),
-        status: ganglion_storage::EventStatus::Ordinary,
-        state_before: ganglion_storage::StateBefore::Current,
-        new_current_state: None,
+        ..NewEvent::ordinary(pdu, room_id)
     }
 }
 

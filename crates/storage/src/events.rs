@@ -61,6 +61,44 @@ pub struct NewEvent {
     pub new_current_state: Option<StateIds>,
 }
 
+impl NewEvent {
+    /// The row of an ordinary event built on its room's current state, with nothing beside it
+    /// (no transaction, push actions, redaction or room creation) and position 0 for the writer
+    /// to fill in.
+    pub fn ordinary(pdu: &ganglion_core::Pdu, room_id: &RoomId) -> Self {
+        let content = pdu.content_value();
+        let relation = content.get("m.relates_to").and_then(|rel| {
+            // A rich reply (`m.in_reply_to` alone) has no `rel_type`, so it is no relation.
+            let rel_type = rel.get("rel_type")?.as_str()?;
+            let parent = OwnedEventId::try_from(rel.get("event_id")?.as_str()?).ok()?;
+            Some((parent, rel_type.to_owned()))
+        });
+        Self {
+            stream_ordering: 0,
+            event_id: pdu.event_id.clone(),
+            room_id: room_id.to_owned(),
+            sender: pdu.sender.clone(),
+            event_type: pdu.event_type.to_string(),
+            state_key: pdu.state_key.clone(),
+            membership: pdu.membership(),
+            depth: i64::try_from(u64::from(pdu.depth)).unwrap_or(i64::MAX),
+            origin_server_ts: i64::try_from(u64::from(pdu.origin_server_ts.get())).unwrap_or(0),
+            json: pdu.json.clone(),
+            prev_events: pdu.prev_events.clone(),
+            txn: None,
+            request_id: String::new(),
+            creates_room: None,
+            redacts: None,
+            push_actions: Vec::new(),
+            relation,
+            auth_events: pdu.auth_events.clone(),
+            status: EventStatus::Ordinary,
+            state_before: StateBefore::Current,
+            new_current_state: None,
+        }
+    }
+}
+
 /// How an event takes part in its room (the `status` column).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum EventStatus {

@@ -18,7 +18,7 @@ use ganglion_state::{EventSource, ResolveError, StateIds, Verdict};
 use ganglion_storage::{EventStatus, EventStore, NewEvent, StateBefore};
 use ruma::{OwnedEventId, OwnedRoomId, RoomVersionId};
 
-use crate::writer::{EventWriter, WriteError, relation_of};
+use crate::writer::{EventWriter, WriteError};
 
 /// What became of a received PDU.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -184,14 +184,15 @@ impl EventWriter {
             }
         }
         let off_stream = status != EventStatus::Ordinary;
+        let row = NewEvent::ordinary(&pdu, &room_id);
         let new = NewEvent {
             push_actions,
             redacts,
-            relation: if off_stream { None } else { relation_of(&pdu) },
+            relation: if off_stream { None } else { row.relation.clone() },
             status,
             state_before: StateBefore::Ids(to_storage(&before_ids)),
             new_current_state: new_current,
-            ..self.new_event_row(&pdu, &room_id)
+            ..row
         };
         let position = self.commit_row(new, off_stream).await?;
         if !off_stream {
@@ -226,7 +227,7 @@ impl EventWriter {
             Ok(()) => (Verdict::Accepted, EventStatus::Outlier),
             Err(r) => (Verdict::Rejected(r.clone()), EventStatus::Rejected(r)),
         };
-        let new = NewEvent { status, state_before: StateBefore::Unknown, ..self.new_event_row(&pdu, &room_id) };
+        let new = NewEvent { status, state_before: StateBefore::Unknown, ..NewEvent::ordinary(&pdu, &room_id) };
         let position = self.commit_row(new, true).await?;
         Ok(Received { verdict, position })
     }

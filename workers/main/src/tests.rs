@@ -2974,16 +2974,7 @@ async fn received_events_are_accepted_rejected_soft_failed_and_resolved(backend:
     use ganglion_state::Verdict;
     let app = app(backend, |_| {}).await;
     let alice = app.register("alice").await;
-    let (s, b) = app
-        .call(
-            "POST",
-            "/_matrix/client/v3/createRoom",
-            Some(&alice),
-            Some(json!({"preset": "public_chat", "room_version": "12"})),
-        )
-        .await;
-    assert_eq!(s, StatusCode::OK, "{b}");
-    let room = b["room_id"].as_str().unwrap().to_owned();
+    let room = create(&app, &alice, json!({"preset": "public_chat", "room_version": "12"})).await;
     let room_id = ruma::OwnedRoomId::try_from(room.as_str()).unwrap();
     let store = ganglion_storage::EventStore::new(app.db.db.clone());
     let extremity = || async { store.forward_extremities(&room_id).await.unwrap()[0].0.clone() };

@@ -534,38 +534,11 @@ impl EventWriter {
             creates_room: creates_room.map(|v| (v, pdu.sender.clone())),
             redacts,
             push_actions,
-            ..self.new_event_row(&pdu, &room_id)
+            ..NewEvent::ordinary(&pdu, &room_id)
         };
         let position = self.commit_row(new, false).await?;
         tracing::debug!(event_id = %pdu.event_id, room_id = %room_id, position, "persisted event");
         Ok(Written { event_id: pdu.event_id, room_id, position })
-    }
-
-    /// The row of an ordinary event built on the room's current state, with nothing beside it.
-    pub(crate) fn new_event_row(&self, pdu: &Pdu, room_id: &OwnedRoomId) -> NewEvent {
-        NewEvent {
-            stream_ordering: 0,
-            event_id: pdu.event_id.clone(),
-            room_id: room_id.clone(),
-            sender: pdu.sender.clone(),
-            event_type: pdu.event_type.to_string(),
-            state_key: pdu.state_key.clone(),
-            membership: pdu.membership(),
-            depth: i64::try_from(u64::from(pdu.depth)).unwrap_or(i64::MAX),
-            origin_server_ts: i64::try_from(u64::from(pdu.origin_server_ts.get())).unwrap_or(0),
-            json: pdu.json.clone(),
-            prev_events: pdu.prev_events.clone(),
-            txn: None,
-            request_id: String::new(),
-            creates_room: None,
-            redacts: None,
-            push_actions: Vec::new(),
-            relation: relation_of(pdu),
-            auth_events: pdu.auth_events.clone(),
-            status: ganglion_storage::EventStatus::Ordinary,
-            state_before: ganglion_storage::StateBefore::Current,
-            new_current_state: None,
-        }
     }
 
     /// The event store the writer writes to.
@@ -596,16 +569,6 @@ impl EventWriter {
         self.commits.send(Commit { event, off_stream, done }).await.map_err(|_| closed())?;
         Ok(rx.await.map_err(|_| closed())??)
     }
-}
-
-/// The parent and `rel_type` of an event's `content.m.relates_to`, for the relations index. A
-/// rich reply (`m.in_reply_to` alone) has no `rel_type`, so it is no relation.
-pub(crate) fn relation_of(pdu: &Pdu) -> Option<(OwnedEventId, String)> {
-    let content = pdu.content_value();
-    let rel = content.get("m.relates_to")?;
-    let rel_type = rel.get("rel_type")?.as_str()?;
-    let parent = OwnedEventId::try_from(rel.get("event_id")?.as_str()?).ok()?;
-    Some((parent, rel_type.to_owned()))
 }
 
 /// A random string of lowercase letters and digits.
