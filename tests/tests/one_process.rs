@@ -113,6 +113,7 @@ async fn bad_requests_get_matrix_errors() {
     // A private room refuses strangers and their messages.
     let room =
         carol.call("POST", "/_matrix/client/v3/createRoom", Some(&json!({"preset": "private_chat"}))).await.unwrap();
+    assert_eq!(room.status, 200, "{room:?}\n{}", server.proc.log());
     let room_id = room.body["room_id"].as_str().unwrap().to_owned();
     let dave = RawClient::register(&server.url, "dave").await.unwrap();
     let r = dave.call("POST", &format!("/_matrix/client/v3/rooms/{room_id}/join"), Some(&json!({}))).await.unwrap();
