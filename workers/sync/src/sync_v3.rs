@@ -132,8 +132,8 @@ pub(crate) async fn sync(
             None => now,
         };
         let moved = |pos: fn(&SyncToken) -> u64| quiet.as_ref().is_none_or(|(q, _)| pos(&next) > pos(q));
-        let (mut rooms, mut has_data) = match &quiet {
-            Some((_, rooms)) if !moved(|t| t.events) => (rooms.clone(), false),
+        let (mut rooms, mut has_data, membership_quiet) = match &quiet {
+            Some((_, rooms)) if !moved(|t| t.events) => (rooms.clone(), false, true),
             _ => build_rooms(&ctx, &user.user_id, since, next.events, opts).await?,
         };
         let global = account_data(&ctx, &user.user_id, since, next, full_state, &mut rooms, &mut has_data).await?;
@@ -143,8 +143,11 @@ pub(crate) async fn sync(
         let incremental = since.is_some() && !full_state;
         room_summaries_and_lazy_members(&ctx, &user.user_id, &filter, next, state_after, incremental, &mut rooms)
             .await?;
-        let device_lists_moved = moved(|t| t.events) || moved(|t| t.device_lists);
-        let mut e2ee = e2ee_sections(&ctx, &user, since, &mut next, device_lists_moved, &mut has_data).await?;
+        let device_lists = DeviceListsWork {
+            device_lists_moved: moved(|t| t.device_lists),
+            membership_moved: moved(|t| t.events) && !membership_quiet,
+        };
+        let mut e2ee = e2ee_sections(&ctx, &user, since, &mut next, device_lists, &mut has_data).await?;
         let presence = presence_events(&ctx, &user.user_id, since, next, &mut has_data).await?;
         let answer = since.is_none() || full_state || has_data || Instant::now() >= deadline;
         if !answer {
@@ -431,12 +434,21 @@ const TO_DEVICE_LIMIT: i64 = 100;
 /// The end-to-end encryption parts of a sync response: to-device messages for this device (up
 /// to a limit; `next.to_device` then stops at the last one delivered), device-list changes of
 /// users sharing a room, and the device's key counts.
+/// Which parts of the device-list computation can have news this pass.
+#[derive(Debug, Clone, Copy)]
+struct DeviceListsWork {
+    /// The `device_lists` stream moved (since the last empty pass).
+    device_lists_moved: bool,
+    /// Membership may have changed in the user's rooms.
+    membership_moved: bool,
+}
+
 async fn e2ee_sections(
     ctx: &SyncContext,
     user: &AuthUser,
     since: Option<SyncToken>,
     next: &mut SyncToken,
-    device_lists_moved: bool,
+    work: DeviceListsWork,
     has_data: &mut bool,
 ) -> Result<Value, MatrixError> {
     let device = user.device_id.as_str();
@@ -460,7 +472,11 @@ async fn e2ee_sections(
         .map(|m| json!({ "sender": m.sender, "type": m.event_type, "content": serde_json::from_str::<Value>(&m.content).unwrap_or_default() }))
         .collect();
     let (changed, left) = match since {
-        Some(s) if device_lists_moved => crate::device_list_changes(ctx, &user.user_id, &s, next).await?,
+        Some(s) if work.device_lists_moved || work.membership_moved => {
+            // Without membership news the events window is left out (an empty one).
+            let upto = if work.membership_moved { *next } else { SyncToken { events: s.events, ..*next } };
+            crate::device_list_changes(ctx, &user.user_id, &s, &upto).await?
+        }
         _ => (Vec::new(), Vec::new()),
     };
     if !to_device.is_empty() || !changed.is_empty() || !left.is_empty() {
@@ -644,7 +660,7 @@ async fn build_rooms(
     since: Option<SyncToken>,
     upto: u64,
     opts: RoomsOptions,
-) -> Result<(Value, bool), MatrixError> {
+) -> Result<(Value, bool, bool), MatrixError> {
     let RoomsOptions { full_state, limit, include_leave, state_after } = opts;
     let upto_i = upto as i64;
     let since_i = since.map(|s| s.events as i64);
@@ -691,6 +707,13 @@ async fn build_rooms(
             recent.entry(e.room_id.clone()).or_default().push(e);
         }
     }
+    // No member event in the user's joined rooms and no change of the user's own memberships:
+    // nothing in the window can change who shares a room with them. (Read before the loop below
+    // takes the events out of `recent`.)
+    let membership_quiet = since_i.is_some_and(|s| memberships.iter().all(|m| m.stream_ordering <= s))
+        && !full_state
+        && !scan_capped
+        && recent.values().flatten().all(|e| e.event_type != "m.room.member");
 
     for m in &memberships {
         // A membership newer than this instance's position shows up on a later sync.
@@ -772,7 +795,7 @@ async fn build_rooms(
         }
     }
     let has_data = !(join.is_empty() && invite.is_empty() && leave.is_empty() && knock.is_empty());
-    Ok((json!({ "join": join, "invite": invite, "leave": leave, "knock": knock }), has_data))
+    Ok((json!({ "join": join, "invite": invite, "leave": leave, "knock": knock }), has_data, membership_quiet))
 }
 
 /// Timeline events in sync format, with their bundled aggregations (relations the user may see
