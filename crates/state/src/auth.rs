@@ -93,6 +93,6 @@ pub fn check_incoming(
 }
 
 /// From room v12 a room's ID is its create event's ID with another sigil.
-fn create_event_id(room_id: &ruma::RoomId) -> Option<OwnedEventId> {
+pub fn create_event_id(room_id: &ruma::RoomId) -> Option<OwnedEventId> {
     OwnedEventId::try_from(format!("${}", &room_id.as_str()[1..])).ok()
 }

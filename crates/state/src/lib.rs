@@ -18,6 +18,6 @@ mod resolve;
 mod sha1;
 mod v1;
 
-pub use auth::{Verdict, check_against_state, check_auth_events, check_incoming};
+pub use auth::{Verdict, check_against_state, check_auth_events, check_incoming, create_event_id};
 pub use load::{EventSource, resolve_from};
 pub use resolve::{ResolveError, StateIds, resolve, state_map};

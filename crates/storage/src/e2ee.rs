@@ -188,20 +188,6 @@ impl E2eeStore {
         Ok(())
     }
 
-    /// Algorithms of a device's fallback keys not yet used.
-    ///
-    /// # Errors
-    /// On database failure.
-    pub async fn unused_fallback_algorithms(&self, user_id: &UserId, device_id: &str) -> Result<Vec<String>> {
-        Ok(sqlx::query_scalar(
-            "SELECT algorithm FROM fallback_keys WHERE user_id = $1 AND device_id = $2 AND used = 0 ORDER BY algorithm",
-        )
-        .bind(user_id.as_str())
-        .bind(device_id)
-        .fetch_all(self.db.pool())
-        .await?)
-    }
-
     /// A device's one-time key counts per algorithm and its unused fallback key algorithms, in one
     /// round trip (every sync response carries both).
     ///

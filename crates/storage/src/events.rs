@@ -62,6 +62,15 @@ pub struct NewEvent {
 }
 
 impl NewEvent {
+    /// The state key this event sets: `None` for a non-state event, and for a rejected state
+    /// event (the state after it is the state before it).
+    fn state_change(&self) -> Option<(String, String)> {
+        match (&self.state_key, &self.status) {
+            (_, EventStatus::Rejected(_)) | (None, _) => None,
+            (Some(key), _) => Some((self.event_type.clone(), key.clone())),
+        }
+    }
+
     /// The row of an ordinary event built on its room's current state, with nothing beside it
     /// (no transaction, push actions, redaction or room creation) and position 0 for the writer
     /// to fill in.
@@ -442,10 +451,7 @@ impl EventStore {
     ) -> Result<Option<GroupMeta>> {
         let room = ev.room_id.as_str();
         // A rejected state event changes nothing: the state after it is the state before it.
-        let change = match (&ev.state_key, &ev.status) {
-            (_, EventStatus::Rejected(_)) | (None, _) => None,
-            (Some(key), _) => Some((ev.event_type.clone(), key.clone())),
-        };
+        let change = ev.state_change();
         let after: Option<GroupMeta> = match &ev.state_before {
             _ if ev.status == EventStatus::Outlier => None,
             StateBefore::Unknown => None,
@@ -484,10 +490,7 @@ impl EventStore {
         after: Option<GroupMeta>,
     ) -> Result<()> {
         let room = ev.room_id.as_str();
-        let change = match (&ev.state_key, &ev.status) {
-            (_, EventStatus::Rejected(_)) | (None, _) => None,
-            (Some(key), _) => Some((ev.event_type.clone(), key.clone())),
-        };
+        let change = ev.state_change();
         let current_group_id = match (&ev.new_current_state, &ev.state_before) {
             (Some(current), _) => {
                 replace_current_state(tx, room, current).await?;
@@ -580,14 +583,7 @@ impl EventStore {
              AND stream_ordering <= $2 AND status IS NULL ORDER BY stream_ordering DESC LIMIT 1";
         // The chain of the latest event's group first, then its entries by group ID (see
         // `state_groups::chain_ids` for why not one statement).
-        let sql = format!(
-            "WITH RECURSIVE chain(id, prev_group, hop) AS (
-                 SELECT id, prev_group, 0 FROM state_groups WHERE id = ({latest})
-                 UNION ALL
-                 SELECT g.id, g.prev_group, c.hop + 1 FROM state_groups g JOIN chain c ON g.id = c.prev_group
-             )
-             SELECT id, hop FROM chain"
-        );
+        let sql = state_groups::chain_query(latest);
         let chain = state_groups::chain_ids(sqlx::query(&sql).bind(room_id.as_str()).bind(upto), &mut conn).await?;
         if !chain.is_empty() {
             let users = members.unwrap_or_default();
@@ -602,7 +598,7 @@ impl EventStore {
             let sql = format!(
                 "SELECT {cols}, s.state_group FROM state_group_entries s JOIN events e ON e.event_id = s.event_id
                  WHERE s.state_group IN {}{key_filter}",
-                state_groups::in_list(1, &chain)
+                placeholders(1, chain.len())
             );
             let mut q = sqlx::query(&sql);
             for (g, _) in &chain {

@@ -14,6 +14,7 @@ use sqlx::AnyConnection;
 use sqlx::Row;
 
 use crate::Result;
+use crate::events::placeholders;
 
 /// A room state by IDs: (event type, state key) → event ID.
 pub type StateIds = BTreeMap<(String, String), String>;
@@ -21,29 +22,28 @@ pub type StateIds = BTreeMap<(String, String), String>;
 /// Deltas kept before a snapshot is considered, however small the state.
 pub const MIN_CHAIN: i64 = 100;
 
-/// The chain of group `$1` back to its snapshot, as `chain(id, prev_group, hop)`; `hop` counts from
-/// the group itself.
-pub(crate) const CHAIN: &str = "WITH RECURSIVE chain(id, prev_group, hop) AS (
-    SELECT id, prev_group, 0 FROM state_groups WHERE id = $1
-    UNION ALL
-    SELECT g.id, g.prev_group, c.hop + 1 FROM state_groups g JOIN chain c ON g.id = c.prev_group
-)";
+/// The query for the chain from the group `anchor` (an SQL expression: a placeholder or a
+/// subquery) back to its snapshot, as rows `(id, hop)`; `hop` counts from the anchor's group.
+pub(crate) fn chain_query(anchor: &str) -> String {
+    format!(
+        "WITH RECURSIVE chain(id, prev_group, hop) AS (
+             SELECT id, prev_group, 0 FROM state_groups WHERE id = ({anchor})
+             UNION ALL
+             SELECT g.id, g.prev_group, c.hop + 1 FROM state_groups g JOIN chain c ON g.id = c.prev_group
+         )
+         SELECT id, hop FROM chain"
+    )
+}
 
-/// The groups of a chain as `(id, hop)`, nearest first, from a [`CHAIN`]-shaped query whose
-/// anchor is bound by the caller. The chain is read alone and its entries by ID afterwards:
-/// joined in one statement, PostgreSQL's planner cannot see how short the chain is and hashes
-/// whole tables.
+/// Runs a [`chain_query`] whose anchor's parameters are bound. The chain is read alone and its
+/// entries by ID afterwards: joined in one statement, PostgreSQL's planner cannot see how short
+/// the chain is and hashes whole tables.
 pub(crate) async fn chain_ids<'q>(
     q: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>,
     conn: &mut AnyConnection,
 ) -> Result<Vec<(i64, i64)>> {
     let rows = q.fetch_all(&mut *conn).await?;
     rows.iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).collect()
-}
-
-/// `($first, $first+1, …)` for the chain's group IDs, and the IDs to bind.
-pub(crate) fn in_list(first: usize, chain: &[(i64, i64)]) -> String {
-    crate::events::placeholders(first, chain.len())
 }
 
 /// A stored group's bookkeeping.
@@ -64,7 +64,7 @@ pub(crate) async fn group_meta(conn: &mut AnyConnection, id: i64) -> Result<Opti
 
 /// The full state of a group: the chain's entries, the nearest group's entry winning per key.
 pub(crate) async fn load_group(conn: &mut AnyConnection, id: i64) -> Result<StateIds> {
-    let sql = format!("{CHAIN} SELECT id, hop FROM chain");
+    let sql = chain_query("$1");
     let chain = chain_ids(sqlx::query(&sql).bind(id), conn).await?;
     if chain.is_empty() {
         return Ok(StateIds::new());
@@ -72,7 +72,7 @@ pub(crate) async fn load_group(conn: &mut AnyConnection, id: i64) -> Result<Stat
     let hops: std::collections::HashMap<i64, i64> = chain.iter().copied().collect();
     let sql = format!(
         "SELECT state_group, event_type, state_key, event_id FROM state_group_entries WHERE state_group IN {}",
-        in_list(1, &chain)
+        placeholders(1, chain.len())
     );
     let mut q = sqlx::query(&sql);
     for (g, _) in &chain {
@@ -141,14 +141,14 @@ pub(crate) async fn store_group_with(
     event_id: &str,
 ) -> Result<i64> {
     // The size grows by one unless the key replaces an entry.
-    let sql = format!("{CHAIN} SELECT id, hop FROM chain");
+    let sql = chain_query("$1");
     let chain = chain_ids(sqlx::query(&sql).bind(base.id), conn).await?;
     if chain.is_empty() {
         return Err(crate::Error::Decode(format!("state group {} is missing", base.id)));
     }
     let sql = format!(
         "SELECT COUNT(*) FROM state_group_entries WHERE event_type = $1 AND state_key = $2 AND state_group IN {}",
-        in_list(3, &chain)
+        placeholders(3, chain.len())
     );
     let mut q = sqlx::query_scalar::<_, i64>(&sql).bind(&key.0).bind(&key.1);
     for (g, _) in &chain {

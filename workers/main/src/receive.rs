@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use ganglion_core::{Pdu, StateMap};
 use ganglion_state::{EventSource, ResolveError, StateIds, Verdict};
 use ganglion_storage::{EventStatus, EventStore, NewEvent, StateBefore};
-use ruma::{OwnedEventId, OwnedRoomId, RoomVersionId};
+use ruma::{OwnedEventId, OwnedRoomId};
 
 use crate::writer::{EventWriter, WriteError};
 
@@ -107,7 +107,7 @@ impl EventWriter {
     /// [`ReceiveError::Missing`] when cited events are not here yet; write failures.
     pub(crate) async fn receive_pdu(&self, pdu: Pdu) -> Result<Received, ReceiveError> {
         let room_id = self.room_of(&pdu)?;
-        let version = self.version_of(&room_id).await?;
+        let version = self.room_version(&room_id).await?;
         let rules = version.rules().ok_or_else(|| WriteError::UnsupportedVersion(version.to_string()))?;
         let _room = self.lock_room(&room_id).await;
         if let Some(done) = self.already_received(&pdu).await? {
@@ -210,7 +210,7 @@ impl EventWriter {
     /// [`ReceiveError::Missing`] when its auth events are not here; write failures.
     pub(crate) async fn receive_outlier(&self, pdu: Pdu) -> Result<Received, ReceiveError> {
         let room_id = self.room_of(&pdu)?;
-        let version = self.version_of(&room_id).await?;
+        let version = self.room_version(&room_id).await?;
         let rules = version.rules().ok_or_else(|| WriteError::UnsupportedVersion(version.to_string()))?;
         if let Some(done) = self.already_received(&pdu).await? {
             return Ok(done);
@@ -238,11 +238,6 @@ impl EventWriter {
             .ok_or_else(|| ReceiveError::Write(WriteError::Invalid("a received event must name its room".into())))
     }
 
-    async fn version_of(&self, room_id: &OwnedRoomId) -> Result<RoomVersionId, ReceiveError> {
-        let v = self.store().room_version(room_id).await?.ok_or(WriteError::UnknownRoom)?;
-        Ok(RoomVersionId::try_from(v.as_str()).map_err(|e| WriteError::Invalid(e.to_string()))?)
-    }
-
     async fn already_received(&self, pdu: &Pdu) -> Result<Option<Received>, ReceiveError> {
         let found = self.store().pdus(&[pdu.event_id.as_str()]).await?;
         Ok(found.into_iter().next().map(|(e, status)| Received {
@@ -258,11 +253,7 @@ impl EventWriter {
 
 /// From room v12 the create event is not cited but the auth rules still look it up.
 fn create_event_of(room_id: &OwnedRoomId, rules: &ruma::room_version_rules::RoomVersionRules) -> Option<OwnedEventId> {
-    rules
-        .authorization
-        .room_create_event_id_as_room_id
-        .then(|| OwnedEventId::try_from(format!("${}", &room_id.as_str()[1..])).ok())
-        .flatten()
+    if rules.authorization.room_create_event_id_as_room_id { ganglion_state::create_event_id(room_id) } else { None }
 }
 
 /// The store plus events not stored yet.

@@ -453,8 +453,7 @@ impl EventWriter {
             let position = self.events.event(existing.as_str()).await?.map_or(0, |e| e.stream_ordering);
             return Ok(Written { event_id: existing, room_id: room_id.to_owned(), position });
         }
-        let version = self.events.room_version(room_id).await?.ok_or(WriteError::UnknownRoom)?;
-        let version = RoomVersionId::try_from(version.as_str()).map_err(|e| WriteError::Invalid(e.to_string()))?;
+        let version = self.room_version(room_id).await?;
         let state = self.load_state(room_id).await?;
         let extremities = self.events.forward_extremities(room_id).await?;
         let max_prev_depth = extremities.iter().map(|(_, d)| *d).max().unwrap_or(0).max(0) as u64;
@@ -539,6 +538,12 @@ impl EventWriter {
         let position = self.commit_row(new, false).await?;
         tracing::debug!(event_id = %pdu.event_id, room_id = %room_id, position, "persisted event");
         Ok(Written { event_id: pdu.event_id, room_id, position })
+    }
+
+    /// A room's version; [`WriteError::UnknownRoom`] when the room is not known here.
+    pub(crate) async fn room_version(&self, room_id: &RoomId) -> Result<RoomVersionId, WriteError> {
+        let version = self.events.room_version(room_id).await?.ok_or(WriteError::UnknownRoom)?;
+        RoomVersionId::try_from(version.as_str()).map_err(|e| WriteError::Invalid(e.to_string()))
     }
 
     /// The event store the writer writes to.
