@@ -1528,12 +1528,16 @@ fn membership_row(r: &sqlx::any::AnyRow) -> Result<RoomMembership> {
 /// The group of a room's current state. A room written before state groups existed gets a snapshot
 /// of its current state on first use; `None` for a room with no state yet.
 async fn current_group(tx: &mut sqlx::Transaction<'static, sqlx::Any>, room: &str) -> Result<Option<GroupMeta>> {
-    let group: Option<Option<i64>> = sqlx::query_scalar("SELECT state_group FROM rooms WHERE room_id = $1")
-        .bind(room)
-        .fetch_optional(&mut **tx)
-        .await?;
-    if let Some(Some(id)) = group {
-        return state_groups::group_meta(tx, id).await;
+    // Every event of the room passes here: one query for the group and its bookkeeping.
+    let row = sqlx::query(
+        "SELECT g.id, g.chain_length, g.size FROM rooms r JOIN state_groups g ON g.id = r.state_group
+         WHERE r.room_id = $1",
+    )
+    .bind(room)
+    .fetch_optional(&mut **tx)
+    .await?;
+    if let Some(r) = row {
+        return Ok(Some(GroupMeta { id: r.try_get(0)?, chain_length: r.try_get(1)?, size: r.try_get(2)? }));
     }
     let rows = sqlx::query("SELECT event_type, state_key, event_id FROM current_state WHERE room_id = $1")
         .bind(room)
