@@ -60,7 +60,7 @@ impl AccountDataStore {
     /// # Errors
     /// On database failure.
     pub async fn write(&self, entry: &AccountDataEntry) -> Result<()> {
-        let mut tx = self.db.pool().begin().await?;
+        let mut tx = self.db.begin_write().await?;
         sqlx::query(
             "INSERT INTO account_data_log (stream_id, user_id, room_id, data_type, content) VALUES ($1, $2, $3, $4, $5)",
         )

@@ -78,7 +78,7 @@ impl E2eeStore {
     /// # Errors
     /// On database failure.
     pub async fn add_one_time_keys(&self, user_id: &UserId, device_id: &str, keys: &[(String, String)]) -> Result<()> {
-        let mut tx = self.db.pool().begin().await?;
+        let mut tx = self.db.begin_write().await?;
         for (key_id, json) in keys {
             let algorithm = key_id.split(':').next().unwrap_or_default();
             sqlx::query(
@@ -224,7 +224,7 @@ impl E2eeStore {
     /// # Errors
     /// On database failure.
     pub async fn delete_device(&self, user_id: &UserId, device_id: &str) -> Result<()> {
-        let mut tx = self.db.pool().begin().await?;
+        let mut tx = self.db.begin_write().await?;
         for table in ["device_keys", "one_time_keys", "fallback_keys", "to_device_log", "dehydrated_devices"] {
             sqlx::query(&format!("DELETE FROM {table} WHERE user_id = $1 AND device_id = $2"))
                 .bind(user_id.as_str())
@@ -282,7 +282,7 @@ impl E2eeStore {
     /// # Errors
     /// On database failure.
     pub async fn queue_to_device(&self, messages: &[ToDeviceMessage]) -> Result<()> {
-        let mut tx = self.db.pool().begin().await?;
+        let mut tx = self.db.begin_write().await?;
         for m in messages {
             sqlx::query(
                 "INSERT INTO to_device_log (stream_id, user_id, device_id, sender, event_type, content)
@@ -403,7 +403,7 @@ impl E2eeStore {
         device_id: &str,
         device_data: &str,
     ) -> Result<Option<String>> {
-        let mut tx = self.db.pool().begin().await?;
+        let mut tx = self.db.begin_write().await?;
         let previous: Option<String> =
             sqlx::query_scalar("SELECT device_id FROM dehydrated_devices WHERE user_id = $1")
                 .bind(user_id.as_str())

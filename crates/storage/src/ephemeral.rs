@@ -71,7 +71,7 @@ impl EphemeralStore {
     /// # Errors
     /// On database failure.
     pub async fn put_receipt(&self, r: &Receipt) -> Result<()> {
-        let mut tx = self.db.pool().begin().await?;
+        let mut tx = self.db.begin_write().await?;
         sqlx::query(&format!("INSERT INTO receipts_log ({RECEIPT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7)"))
             .bind(r.position)
             .bind(&r.room_id)

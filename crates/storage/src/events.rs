@@ -288,7 +288,7 @@ impl EventStore {
     /// [`Error::Conflict`] when an event ID or position exists; database failures.
     #[tracing::instrument(skip_all, fields(events = batch.len()))]
     pub async fn persist_batch(&self, batch: &[NewEvent]) -> Result<()> {
-        let mut tx = self.db.pool().begin().await?;
+        let mut tx = self.db.begin_write().await?;
         for ev in batch {
             self.persist_in(&mut tx, ev).await?;
         }

@@ -49,7 +49,7 @@ impl KeyBackupStore {
     /// # Errors
     /// On database failure.
     pub async fn create_version(&self, user: &UserId, algorithm: &str, auth_data: &str) -> Result<i64> {
-        let mut tx = self.db.pool().begin().await?;
+        let mut tx = self.db.begin_write().await?;
         let next: i64 =
             sqlx::query_scalar("SELECT COALESCE(MAX(version), 0) + 1 FROM room_key_backups WHERE user_id = $1")
                 .bind(user.as_str())
@@ -116,7 +116,7 @@ impl KeyBackupStore {
     /// # Errors
     /// On database failure.
     pub async fn delete_version(&self, user: &UserId, version: i64) -> Result<bool> {
-        let mut tx = self.db.pool().begin().await?;
+        let mut tx = self.db.begin_write().await?;
         sqlx::query("DELETE FROM room_keys WHERE user_id = $1 AND version = $2")
             .bind(user.as_str())
             .bind(version)
@@ -164,7 +164,7 @@ impl KeyBackupStore {
     /// # Errors
     /// On database failure.
     pub async fn put_keys(&self, user: &UserId, version: i64, keys: &[BackedUpKey]) -> Result<()> {
-        let mut tx = self.db.pool().begin().await?;
+        let mut tx = self.db.begin_write().await?;
         for k in keys {
             sqlx::query(
                 "INSERT INTO room_keys (user_id, version, room_id, session_id, key_json) VALUES ($1, $2, $3, $4, $5)
@@ -200,7 +200,7 @@ impl KeyBackupStore {
         room: Option<&str>,
         session: Option<&str>,
     ) -> Result<u64> {
-        let mut tx = self.db.pool().begin().await?;
+        let mut tx = self.db.begin_write().await?;
         let res = sqlx::query(
             "DELETE FROM room_keys WHERE user_id = $1 AND version = $2 AND ($3 = '' OR room_id = $3) AND ($4 = '' OR session_id = $4)",
         )

@@ -63,7 +63,7 @@ impl KeyStore {
     /// # Errors
     /// On database failure, or when a key of that version exists.
     pub async fn rotate_to(&self, key: &StoredSigningKey) -> Result<()> {
-        let mut tx = self.db.pool().begin().await?;
+        let mut tx = self.db.begin_write().await?;
         let now = now_ms();
         sqlx::query("UPDATE server_signing_keys SET expired_ts = $1 WHERE expired_ts IS NULL")
             .bind(now)

@@ -141,6 +141,17 @@ impl Db {
         &self.pool
     }
 
+    /// Begins a transaction that writes. On SQLite it takes the write lock at once
+    /// (`BEGIN IMMEDIATE`): a deferred transaction that read first and writes after another
+    /// connection committed fails with `SQLITE_BUSY_SNAPSHOT` whatever the busy timeout, where an
+    /// immediate one waits its turn.
+    pub(crate) async fn begin_write(&self) -> std::result::Result<sqlx::Transaction<'static, sqlx::Any>, sqlx::Error> {
+        match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await,
+            Backend::Postgres => self.pool.begin().await,
+        }
+    }
+
     /// Checks the database answers (readiness).
     ///
     /// # Errors

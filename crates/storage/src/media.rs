@@ -396,7 +396,7 @@ impl MediaStore {
     /// On database failure.
     pub async fn delete(&self, origin: &ServerName, media_id: &str) -> Result<Option<Vec<ThumbnailRecord>>> {
         let thumbs = self.thumbnails(origin, media_id).await?;
-        let mut tx = self.db.pool().begin().await?;
+        let mut tx = self.db.begin_write().await?;
         sqlx::query("DELETE FROM media_thumbnails WHERE origin = $1 AND media_id = $2")
             .bind(origin.as_str())
             .bind(media_id)

@@ -69,7 +69,7 @@ impl PresenceStore {
     /// # Errors
     /// On database failure.
     pub async fn put(&self, p: &Presence) -> Result<()> {
-        let mut tx = self.db.pool().begin().await?;
+        let mut tx = self.db.begin_write().await?;
         sqlx::query("INSERT INTO presence_log (stream_id, user_id) VALUES ($1, $2)")
             .bind(p.position)
             .bind(&p.user_id)

@@ -40,7 +40,7 @@ impl ReportStore {
     /// On database failure.
     pub async fn add(&self, r: &Report) -> Result<i64> {
         // Reports are rare: taking the next id inside the transaction is simple and safe enough.
-        let mut tx = self.db.pool().begin().await?;
+        let mut tx = self.db.begin_write().await?;
         let id: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(id), 0) + 1 FROM reports").fetch_one(&mut *tx).await?;
         sqlx::query(
             "INSERT INTO reports (id, reporter, room_id, event_id, target_user_id, reason, score, received_ts)

@@ -32,7 +32,7 @@ impl UserStore {
         access_hash: &str,
         new: NewRefresh<'_>,
     ) -> Result<Option<(OwnedUserId, OwnedDeviceId)>> {
-        let mut tx = self.db.pool().begin().await?;
+        let mut tx = self.db.begin_write().await?;
         let row = sqlx::query(
             "SELECT r.user_id, r.device_id, r.prev_hash FROM refresh_tokens r JOIN users u ON u.user_id = r.user_id
              WHERE r.token_hash = $1 AND u.deactivated = 0",
@@ -96,7 +96,7 @@ impl UserStore {
     /// The first use of access token `token_hash`, issued by refreshing `prev`: revokes `prev` and
     /// the access token issued with it.
     pub(crate) async fn retire_replaced_refresh_token(&self, token_hash: &str, prev: &str) -> Result<()> {
-        let mut tx = self.db.pool().begin().await?;
+        let mut tx = self.db.begin_write().await?;
         for sql in [
             "DELETE FROM refresh_tokens WHERE token_hash = $1",
             "DELETE FROM access_tokens WHERE refresh_hash = $1",
@@ -133,7 +133,7 @@ impl UserStore {
     /// # Errors
     /// On database failure or an undecodable stored ID.
     pub async fn take_login_token(&self, token_hash: &str) -> Result<Option<OwnedUserId>> {
-        let mut tx = self.db.pool().begin().await?;
+        let mut tx = self.db.begin_write().await?;
         let user: Option<String> =
             sqlx::query_scalar("SELECT user_id FROM login_tokens WHERE token_hash = $1 AND expires_ts > $2")
                 .bind(token_hash)

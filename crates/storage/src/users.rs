@@ -157,7 +157,7 @@ impl UserStore {
         device_id: &str,
         refresh: Option<crate::NewRefresh<'_>>,
     ) -> Result<()> {
-        let mut tx = self.db.pool().begin().await?;
+        let mut tx = self.db.begin_write().await?;
         for table in ["access_tokens", "refresh_tokens"] {
             sqlx::query(&format!("DELETE FROM {table} WHERE user_id = $1 AND device_id = $2"))
                 .bind(user_id.as_str())
@@ -228,7 +228,7 @@ impl UserStore {
     /// # Errors
     /// On database failure.
     pub async fn delete_access_token(&self, token_hash: &str) -> Result<()> {
-        let mut tx = self.db.pool().begin().await?;
+        let mut tx = self.db.begin_write().await?;
         // The refresh token issued with it, and one it replaced and has not retired yet, go too.
         sqlx::query(
             "DELETE FROM refresh_tokens WHERE token_hash IN
@@ -248,7 +248,7 @@ impl UserStore {
     /// # Errors
     /// On database failure.
     pub async fn delete_all_access_tokens(&self, user_id: &UserId) -> Result<()> {
-        let mut tx = self.db.pool().begin().await?;
+        let mut tx = self.db.begin_write().await?;
         sqlx::query("DELETE FROM refresh_tokens WHERE user_id = $1").bind(user_id.as_str()).execute(&mut *tx).await?;
         sqlx::query("DELETE FROM access_tokens WHERE user_id = $1").bind(user_id.as_str()).execute(&mut *tx).await?;
         tx.commit().await?;
@@ -400,7 +400,7 @@ impl UserStore {
     /// # Errors
     /// On database failure.
     pub async fn delete_device(&self, user_id: &UserId, device_id: &str) -> Result<bool> {
-        let mut tx = self.db.pool().begin().await?;
+        let mut tx = self.db.begin_write().await?;
         sqlx::query("DELETE FROM refresh_tokens WHERE user_id = $1 AND device_id = $2")
             .bind(user_id.as_str())
             .bind(device_id)
@@ -455,7 +455,7 @@ impl UserStore {
     /// # Errors
     /// On database failure.
     pub async fn deactivate(&self, user_id: &UserId) -> Result<()> {
-        let mut tx = self.db.pool().begin().await?;
+        let mut tx = self.db.begin_write().await?;
         sqlx::query("UPDATE users SET deactivated = 1, password_hash = NULL WHERE user_id = $1")
             .bind(user_id.as_str())
             .execute(&mut *tx)
