@@ -163,6 +163,15 @@ pub struct UnreadCounts {
     pub highlights: i64,
 }
 
+/// A user's read receipts in one room, as stream positions (0: none).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReadReceipts {
+    /// The latest unthreaded receipt.
+    pub unthreaded: i64,
+    /// The latest receipt per thread (`""` the main timeline, else the thread root's ID).
+    pub threads: Vec<(String, i64)>,
+}
+
 /// A stored event.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PersistedEvent {
@@ -996,10 +1005,20 @@ impl EventStore {
         room_id: &RoomId,
         upto: i64,
     ) -> Result<Vec<(String, UnreadCounts)>> {
-        // The user's read receipts in the room, per thread ('' unthreaded, 'main' the main
-        // timeline), as stream positions: read first, so the count below compares each row
-        // with a constant instead of re-running a receipt lookup for every unread row.
-        let receipts = sqlx::query(
+        let receipts = self.read_receipts(user_id, room_id).await?;
+        self.unread_counts_between(user_id, room_id, &receipts, 0, upto).await
+    }
+
+    /// The user's read receipts in a room as stream positions, which
+    /// [`EventStore::unread_counts_between`] counts after. Read apart from the count, so the count
+    /// compares each row with a constant instead of re-running a receipt lookup per unread row,
+    /// and so a caller can keep them until the user's next receipt.
+    ///
+    /// # Errors
+    /// On database failure.
+    pub async fn read_receipts(&self, user_id: &UserId, room_id: &RoomId) -> Result<ReadReceipts> {
+        // Per thread: '' unthreaded, 'main' the main timeline.
+        let rows = sqlx::query(
             "SELECT r.thread_id, MAX(e.stream_ordering) FROM receipts r JOIN events e ON e.event_id = r.event_id
              WHERE r.room_id = $1 AND r.user_id = $2 AND r.receipt_type IN ('m.read', 'm.read.private')
              GROUP BY r.thread_id",
@@ -1008,38 +1027,59 @@ impl EventStore {
         .bind(user_id.as_str())
         .fetch_all(self.db.pool())
         .await?;
-        let mut unthreaded = 0_i64;
-        let mut per_thread: Vec<(String, i64)> = Vec::new();
-        for r in &receipts {
+        let mut receipts = ReadReceipts::default();
+        for r in &rows {
             let thread: String = r.try_get(0)?;
             let position: Option<i64> = r.try_get(1)?;
             let position = position.unwrap_or(0);
             if thread.is_empty() {
-                unthreaded = position;
+                receipts.unthreaded = position;
             } else {
                 // Push actions name the main timeline '' where receipts name it 'main'.
-                per_thread.push((if thread == "main" { String::new() } else { thread }, position));
+                receipts.threads.push((if thread == "main" { String::new() } else { thread }, position));
             }
         }
+        Ok(receipts)
+    }
+
+    /// Unread counts per thread (as [`EventStore::unread_counts_by_thread`]) counting only the
+    /// notifying events after `after` and at or below `upto`: with `after` above 0, what to add
+    /// to counts a caller already has up to `after` under the same receipts.
+    ///
+    /// # Errors
+    /// On database failure.
+    pub async fn unread_counts_between(
+        &self,
+        user_id: &UserId,
+        room_id: &RoomId,
+        receipts: &ReadReceipts,
+        after: i64,
+        upto: i64,
+    ) -> Result<Vec<(String, UnreadCounts)>> {
         // Each thread's rows count after the later of the unthreaded receipt and its own.
         let mut threshold = String::from("$4");
         let mut binds: Vec<(String, i64)> = Vec::new();
-        if !per_thread.is_empty() {
+        if !receipts.threads.is_empty() {
             threshold = String::from("CASE p.thread_id");
-            for (i, (thread, position)) in per_thread.iter().enumerate() {
-                let n = 5 + i * 2;
+            for (i, (thread, position)) in receipts.threads.iter().enumerate() {
+                let n = 6 + i * 2;
                 threshold.push_str(&format!(" WHEN ${n} THEN ${}", n + 1));
-                binds.push((thread.clone(), (*position).max(unthreaded)));
+                binds.push((thread.clone(), (*position).max(receipts.unthreaded)));
             }
             threshold.push_str(" ELSE $4 END");
         }
         let sql = format!(
             "SELECT p.thread_id, COUNT(*), CAST(COALESCE(SUM(p.highlight), 0) AS BIGINT) FROM event_push_actions p
              WHERE p.user_id = $1 AND p.room_id = $2 AND p.stream_ordering <= $3 AND p.stream_ordering > $4
-             AND p.stream_ordering > {threshold}
+             AND p.stream_ordering > $5 AND p.stream_ordering > {threshold}
              GROUP BY p.thread_id ORDER BY p.thread_id"
         );
-        let mut q = sqlx::query(&sql).bind(user_id.as_str()).bind(room_id.as_str()).bind(upto).bind(unthreaded);
+        let mut q = sqlx::query(&sql)
+            .bind(user_id.as_str())
+            .bind(room_id.as_str())
+            .bind(upto)
+            .bind(receipts.unthreaded)
+            .bind(after);
         for (thread, position) in binds {
             q = q.bind(thread).bind(position);
         }

@@ -34,13 +34,15 @@ use sqlx::{AnyPool, ConnectOptions};
 
 pub use account_data::{AccountDataEntry, AccountDataStore};
 pub use bundled::client_events_with_relations;
-pub use catch_up::{DbCatchUp, account_data_row, event_row, follow_events, follow_stream, user_row};
+pub use catch_up::{
+    DbCatchUp, account_data_row, event_row, follow_events, follow_stream, follow_stream_with, user_row,
+};
 pub use device_lists::{DeviceListWindow, device_list_changes};
 pub use e2ee::{E2eeStore, ToDeviceMessage};
 pub use ephemeral::{EphemeralStore, Receipt};
 pub use events::{
-    EventStatus, EventStore, NewEvent, NotificationEntry, PersistedEvent, RoomMembership, SearchHit, StateBefore,
-    StateEntry, UnreadCounts,
+    EventStatus, EventStore, NewEvent, NotificationEntry, PersistedEvent, ReadReceipts, RoomMembership, SearchHit,
+    StateBefore, StateEntry, UnreadCounts,
 };
 pub use key_backup::{BackedUpKey, BackupVersion, KeyBackupStore};
 pub use keys::{KeyStore, StoredSigningKey};

@@ -535,6 +535,19 @@ async fn unread_counts_stop_at_the_read_receipt(t: &TestDb) {
         counts(events.unread_counts_by_thread(&alice, &room, 10).await.unwrap()),
         vec![(String::new(), 2), ("$e2".to_owned(), 2)]
     );
+    // Counted in two steps under the same receipts: the part after 5 is what to add to the
+    // counts up to 5.
+    let receipts = events.read_receipts(&alice, &room).await.unwrap();
+    assert_eq!(receipts, crate::ReadReceipts { unthreaded: 3, threads: Vec::new() });
+    assert_eq!(
+        counts(events.unread_counts_between(&alice, &room, &receipts, 0, 5).await.unwrap()),
+        vec![(String::new(), 1), ("$e2".to_owned(), 1)]
+    );
+    assert_eq!(
+        counts(events.unread_counts_between(&alice, &room, &receipts, 5, 10).await.unwrap()),
+        vec![(String::new(), 1), ("$e2".to_owned(), 1)]
+    );
+    assert!(events.unread_counts_between(&alice, &room, &receipts, 7, 10).await.unwrap().is_empty());
     // A receipt in the thread clears only the thread; `main` only the main timeline.
     let threaded = |pos: i64, thread: &str, event: &str| Receipt {
         position: pos,
@@ -545,6 +558,12 @@ async fn unread_counts_stop_at_the_read_receipt(t: &TestDb) {
     let ephemeral = EphemeralStore::new(t.db.clone());
     ephemeral.put_receipt(&threaded(2, "$e2", "$e6")).await.unwrap();
     assert_eq!(counts(events.unread_counts_by_thread(&alice, &room, 10).await.unwrap()), vec![(String::new(), 2)]);
+    let receipts = events.read_receipts(&alice, &room).await.unwrap();
+    assert_eq!(receipts, crate::ReadReceipts { unthreaded: 3, threads: vec![("$e2".to_owned(), 6)] });
+    assert_eq!(
+        counts(events.unread_counts_between(&alice, &room, &receipts, 5, 10).await.unwrap()),
+        vec![(String::new(), 1)]
+    );
     ephemeral.put_receipt(&threaded(3, "main", "$e7")).await.unwrap();
     assert!(events.unread_counts_by_thread(&alice, &room, 10).await.unwrap().is_empty());
     assert_eq!(events.unread_counts(&alice, &room, 10).await.unwrap(), crate::UnreadCounts::default());
