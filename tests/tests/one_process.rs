@@ -198,6 +198,19 @@ async fn sync_sections_follow_membership_and_limits() {
     assert!(s4["rooms"]["leave"].get(room_id.as_str()).is_none());
 }
 
+/// Alice and Bob registered, in a public room Alice created.
+async fn alice_and_bob_in_a_public_room(server: &OneProcess) -> (RawClient, RawClient, String) {
+    let alice = RawClient::register(&server.url, "alice").await.unwrap();
+    let bob = RawClient::register(&server.url, "bob").await.unwrap();
+    let room =
+        alice.call("POST", "/_matrix/client/v3/createRoom", Some(&json!({"preset": "public_chat"}))).await.unwrap();
+    assert_eq!(room.status, 200, "{room:?}");
+    let room_id = room.body["room_id"].as_str().unwrap().to_owned();
+    let r = bob.call("POST", &format!("/_matrix/client/v3/rooms/{room_id}/join"), Some(&json!({}))).await.unwrap();
+    assert_eq!(r.status, 200, "{r:?}");
+    (alice, bob, room_id)
+}
+
 fn urlencode(s: &str) -> String {
     s.bytes()
         .map(|b| {
@@ -264,12 +277,7 @@ async fn account_data_and_stored_filters_reach_sync() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn to_device_messages_and_device_lists_reach_sync() {
     let server = OneProcess::start().await.expect("server starts");
-    let alice = RawClient::register(&server.url, "alice").await.unwrap();
-    let bob = RawClient::register(&server.url, "bob").await.unwrap();
-    let room =
-        alice.call("POST", "/_matrix/client/v3/createRoom", Some(&json!({"preset": "public_chat"}))).await.unwrap();
-    let room_id = room.body["room_id"].as_str().unwrap().to_owned();
-    bob.call("POST", &format!("/_matrix/client/v3/rooms/{room_id}/join"), Some(&json!({}))).await.unwrap();
+    let (alice, bob, room_id) = alice_and_bob_in_a_public_room(&server).await;
     let s0 = alice.sync(None, 0).await.unwrap();
     assert!(s0["device_one_time_keys_count"].is_object());
     let since = s0["next_batch"].as_str().unwrap().to_owned();
@@ -352,12 +360,7 @@ async fn to_device_messages_and_device_lists_reach_sync() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn receipts_typing_and_read_markers_reach_sync() {
     let server = OneProcess::start().await.expect("server starts");
-    let alice = RawClient::register(&server.url, "alice").await.unwrap();
-    let bob = RawClient::register(&server.url, "bob").await.unwrap();
-    let room =
-        alice.call("POST", "/_matrix/client/v3/createRoom", Some(&json!({"preset": "public_chat"}))).await.unwrap();
-    let room_id = room.body["room_id"].as_str().unwrap().to_owned();
-    bob.call("POST", &format!("/_matrix/client/v3/rooms/{room_id}/join"), Some(&json!({}))).await.unwrap();
+    let (alice, bob, room_id) = alice_and_bob_in_a_public_room(&server).await;
     let sent = bob
         .call(
             "PUT",
@@ -468,12 +471,7 @@ async fn receipts_typing_and_read_markers_reach_sync() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unread_counts_follow_push_rules_and_receipts() {
     let server = OneProcess::start().await.expect("server starts");
-    let alice = RawClient::register(&server.url, "alice").await.unwrap();
-    let bob = RawClient::register(&server.url, "bob").await.unwrap();
-    let room =
-        alice.call("POST", "/_matrix/client/v3/createRoom", Some(&json!({"preset": "public_chat"}))).await.unwrap();
-    let room_id = room.body["room_id"].as_str().unwrap().to_owned();
-    bob.call("POST", &format!("/_matrix/client/v3/rooms/{room_id}/join"), Some(&json!({}))).await.unwrap();
+    let (alice, bob, room_id) = alice_and_bob_in_a_public_room(&server).await;
     let mut last = String::new();
     for (i, content) in [
         json!({"msgtype": "m.text", "body": "one"}),
@@ -763,4 +761,130 @@ async fn a_profile_change_does_not_resend_the_room() {
     let types: Vec<&str> = events.iter().filter_map(|e| e["type"].as_str()).collect();
     assert_eq!(types, vec!["m.room.member"], "only the changed member event: {resp}");
     assert_eq!(events[0]["content"]["displayname"], "Alice A.");
+}
+
+/// The sync worker answers incremental syncs from what it keeps of the stream (recent events,
+/// memberships, lazy-loaded members, unread counts): each step here changes one of those
+/// behind a long-polling client, and the answers must be what the database says.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn incremental_syncs_from_memory_follow_every_change() {
+    let server = OneProcess::start().await.expect("server starts");
+    let (alice, bob, room_id) = alice_and_bob_in_a_public_room(&server).await;
+    let filter = urlencode(r#"{"room":{"state":{"lazy_load_members":true},"timeline":{"limit":10}}}"#);
+    let sync = |since: String| {
+        let bob = &bob;
+        let filter = filter.clone();
+        async move {
+            let r = bob
+                .call("GET", &format!("/_matrix/client/v3/sync?since={since}&timeout=10000&filter={filter}"), None)
+                .await
+                .unwrap();
+            assert_eq!(r.status, 200, "{r:?}");
+            r.body
+        }
+    };
+    let first = bob.call("GET", &format!("/_matrix/client/v3/sync?filter={filter}"), None).await.unwrap().body;
+    let mut since = first["next_batch"].as_str().unwrap().to_owned();
+    let send = |txn: String, body: String| {
+        let alice = &alice;
+        let room_id = room_id.clone();
+        async move {
+            let r = alice
+                .call(
+                    "PUT",
+                    &format!("/_matrix/client/v3/rooms/{room_id}/send/m.room.message/{txn}"),
+                    Some(&json!({"msgtype": "m.text", "body": body})),
+                )
+                .await
+                .unwrap();
+            assert_eq!(r.status, 200, "{r:?}");
+            r.body["event_id"].as_str().unwrap().to_owned()
+        }
+    };
+    let joined = |r: &Value| r["rooms"]["join"][room_id.as_str()].clone();
+    let alice_member = |room: &Value| -> Option<Value> {
+        room["state"]["events"]
+            .as_array()?
+            .iter()
+            .chain(room["timeline"]["events"].as_array()?.iter())
+            .rfind(|e| e["type"] == "m.room.member" && e["state_key"] == "@alice:localhost")
+            .cloned()
+    };
+
+    // Messages one at a time: each answer carries the message, alice's member event (lazy
+    // loading), and an unread count one higher than the last.
+    for i in 1..=3 {
+        let id = send(format!("m{i}"), format!("hello {i}")).await;
+        let r = sync(since.clone()).await;
+        since = r["next_batch"].as_str().unwrap().to_owned();
+        let room = joined(&r);
+        let events = room["timeline"]["events"].as_array().cloned().unwrap_or_default();
+        assert_eq!(events.iter().map(|e| e["event_id"].clone()).collect::<Vec<_>>(), vec![json!(id)], "{r}");
+        assert_eq!(alice_member(&room).unwrap()["content"]["membership"], "join", "{r}");
+        assert_eq!(room["unread_notifications"]["notification_count"], i, "{r}");
+    }
+
+    // A new display name: the next message brings the new member event, not the cached one.
+    let r = alice
+        .call(
+            "PUT",
+            &format!("/_matrix/client/v3/profile/{}/displayname", alice.user_id),
+            Some(&json!({"displayname": "Alice Two"})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{r:?}");
+    let r = sync(since.clone()).await;
+    since = r["next_batch"].as_str().unwrap().to_owned();
+    assert_eq!(alice_member(&joined(&r)).unwrap()["content"]["displayname"], "Alice Two", "{r}");
+    send("m4".into(), "after the rename".into()).await;
+    let r = sync(since.clone()).await;
+    since = r["next_batch"].as_str().unwrap().to_owned();
+    assert_eq!(alice_member(&joined(&r)).unwrap()["content"]["displayname"], "Alice Two", "{r}");
+    assert_eq!(joined(&r)["unread_notifications"]["notification_count"], 4, "{r}");
+
+    // A read receipt clears the count; the next message counts from it.
+    let last = joined(&r)["timeline"]["events"][0]["event_id"].as_str().unwrap().to_owned();
+    let receipt = bob
+        .call("POST", &format!("/_matrix/client/v3/rooms/{room_id}/receipt/m.read/{last}"), Some(&json!({})))
+        .await
+        .unwrap();
+    assert_eq!(receipt.status, 200, "{receipt:?}");
+    let r = sync(since.clone()).await;
+    since = r["next_batch"].as_str().unwrap().to_owned();
+    assert_eq!(joined(&r)["unread_notifications"]["notification_count"], 0, "{r}");
+    send("m5".into(), "one more".into()).await;
+    let r = sync(since.clone()).await;
+    since = r["next_batch"].as_str().unwrap().to_owned();
+    assert_eq!(joined(&r)["unread_notifications"]["notification_count"], 1, "{r}");
+
+    // A message redacted before bob syncs arrives redacted, with its redaction.
+    let secret = send("m6".into(), "oops".into()).await;
+    let r = alice
+        .call("PUT", &format!("/_matrix/client/v3/rooms/{room_id}/redact/{secret}/r1"), Some(&json!({})))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{r:?}");
+    let r = bob.sync_until(&since, |r| {
+        r["rooms"]["join"][room_id.as_str()]["timeline"]["events"]
+            .as_array()
+            .is_some_and(|evs| evs.iter().any(|e| e["type"] == "m.room.redaction"))
+    });
+    let r = r.await.unwrap();
+    let events = joined(&r)["timeline"]["events"].as_array().cloned().unwrap();
+    let redacted = events.iter().find(|e| e["event_id"] == secret.as_str()).expect("the redacted message is there");
+    assert_eq!(redacted["content"], json!({}), "{r}");
+    since = r["next_batch"].as_str().unwrap().to_owned();
+
+    // Leaving, then forgetting: a sync from before the leave no longer lists the room.
+    let before_leave = since.clone();
+    let r = bob.call("POST", &format!("/_matrix/client/v3/rooms/{room_id}/leave"), Some(&json!({}))).await.unwrap();
+    assert_eq!(r.status, 200, "{r:?}");
+    let r = sync(before_leave.clone()).await;
+    assert!(r["rooms"]["leave"][room_id.as_str()].is_object(), "{r}");
+    let r = bob.call("POST", &format!("/_matrix/client/v3/rooms/{room_id}/forget"), Some(&json!({}))).await.unwrap();
+    assert_eq!(r.status, 200, "{r:?}");
+    let r =
+        bob.call("GET", &format!("/_matrix/client/v3/sync?since={before_leave}&filter={filter}"), None).await.unwrap();
+    assert!(r.body["rooms"]["leave"][room_id.as_str()].is_null(), "{r:?}");
 }

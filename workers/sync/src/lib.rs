@@ -10,8 +10,10 @@
 //! Depends on the shared crates; never on another worker crate.
 
 mod filters;
+mod recent;
 mod sliding;
 mod sync_v3;
+mod unread;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,6 +26,7 @@ use ganglion_replication::{Bus, Follower, StreamName, StreamPosition};
 use ganglion_rpc::MainClient;
 use ganglion_storage::{
     AccountDataStore, Db, E2eeStore, EphemeralStore, EventStore, PresenceStore, UserStore, follow_stream,
+    follow_stream_with,
 };
 use tokio::sync::watch;
 
@@ -41,6 +44,10 @@ pub(crate) struct SyncContext {
     positions: Positions,
     main: MainClient,
     max_timeout: Duration,
+    /// The latest events and caches checked against them.
+    recent: Arc<recent::Recent>,
+    /// Unread counts kept per user and room, checked against the `receipts` stream.
+    unread: Arc<unread::UnreadCache>,
 }
 
 /// Where this instance stands on each stream a sync token names.
@@ -139,17 +146,30 @@ impl SyncState {
     ) -> Result<Self, ganglion_storage::Error> {
         let events = EventStore::new(db.clone());
         let mut followers = Vec::new();
+        // The events stream's rows also fill the window of recent events, before each position
+        // is published (so a woken long-poll finds its event there).
+        let recent = Arc::new(recent::Recent::new());
+        let sink = recent.clone();
+        let (events_follower, events_position) =
+            follow_stream_with(&events, bus.clone(), StreamName::Events, move |row| sink.push(row)).await?;
+        recent.start_at(events_position.borrow().0 as i64);
+        followers.push(events_follower);
+        let unread = Arc::new(unread::UnreadCache::default());
+        let sink = unread.clone();
+        let (receipts_follower, receipts_position) =
+            follow_stream_with(&events, bus.clone(), StreamName::Receipts, move |row| sink.push(row)).await?;
+        followers.push(receipts_follower);
         let mut follow = async |stream| -> Result<watch::Receiver<StreamPosition>, ganglion_storage::Error> {
             let (f, p) = follow_stream(&events, bus.clone(), stream).await?;
             followers.push(f);
             Ok(p)
         };
         let positions = Positions {
-            events: follow(StreamName::Events).await?,
+            events: events_position,
             account_data: follow(StreamName::AccountData).await?,
             to_device: follow(StreamName::ToDevice).await?,
             device_lists: follow(StreamName::DeviceLists).await?,
-            receipts: follow(StreamName::Receipts).await?,
+            receipts: receipts_position,
             typing: follow(StreamName::Typing).await?,
             presence: follow(StreamName::Presence).await?,
         };
@@ -166,6 +186,8 @@ impl SyncState {
                 positions,
                 main,
                 max_timeout,
+                recent,
+                unread,
             },
             _followers: Arc::new(followers),
         })

@@ -124,7 +124,8 @@ pub(crate) async fn sync(
     }
     // What the last pass found when it found nothing: a stream that has not moved since cannot
     // have anything new, so a long-poll woken by one stream reruns only that stream's sections.
-    let mut quiet: Option<(SyncToken, Value)> = None;
+    // An incremental sync has, by definition, nothing to find in rooms up to its own token.
+    let mut quiet: Option<(SyncToken, Value)> = since.filter(|_| !full_state).map(|s| (s, empty_rooms()));
     loop {
         let now = positions.current();
         let mut next = match since {
@@ -251,7 +252,7 @@ async fn room_summaries_and_lazy_members(
             ctx.events.state_at(room_id, next.events as i64).await?
         } else if lazy {
             let users: Vec<&str> = wanted.iter().map(String::as_str).collect();
-            ctx.events.members_at(room_id, next.events as i64, &users).await?
+            ctx.recent.members_at(&ctx.events, room_id, next.events as i64, &users).await?
         } else {
             continue;
         };
@@ -325,7 +326,8 @@ async fn unread_counts(
     let counts_json = |c: &ganglion_storage::UnreadCounts| json!({ "notification_count": c.notifications, "highlight_count": c.highlights });
     for (room_id, room) in join.iter_mut() {
         let Ok(room_id) = <&ruma::RoomId>::try_from(room_id.as_str()) else { continue };
-        let threads = ctx.events.unread_counts_by_thread(user_id, room_id, next.events as i64).await?;
+        let threads =
+            ctx.unread.counts(&ctx.events, user_id, room_id, next.events as i64, next.receipts as i64).await?;
         let mut main = ganglion_storage::UnreadCounts::default();
         let mut by_thread = serde_json::Map::new();
         for (thread, c) in &threads {
@@ -363,11 +365,9 @@ async fn ephemeral(
         // No receipt or typing change anywhere since the token.
         return Ok(());
     }
-    let joined: Vec<String> = ctx
-        .events
-        .rooms_for_user(user_id)
-        .await?
-        .into_iter()
+    let (memberships, _) = ctx.recent.memberships(&ctx.events, user_id, next.events as i64).await?;
+    let joined: Vec<String> = memberships
+        .iter()
         .filter(|m| m.membership == "join" && m.stream_ordering <= next.events as i64)
         .map(|m| m.room_id.to_string())
         .collect();
@@ -664,7 +664,16 @@ async fn build_rooms(
     let RoomsOptions { full_state, limit, include_leave, state_after } = opts;
     let upto_i = upto as i64;
     let since_i = since.map(|s| s.events as i64);
-    let (memberships, forgotten) = ctx.events.rooms_for_user_and_forgotten(user_id).await?;
+    let (mut memberships, mut forgotten) = ctx.recent.memberships(&ctx.events, user_id, upto_i).await?;
+    // Forgetting a room writes no event, so the cache cannot see it: a leave about to be sent is
+    // checked against the database.
+    if memberships.iter().any(|m| {
+        matches!(m.membership.as_str(), "leave" | "ban")
+            && since_i.is_none_or(|s| m.stream_ordering > s)
+            && m.stream_ordering <= upto_i
+    }) {
+        (memberships, forgotten) = ctx.recent.memberships_from_database(&ctx.events, user_id, upto_i).await?;
+    }
     let mut join = Map::new();
     let mut invite = Map::new();
     let mut leave = Map::new();
@@ -701,7 +710,10 @@ async fn build_rooms(
     let mut recent: HashMap<OwnedRoomId, Vec<PersistedEvent>> = HashMap::new();
     let mut scan_capped = false;
     if let (Some(s), false) = (since_i, known_joined.is_empty()) {
-        let found = ctx.events.events_in_rooms_between(&known_joined, s, upto_i, INCREMENTAL_SCAN_CAP).await?;
+        let found = match ctx.recent.events_in_rooms_between(&known_joined, s, upto_i, INCREMENTAL_SCAN_CAP as usize) {
+            Some(found) => found,
+            None => ctx.events.events_in_rooms_between(&known_joined, s, upto_i, INCREMENTAL_SCAN_CAP).await?,
+        };
         scan_capped = found.len() as i64 >= INCREMENTAL_SCAN_CAP;
         for e in found {
             recent.entry(e.room_id.clone()).or_default().push(e);
@@ -715,7 +727,7 @@ async fn build_rooms(
         && !scan_capped
         && recent.values().flatten().all(|e| e.event_type != "m.room.member");
 
-    for m in &memberships {
+    for m in memberships.iter() {
         // A membership newer than this instance's position shows up on a later sync.
         if m.stream_ordering > upto_i {
             continue;
@@ -758,7 +770,19 @@ async fn build_rooms(
                 // `use_state_after`, every state change up to the end of the timeline.
                 let changed = if state_after { latest_state(&events) } else { latest_state(gap) };
                 let state: Vec<Value> = changed.into_iter().map(sync_event).collect();
-                let timeline = timeline_json(ctx, user_id, upto_i, timeline, limited).await?;
+                // Relations come after the events they relate to, so every relation a timeline
+                // event can have up to `upto` is among this window's events: with none there,
+                // nothing is bundled and the relations index need not be read.
+                let bundle = scan_capped || events.iter().any(|e| e.json.contains("\"m.relates_to\""));
+                let timeline = if bundle {
+                    timeline_json(ctx, user_id, upto_i, timeline, limited).await?
+                } else {
+                    timeline_json_of(
+                        timeline.iter().map(|e| client_event(&e.json, e.event_id.as_str(), e.room_id.as_str(), None)),
+                        timeline,
+                        limited,
+                    )
+                };
                 join.insert(m.room_id.to_string(), joined_room(timeline, state));
             }
             "invite" | "knock" if is_new => {
@@ -798,6 +822,11 @@ async fn build_rooms(
     Ok((json!({ "join": join, "invite": invite, "leave": leave, "knock": knock }), has_data, membership_quiet))
 }
 
+/// `rooms` with nothing in it.
+fn empty_rooms() -> Value {
+    json!({ "join": {}, "invite": {}, "leave": {}, "knock": {} })
+}
+
 /// Timeline events in sync format, with their bundled aggregations (relations the user may see
 /// at `upto`).
 pub(crate) async fn timeline_events(
@@ -817,11 +846,22 @@ async fn timeline_json(
     timeline: &[PersistedEvent],
     limited: bool,
 ) -> Result<Value, MatrixError> {
-    let mut t = json!({ "events": timeline_events(ctx, user_id, upto, timeline).await?, "limited": limited });
+    let events = ganglion_storage::client_events_with_relations(&ctx.events, user_id, upto, timeline).await?;
+    Ok(timeline_json_of(events, timeline, limited))
+}
+
+/// A `timeline` section of `timeline`'s events, already in client format.
+fn timeline_json_of(
+    client_events: impl IntoIterator<Item = Value>,
+    timeline: &[PersistedEvent],
+    limited: bool,
+) -> Value {
+    let events: Vec<Value> = client_events.into_iter().map(strip_to_sync_format).collect();
+    let mut t = json!({ "events": events, "limited": limited });
     if let Some(first) = timeline.first() {
         t["prev_batch"] = json!(pagination_token(first));
     }
-    Ok(t)
+    t
 }
 
 fn joined_room(timeline: Value, state: Vec<Value>) -> Value {
