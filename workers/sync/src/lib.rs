@@ -10,6 +10,7 @@
 //! Depends on the shared crates; never on another worker crate.
 
 mod filters;
+mod presence_reports;
 mod recent;
 mod sliding;
 mod sync_v3;
@@ -48,6 +49,8 @@ pub(crate) struct SyncContext {
     recent: Arc<recent::Recent>,
     /// Unread counts kept per user and room, checked against the `receipts` stream.
     unread: Arc<unread::UnreadCache>,
+    /// The presence last reported to main per user.
+    presence_reports: Arc<presence_reports::PresenceReports>,
 }
 
 /// Where this instance stands on each stream a sync token names.
@@ -159,6 +162,11 @@ impl SyncState {
         let (receipts_follower, receipts_position) =
             follow_stream_with(&events, bus.clone(), StreamName::Receipts, move |row| sink.push(row)).await?;
         followers.push(receipts_follower);
+        let presence_reports = Arc::new(presence_reports::PresenceReports::default());
+        let sink = presence_reports.clone();
+        let (presence_follower, presence_position) =
+            follow_stream_with(&events, bus.clone(), StreamName::Presence, move |row| sink.push(row)).await?;
+        followers.push(presence_follower);
         let mut follow = async |stream| -> Result<watch::Receiver<StreamPosition>, ganglion_storage::Error> {
             let (f, p) = follow_stream(&events, bus.clone(), stream).await?;
             followers.push(f);
@@ -171,7 +179,7 @@ impl SyncState {
             device_lists: follow(StreamName::DeviceLists).await?,
             receipts: receipts_position,
             typing: follow(StreamName::Typing).await?,
-            presence: follow(StreamName::Presence).await?,
+            presence: presence_position,
         };
         let users = UserStore::new(db.clone());
         Ok(Self {
@@ -188,6 +196,7 @@ impl SyncState {
                 max_timeout,
                 recent,
                 unread,
+                presence_reports,
             },
             _followers: Arc::new(followers),
         })

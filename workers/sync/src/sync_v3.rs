@@ -164,13 +164,20 @@ pub(crate) async fn sync(
 }
 
 /// Tells main, in the background, the presence this sync implies (`set_presence`, online by
-/// default); main records it only when it changes or activity goes stale.
+/// default); main records it only when it changes or activity goes stale, so a report this
+/// worker made in the last half minute with the same state is not repeated.
 fn report_presence(ctx: &SyncContext, user: &AuthUser, state: &str) {
+    if !ctx.presence_reports.should_report(user.user_id.as_str(), state) {
+        return;
+    }
     let main = ctx.main.clone();
-    let req = ganglion_rpc::v1::SetPresenceRequest { user_id: user.user_id.to_string(), presence: state.to_owned() };
+    let reports = ctx.presence_reports.clone();
+    let user_id = user.user_id.to_string();
+    let req = ganglion_rpc::v1::SetPresenceRequest { user_id: user_id.clone(), presence: state.to_owned() };
     tokio::spawn(async move {
         if let Err(e) = main.set_presence(req, "").await {
             tracing::debug!(error = %e, "could not report presence");
+            reports.forget(&user_id);
         }
     });
 }
