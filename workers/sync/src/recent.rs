@@ -22,9 +22,9 @@ use serde::Deserialize;
 /// Events kept in the window.
 const WINDOW_EVENTS: usize = 10_000;
 /// Users whose memberships are cached; the cache starts over when it is full.
-const MEMBERSHIP_USERS: usize = 100_000;
+const MEMBERSHIP_USERS: usize = 50_000;
 /// `(room, user)` member events cached for lazy loading; starts over when full.
-const LAZY_MEMBERS: usize = 200_000;
+const LAZY_MEMBERS: usize = 50_000;
 /// Rooms whose latest event ID is remembered (to recognise linear events); starts over when full.
 const ROOMS_TRACKED: usize = 100_000;
 

@@ -11,7 +11,7 @@ use ganglion_storage::{EventStore, ReadReceipts, UnreadCounts};
 use ruma::{RoomId, UserId};
 
 /// `(user, room)` pairs whose counts are kept; starts over when full.
-const ENTRIES: usize = 200_000;
+const ENTRIES: usize = 100_000;
 /// Receipt changes remembered; when full they are forgotten and everything older is stale.
 const CHANGES: usize = 100_000;
 
