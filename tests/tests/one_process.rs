@@ -137,16 +137,23 @@ async fn sync_sections_follow_membership_and_limits() {
     let alice = RawClient::register(&server.url, "alice").await.unwrap();
     let bob = RawClient::register(&server.url, "bob").await.unwrap();
     let room = alice
-        .call("POST", "/_matrix/client/v3/createRoom", Some(&json!({"name": "Secret", "invite": ["@bob:localhost"]})))
+        .call(
+            "POST",
+            "/_matrix/client/v3/createRoom",
+            Some(&json!({"name": "Secret", "topic": "Plans", "invite": ["@bob:localhost"]})),
+        )
         .await
         .unwrap();
     let room_id = room.body["room_id"].as_str().unwrap().to_owned();
 
-    // An invite shows stripped state, with the invite itself.
+    // An invite shows stripped state (the spec's recommended types), with the invite itself.
     let s0 = bob.sync(None, 0).await.unwrap();
     let invite = &s0["rooms"]["invite"][room_id.as_str()]["invite_state"]["events"];
     let types: Vec<&str> = invite.as_array().unwrap().iter().filter_map(|e| e["type"].as_str()).collect();
-    assert!(types.contains(&"m.room.name") && types.contains(&"m.room.create"), "{invite}");
+    for t in ["m.room.name", "m.room.create", "m.room.topic", "m.room.join_rules"] {
+        assert!(types.contains(&t), "{t} missing: {invite}");
+    }
+    assert!(!types.contains(&"m.room.power_levels"), "{invite}");
     assert_eq!(types.last(), Some(&"m.room.member"));
     assert!(s0["rooms"]["join"].get(room_id.as_str()).is_none());
 

@@ -435,9 +435,7 @@ async fn room(
         out["highlight_count"] = json!(counts.highlights);
     }
     if d.membership.membership == "invite" {
-        // Sliding sync shows the topic too, for the room list.
-        let types = [crate::sync_v3::STRIPPED_STATE_TYPES, &["m.room.topic"]].concat();
-        let invite_state = crate::sync_v3::stripped_room_state(&state, d.user_id, &types);
+        let invite_state = crate::sync_v3::stripped_room_state(&state, d.user_id, crate::sync_v3::STRIPPED_STATE_TYPES);
         out["invite_state"] = json!(invite_state);
         return Ok(out);
     }

@@ -578,12 +578,14 @@ pub(crate) fn sync_event(e: &PersistedEvent) -> Value {
     strip_to_sync_format(client_event(&e.json, e.event_id.as_str(), e.room_id.as_str(), None))
 }
 
-/// The state types an invited or knocking user sees (stripped), with their own member event.
+/// The state types an invited or knocking user sees (stripped), with their own member event:
+/// the spec's recommended set (MSC3173 added the topic).
 pub(crate) const STRIPPED_STATE_TYPES: &[&str] = &[
     "m.room.create",
     "m.room.join_rules",
     "m.room.name",
     "m.room.avatar",
+    "m.room.topic",
     "m.room.canonical_alias",
     "m.room.encryption",
 ];
