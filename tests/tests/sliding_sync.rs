@@ -577,3 +577,65 @@ async fn a_connection_moves_between_sync_workers() {
     assert_eq!(received, want, "each message once, in order");
     split.stop().await;
 }
+
+/// A long-poll woken by events that do not concern its user keeps waiting, and still answers
+/// at once for the first one that does: a message in a room they are in, or an invite.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_poll_ignores_other_rooms_and_answers_its_own() {
+    let server = OneProcess::start().await.expect("server starts");
+    let alice = RawClient::register(&server.url, "alice").await.unwrap();
+    let bob = RawClient::register(&server.url, "bob").await.unwrap();
+    let mine = create_room(&alice, json!({"preset": "public_chat"})).await;
+    let elsewhere = create_room(&bob, json!({"preset": "public_chat"})).await;
+    let noise = create_room(&bob, json!({"preset": "public_chat"})).await;
+    join(&bob, &mine).await;
+    let body = json!({ "lists": {"all": {"ranges": [[0, 20]], "timeline_limit": 5}} });
+    let first = ok(&alice, None, 0, &body).await;
+    let mut at = pos(&first);
+
+    // Each step: a long-poll starts, bob first sends where alice is not, then does the thing
+    // that concerns her; the answer must carry it, well before the long-poll's timeout.
+    for step in ["message", "invite"] {
+        let poll = {
+            let alice = &alice;
+            let body = body.clone();
+            let at = at.clone();
+            async move {
+                let started = Instant::now();
+                let r = ok(alice, Some(&at), 20_000, &body).await;
+                (r, started.elapsed())
+            }
+        };
+        let act = async {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            for i in 0..3 {
+                send(&bob, &noise, &format!("noise {step} {i}")).await;
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            match step {
+                "message" => {
+                    send(&bob, &mine, "for alice").await;
+                }
+                _ => {
+                    let r = bob
+                        .call(
+                            "POST",
+                            &format!("/_matrix/client/v3/rooms/{elsewhere}/invite"),
+                            Some(&json!({"user_id": alice.user_id})),
+                        )
+                        .await
+                        .unwrap();
+                    assert_eq!(r.status, 200, "{r:?}");
+                }
+            }
+        };
+        let ((r, took), ()) = tokio::join!(poll, act);
+        assert!(took < Duration::from_secs(10), "{step}: answered after {took:?}: {r}");
+        let expected = if step == "message" { &mine } else { &elsewhere };
+        assert!(r["rooms"][expected.as_str()].is_object(), "{step}: {r}");
+        if step == "message" {
+            assert_eq!(bodies(&r["rooms"][mine.as_str()]), vec!["for alice"], "{r}");
+        }
+        at = pos(&r);
+    }
+}

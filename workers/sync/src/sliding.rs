@@ -102,20 +102,43 @@ pub(crate) async fn sliding_sync(
         }
     }
     extensions::acknowledge(&ctx, &user, to_device_since);
+    let subscribed: Vec<&RoomId> = body.room_subscriptions.keys().map(|r| &**r).collect();
+    // The last answer without news, and the token up to which nothing concerns the user.
+    let mut quiet: Option<(Value, SyncToken)> = None;
     loop {
         let now = positions.current();
         let next = match &prev {
             Some((_, s)) => s.max(now),
             None => now,
         };
-        let (response, news) = respond(&ctx, &user, &body, prev.as_ref(), next, who).await?;
-        if prev.is_none() || news || Instant::now() >= deadline {
+        // Woken by the events stream alone, by events none of which is in the user's rooms or
+        // about them: a new pass would find nothing either (every event wakes every long-poll).
+        let nothing_new = match &quiet {
+            Some((_, q)) if SyncToken { events: q.events, ..next } == *q => {
+                ctx.recent
+                    .nothing_for(&ctx.events, &user.user_id, &subscribed, q.events as i64, next.events as i64)
+                    .await?
+            }
+            _ => false,
+        };
+        let response = match quiet.take() {
+            Some((response, _)) if nothing_new => response,
+            _ => {
+                let (response, news) = respond(&ctx, &user, &body, prev.as_ref(), next, who).await?;
+                if prev.is_none() || news {
+                    return Ok(Json(response));
+                }
+                response
+            }
+        };
+        if Instant::now() >= deadline {
             return Ok(Json(response));
         }
+        quiet = Some((response, next));
         match tokio::time::timeout_at(deadline, positions.changed()).await {
             Ok(Ok(())) => continue,
             // Timed out, or the followers stopped (shutdown): answer with what we have.
-            _ => return Ok(Json(response)),
+            _ => return Ok(Json(quiet.map(|(r, _)| r).unwrap_or_default())),
         }
     }
 }
