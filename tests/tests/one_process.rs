@@ -895,3 +895,49 @@ async fn incremental_syncs_from_memory_follow_every_change() {
         bob.call("GET", &format!("/_matrix/client/v3/sync?since={before_leave}&filter={filter}"), None).await.unwrap();
     assert!(r.body["rooms"]["leave"][room_id.as_str()].is_null(), "{r:?}");
 }
+
+/// A long-poll sleeps through events elsewhere (they wake only the syncs of their room's
+/// members) and answers at once when one concerns it: a message in its room, or an invite.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_poll_wakes_for_its_own_rooms_only() {
+    let server = OneProcess::start().await.expect("server starts");
+    let (alice, bob, room_id) = alice_and_bob_in_a_public_room(&server).await;
+    let elsewhere = bob.call("POST", "/_matrix/client/v3/createRoom", Some(&json!({}))).await.unwrap();
+    let elsewhere = elsewhere.body["room_id"].as_str().unwrap().to_owned();
+    let noise = bob.call("POST", "/_matrix/client/v3/createRoom", Some(&json!({}))).await.unwrap();
+    let noise = noise.body["room_id"].as_str().unwrap().to_owned();
+    let mut since = alice.sync(None, 0).await.unwrap()["next_batch"].as_str().unwrap().to_owned();
+    for step in ["message", "invite"] {
+        let poll = async {
+            let started = Instant::now();
+            let r = alice.sync(Some(&since), 20_000).await.unwrap();
+            (r, started.elapsed())
+        };
+        let act = async {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            for i in 0..3 {
+                let path = format!("/_matrix/client/v3/rooms/{noise}/send/m.room.message/n{step}{i}");
+                let r = bob.call("PUT", &path, Some(&json!({"msgtype": "m.text", "body": "noise"}))).await.unwrap();
+                assert_eq!(r.status, 200, "{r:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let r = if step == "message" {
+                let path = format!("/_matrix/client/v3/rooms/{room_id}/send/m.room.message/m");
+                bob.call("PUT", &path, Some(&json!({"msgtype": "m.text", "body": "for alice"}))).await.unwrap()
+            } else {
+                let path = format!("/_matrix/client/v3/rooms/{elsewhere}/invite");
+                bob.call("POST", &path, Some(&json!({"user_id": alice.user_id}))).await.unwrap()
+            };
+            assert_eq!(r.status, 200, "{r:?}");
+        };
+        let ((r, took), ()) = tokio::join!(poll, act);
+        assert!(took < Duration::from_secs(10), "{step}: answered after {took:?}: {r}");
+        if step == "message" {
+            assert_eq!(message_bodies(&r, &room_id), vec!["for alice"], "{r}");
+        } else {
+            assert!(r["rooms"]["invite"][elsewhere.as_str()].is_object(), "{r}");
+        }
+        assert!(r["rooms"]["join"][noise.as_str()].is_null(), "{r}");
+        since = r["next_batch"].as_str().unwrap().to_owned();
+    }
+}

@@ -211,12 +211,13 @@ pub async fn follow_stream(
     bus: Arc<dyn Bus>,
     stream: StreamName,
 ) -> crate::Result<(Follower, watch::Receiver<StreamPosition>)> {
-    follow_stream_with(events, bus, stream, |_| {}).await
+    follow_stream_with(events, bus, stream, |_| {}, |_| {}).await
 }
 
 /// [`follow_stream`], handing each row to `on_row` before its position is published, so a reader
-/// woken by the position finds whatever `on_row` kept of the row (a cache of recent events, say).
-/// The returned position is also where such a cache starts: rows after it arrive in order.
+/// woken by the position finds whatever `on_row` kept of the row (a cache of recent events, say),
+/// and to `published` after (to wake whoever the row concerns, say). The returned position is
+/// also where such a cache starts: rows after it arrive in order.
 ///
 /// # Errors
 /// When the database cannot be read.
@@ -225,6 +226,7 @@ pub async fn follow_stream_with(
     bus: Arc<dyn Bus>,
     stream: StreamName,
     mut on_row: impl FnMut(&StreamRow) + Send + 'static,
+    mut published: impl FnMut(&StreamRow) + Send + 'static,
 ) -> crate::Result<(Follower, watch::Receiver<StreamPosition>)> {
     let source = DbCatchUp::new(events.clone());
     let start = source.max_position(stream).await.map_err(|e| crate::Error::Decode(e.to_string()))?;
@@ -234,6 +236,7 @@ pub async fn follow_stream_with(
         while let Some(row) = rows.recv().await {
             on_row(&row);
             tx.send_replace(row.position);
+            published(&row);
         }
     });
     Ok((follower, rx))

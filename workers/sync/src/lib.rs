@@ -15,6 +15,7 @@ mod recent;
 mod sliding;
 mod sync_v3;
 mod unread;
+mod waiters;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -51,6 +52,8 @@ pub(crate) struct SyncContext {
     unread: Arc<unread::UnreadCache>,
     /// The presence last reported to main per user.
     presence_reports: Arc<presence_reports::PresenceReports>,
+    /// Long-polls waiting for events of their rooms.
+    waiters: Arc<waiters::Waiters>,
 }
 
 /// Where this instance stands on each stream a sync token names.
@@ -96,16 +99,52 @@ impl Positions {
         Ok(())
     }
 
-    /// Resolves when any stream moves; errors when the followers stopped.
-    pub(crate) async fn changed(&mut self) -> Result<(), watch::error::RecvError> {
+    /// Resolves when any stream but `events` moves; errors when the followers stopped.
+    async fn changed_besides_events(&mut self) -> Result<(), watch::error::RecvError> {
         tokio::select! {
-            r = self.events.changed() => r,
             r = self.account_data.changed() => r,
             r = self.to_device.changed() => r,
             r = self.device_lists.changed() => r,
             r = self.receipts.changed() => r,
             r = self.typing.changed() => r,
             r = self.presence.changed() => r,
+        }
+    }
+
+    /// Waits, at most until `deadline`, for news that may concern `user`: a move of any stream
+    /// but `events`, or an event in one of `rooms` or about the user (see [`waiters`]).
+    /// `events_seen` is the `events` position the caller's last pass looked at. Returns `false`
+    /// at the deadline or when the followers stopped.
+    pub(crate) async fn wait_for_news(
+        &mut self,
+        waiters: &waiters::Waiters,
+        user: &ruma::UserId,
+        rooms: impl IntoIterator<Item = String>,
+        events_seen: u64,
+        deadline: tokio::time::Instant,
+    ) -> bool {
+        let registration = waiters.register(rooms.into_iter().chain([user.to_string()]).collect());
+        // An event published between the pass and the registration woke nobody: look again.
+        if self.events.borrow().0 > events_seen {
+            return true;
+        }
+        tokio::select! {
+            () = registration.notified() => true,
+            r = self.changed_besides_events() => r.is_ok(),
+            () = tokio::time::sleep_until(deadline) => false,
+        }
+    }
+
+    /// Resolves when any stream moves; errors when the followers stopped.
+    pub(crate) async fn changed(&mut self) -> Result<(), watch::error::RecvError> {
+        let mut events = self.events.clone();
+        tokio::select! {
+            r = events.changed() => {
+                // The clone saw the move: mark it seen on the original too.
+                self.events.borrow_and_update();
+                r
+            }
+            r = self.changed_besides_events() => r,
         }
     }
 }
@@ -152,20 +191,27 @@ impl SyncState {
         // The events stream's rows also fill the window of recent events, before each position
         // is published (so a woken long-poll finds its event there).
         let recent = Arc::new(recent::Recent::new());
-        let sink = recent.clone();
-        let (events_follower, events_position) =
-            follow_stream_with(&events, bus.clone(), StreamName::Events, move |row| sink.push(row)).await?;
+        let waiters = Arc::new(waiters::Waiters::default());
+        let (sink, wake) = (recent.clone(), waiters.clone());
+        let (events_follower, events_position) = follow_stream_with(
+            &events,
+            bus.clone(),
+            StreamName::Events,
+            move |row| sink.push(row),
+            move |row| wake.wake(row),
+        )
+        .await?;
         recent.start_at(events_position.borrow().0 as i64);
         followers.push(events_follower);
         let unread = Arc::new(unread::UnreadCache::default());
         let sink = unread.clone();
         let (receipts_follower, receipts_position) =
-            follow_stream_with(&events, bus.clone(), StreamName::Receipts, move |row| sink.push(row)).await?;
+            follow_stream_with(&events, bus.clone(), StreamName::Receipts, move |row| sink.push(row), |_| {}).await?;
         followers.push(receipts_follower);
         let presence_reports = Arc::new(presence_reports::PresenceReports::default());
         let sink = presence_reports.clone();
         let (presence_follower, presence_position) =
-            follow_stream_with(&events, bus.clone(), StreamName::Presence, move |row| sink.push(row)).await?;
+            follow_stream_with(&events, bus.clone(), StreamName::Presence, move |row| sink.push(row), |_| {}).await?;
         followers.push(presence_follower);
         let mut follow = async |stream| -> Result<watch::Receiver<StreamPosition>, ganglion_storage::Error> {
             let (f, p) = follow_stream(&events, bus.clone(), stream).await?;
@@ -197,6 +243,7 @@ impl SyncState {
                 recent,
                 unread,
                 presence_reports,
+                waiters,
             },
             _followers: Arc::new(followers),
         })

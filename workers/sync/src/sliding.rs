@@ -112,7 +112,8 @@ pub(crate) async fn sliding_sync(
             None => now,
         };
         // Woken by the events stream alone, by events none of which is in the user's rooms or
-        // about them: a new pass would find nothing either (every event wakes every long-poll).
+        // about them (the rooms may have changed since the wait began): a new pass would find
+        // nothing either.
         let nothing_new = match &quiet {
             Some((_, q)) if SyncToken { events: q.events, ..next } == *q => {
                 ctx.recent
@@ -135,10 +136,11 @@ pub(crate) async fn sliding_sync(
             return Ok(Json(response));
         }
         quiet = Some((response, next));
-        match tokio::time::timeout_at(deadline, positions.changed()).await {
-            Ok(Ok(())) => continue,
+        let mut waiting_in = crate::sync_v3::waiting_rooms(&ctx, &user.user_id, next.events).await?;
+        waiting_in.extend(subscribed.iter().map(|r| r.to_string()));
+        if !positions.wait_for_news(&ctx.waiters, &user.user_id, waiting_in, next.events, deadline).await {
             // Timed out, or the followers stopped (shutdown): answer with what we have.
-            _ => return Ok(Json(quiet.map(|(r, _)| r).unwrap_or_default())),
+            return Ok(Json(quiet.map(|(r, _)| r).unwrap_or_default()));
         }
     }
 }

@@ -153,7 +153,8 @@ pub(crate) async fn sync(
         let answer = since.is_none() || full_state || has_data || Instant::now() >= deadline;
         if !answer {
             quiet = Some((next, rooms.clone()));
-            if let Ok(Ok(())) = tokio::time::timeout_at(deadline, positions.changed()).await {
+            let waiting_in = waiting_rooms(&ctx, &user.user_id, next.events).await?;
+            if positions.wait_for_news(&ctx.waiters, &user.user_id, waiting_in, next.events, deadline).await {
                 continue;
             }
             // Timed out, or the followers stopped (shutdown): answer with what we have.
@@ -161,6 +162,15 @@ pub(crate) async fn sync(
         key_counts(&ctx, &user, &mut e2ee).await?;
         return Ok(Json(finish(response(rooms, global, e2ee, presence, next), &filter, state_after)));
     }
+}
+
+/// The rooms whose events a waiting sync of `user` wants to be woken by: every room they have
+/// a membership of. Events about their own membership wake them anyway; rooms they left or were
+/// banned from are included because state resolution can change a membership without an event
+/// about that user.
+pub(crate) async fn waiting_rooms(ctx: &SyncContext, user: &UserId, upto: u64) -> Result<Vec<String>, MatrixError> {
+    let (memberships, _) = ctx.recent.memberships(&ctx.events, user, upto as i64).await?;
+    Ok(memberships.iter().map(|m| m.room_id.to_string()).collect())
 }
 
 /// Tells main, in the background, the presence this sync implies (`set_presence`, online by
