@@ -173,29 +173,6 @@ impl Recent {
         )
     }
 
-    /// Whether none of the events after `after` up to `upto` concerns `user`: none is in one of
-    /// their rooms (any membership, current as of `upto`) or in `also`, and none is a member
-    /// event about them. `false` when the window does not hold that range.
-    pub(crate) async fn nothing_for(
-        &self,
-        events: &EventStore,
-        user: &UserId,
-        also: &[&RoomId],
-        after: i64,
-        upto: i64,
-    ) -> Result<bool, ganglion_storage::Error> {
-        if upto <= after {
-            return Ok(true);
-        }
-        let (memberships, _) = self.memberships(events, user, upto).await?;
-        let rooms: HashSet<&str> =
-            memberships.iter().map(|m| m.room_id.as_str()).chain(also.iter().map(|r| r.as_str())).collect();
-        Ok(self.unchanged(after, upto, |e| {
-            rooms.contains(e.event.room_id.as_str())
-                || (e.event.event_type == "m.room.member" && e.event.state_key.as_deref() == Some(user.as_str()))
-        }))
-    }
-
     /// Whether the window covers `(as_of, upto]` and nothing in it matches `changes`.
     fn unchanged(&self, as_of: i64, upto: i64, changes: impl Fn(&Entry) -> bool) -> bool {
         let Ok(w) = self.window.read() else { return false };

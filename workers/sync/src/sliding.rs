@@ -103,44 +103,22 @@ pub(crate) async fn sliding_sync(
     }
     extensions::acknowledge(&ctx, &user, to_device_since);
     let subscribed: Vec<&RoomId> = body.room_subscriptions.keys().map(|r| &**r).collect();
-    // The last answer without news, and the token up to which nothing concerns the user.
-    let mut quiet: Option<(Value, SyncToken)> = None;
     loop {
         let now = positions.current();
         let next = match &prev {
             Some((_, s)) => s.max(now),
             None => now,
         };
-        // Woken by the events stream alone, by events none of which is in the user's rooms or
-        // about them (the rooms may have changed since the wait began): a new pass would find
-        // nothing either.
-        let nothing_new = match &quiet {
-            Some((_, q)) if SyncToken { events: q.events, ..next } == *q => {
-                ctx.recent
-                    .nothing_for(&ctx.events, &user.user_id, &subscribed, q.events as i64, next.events as i64)
-                    .await?
-            }
-            _ => false,
-        };
-        let response = match quiet.take() {
-            Some((response, _)) if nothing_new => response,
-            _ => {
-                let (response, news) = respond(&ctx, &user, &body, prev.as_ref(), next, who).await?;
-                if prev.is_none() || news {
-                    return Ok(Json(response));
-                }
-                response
-            }
-        };
-        if Instant::now() >= deadline {
+        let (response, news) = respond(&ctx, &user, &body, prev.as_ref(), next, who).await?;
+        if prev.is_none() || news || Instant::now() >= deadline {
             return Ok(Json(response));
         }
-        quiet = Some((response, next));
+        // Woken only by other streams or by events of the user's (or subscribed) rooms.
         let mut waiting_in = crate::sync_v3::waiting_rooms(&ctx, &user.user_id, next.events).await?;
         waiting_in.extend(subscribed.iter().map(|r| r.to_string()));
         if !positions.wait_for_news(&ctx.waiters, &user.user_id, waiting_in, next.events, deadline).await {
             // Timed out, or the followers stopped (shutdown): answer with what we have.
-            return Ok(Json(quiet.map(|(r, _)| r).unwrap_or_default()));
+            return Ok(Json(response));
         }
     }
 }
