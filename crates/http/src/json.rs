@@ -5,7 +5,8 @@ use serde::de::DeserializeOwned;
 
 use crate::MatrixError;
 
-/// A JSON request body. Not JSON → `M_NOT_JSON`; JSON of the wrong shape → `M_BAD_JSON`; over the
+/// A JSON request body. Not JSON → `M_NOT_JSON`; JSON that is not an object, or an object of the
+/// wrong shape → `M_BAD_JSON` (the spec's and Synapse's split: the body parsed, its content is wrong); over the
 /// body limit → `M_TOO_LARGE`. An empty body reads as `{}`, as several clients send bodiless POSTs.
 #[derive(Debug, Clone)]
 pub struct MatrixJson<T>(pub T);
@@ -25,7 +26,7 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for MatrixJson<T> {
         let value: serde_json::Value =
             serde_json::from_slice(&bytes).map_err(|e| MatrixError::not_json(format!("Content not JSON: {e}")))?;
         if !value.is_object() {
-            return Err(MatrixError::not_json("Content must be a JSON object"));
+            return Err(MatrixError::bad_json("Content must be a JSON object"));
         }
         serde_json::from_value(value).map(MatrixJson).map_err(|e| MatrixError::bad_json(e.to_string()))
     }
