@@ -4,6 +4,7 @@
 //! The binary is found beside the test executable (`target/<profile>/ganglion`), or at
 //! `TEST_GANGLION_BIN`. Build it first: `cargo build -p ganglion`.
 
+pub mod conformance;
 pub mod sdk;
 
 use std::net::TcpListener;

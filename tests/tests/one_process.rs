@@ -3,6 +3,7 @@
 
 use std::time::{Duration, Instant};
 
+use ganglion_e2e::conformance::query_escape;
 use ganglion_e2e::sdk::{sdk_bodies, sdk_register};
 use ganglion_e2e::{OneProcess, RawClient, message_bodies};
 use matrix_sdk::config::SyncSettings;
@@ -182,7 +183,7 @@ async fn sync_sections_follow_membership_and_limits() {
             .unwrap();
     }
     let filter = r#"{"room":{"timeline":{"limit":5}}}"#;
-    let path = format!("/_matrix/client/v3/sync?since={since}&filter={}", urlencode(filter));
+    let path = format!("/_matrix/client/v3/sync?since={since}&filter={}", query_escape(filter));
     let s2 = bob.call("GET", &path, None).await.unwrap().body;
     let t = &s2["rooms"]["join"][room_id.as_str()]["timeline"];
     assert_eq!(t["limited"], json!(true));
@@ -216,18 +217,6 @@ async fn alice_and_bob_in_a_public_room(server: &OneProcess) -> (RawClient, RawC
     let r = bob.call("POST", &format!("/_matrix/client/v3/rooms/{room_id}/join"), Some(&json!({}))).await.unwrap();
     assert_eq!(r.status, 200, "{r:?}");
     (alice, bob, room_id)
-}
-
-fn urlencode(s: &str) -> String {
-    s.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -560,7 +549,7 @@ async fn unread_counts_per_thread_and_state_after() {
         (Some(2), Some("reply 2"))
     );
     let filter = r#"{"room":{"timeline":{"unread_thread_notifications":true}}}"#;
-    let path = format!("/_matrix/client/v3/sync?filter={}", urlencode(filter));
+    let path = format!("/_matrix/client/v3/sync?filter={}", query_escape(filter));
     let threaded = alice.call("GET", &path, None).await.unwrap().body;
     assert_eq!(counts(&threaded)["unread_notifications"]["notification_count"], 1, "the root: {threaded}");
     assert_eq!(counts(&threaded)["unread_thread_notifications"][&root]["notification_count"], 2, "{threaded}");
@@ -586,7 +575,7 @@ async fn unread_counts_per_thread_and_state_after() {
         .await
         .unwrap();
     assert_eq!(r.status, 200);
-    let one = urlencode(r#"{"room":{"timeline":{"limit":1}}}"#);
+    let one = query_escape(r#"{"room":{"timeline":{"limit":1}}}"#);
     let initial =
         alice.call("GET", &format!("/_matrix/client/v3/sync?use_state_after=true&filter={one}"), None).await.unwrap();
     let room_now = counts(&initial.body);
@@ -710,8 +699,11 @@ async fn lazy_loaded_members_and_room_summaries() {
         m
     };
     let filter = r#"{"room":{"state":{"lazy_load_members":true},"timeline":{"limit":3}}}"#;
-    let lazy =
-        alice.call("GET", &format!("/_matrix/client/v3/sync?filter={}", urlencode(filter)), None).await.unwrap().body;
+    let lazy = alice
+        .call("GET", &format!("/_matrix/client/v3/sync?filter={}", query_escape(filter)), None)
+        .await
+        .unwrap()
+        .body;
     assert_eq!(members_in(&lazy), vec!["@alice:localhost", "@bob:localhost"], "only timeline senders and the user");
     let summary = &lazy["rooms"]["join"][room_id.as_str()]["summary"];
     assert_eq!(
@@ -739,7 +731,7 @@ async fn lazy_loaded_members_and_room_summaries() {
         )
         .await
         .unwrap();
-    let path = format!("/_matrix/client/v3/sync?since={since}&timeout=5000&filter={}", urlencode(filter));
+    let path = format!("/_matrix/client/v3/sync?since={since}&timeout=5000&filter={}", query_escape(filter));
     let inc = alice.call("GET", &path, None).await.unwrap().body;
     assert!(members_in(&inc).contains(&"@carol:localhost".to_owned()), "{inc}");
 }
@@ -777,7 +769,7 @@ async fn a_profile_change_does_not_resend_the_room() {
 async fn incremental_syncs_from_memory_follow_every_change() {
     let server = OneProcess::start().await.expect("server starts");
     let (alice, bob, room_id) = alice_and_bob_in_a_public_room(&server).await;
-    let filter = urlencode(r#"{"room":{"state":{"lazy_load_members":true},"timeline":{"limit":10}}}"#);
+    let filter = query_escape(r#"{"room":{"state":{"lazy_load_members":true},"timeline":{"limit":10}}}"#);
     let sync = |since: String| {
         let bob = &bob;
         let filter = filter.clone();

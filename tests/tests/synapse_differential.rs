@@ -63,3 +63,22 @@ async fn create_room_presets_leave_the_state_synapse_leaves() {
     }
     assert!(differences.is_empty(), "{} differences:\n{}", differences.len(), differences.join("\n"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paging_filters_redactions_and_the_directory_answer_as_synapse_does() {
+    let Some(synapse) = Synapse::start().await.expect("Synapse starts") else {
+        eprintln!("TEST_SYNAPSE_PYTHON is not set (tests/run.sh sets it): skipping the Synapse comparison");
+        return;
+    };
+    let ganglion = OneProcess::start_with(json!({"rate_limits": {"enabled": false}})).await.expect("ganglion starts");
+    let theirs = ganglion_e2e::conformance::observe(&synapse.url, "diff")
+        .await
+        .unwrap_or_else(|e| panic!("synapse: {e:#}\n{}", synapse.log()));
+    let ours = ganglion_e2e::conformance::observe(&ganglion.url, "diff")
+        .await
+        .unwrap_or_else(|e| panic!("ganglion: {e:#}\n{}", ganglion.proc.log()));
+    let pretty = |v: &Value| serde_json::to_string_pretty(v).unwrap();
+    assert_eq!(ours, theirs, "\nganglion: {}\nsynapse: {}", pretty(&ours), pretty(&theirs));
+    // And both are what the spec asks, so agreeing is not agreeing on a mistake.
+    assert_eq!(theirs, ganglion_e2e::conformance::expected("diff"), "\nsynapse: {}", pretty(&theirs));
+}

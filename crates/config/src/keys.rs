@@ -224,6 +224,12 @@ pub(crate) const KEYS: &[KeyDoc] = &[
     key("password_hashing.parallelism", Kind::Uint(u32::MAX as u64), "Lanes; at least 1."),
     key("rooms", Kind::Section, "Room defaults."),
     key("rooms.default_version", Kind::Str, "Room version for new rooms, `1` to `12`."),
+    key("user_directory", Kind::Section, "Whom `/user_directory/search` finds."),
+    key(
+        "user_directory.search_all_users",
+        Kind::Bool,
+        "Find every active local user; otherwise only users who share a joined room with the searcher or are joined to a public room (join rule `public` or history visibility `world_readable`), as Synapse does by default.",
+    ),
     key("telemetry", Kind::Section, "Logs, traces and metrics."),
     key(
         "telemetry.log_level",

@@ -64,6 +64,8 @@ pub struct Config {
     pub password_hashing: PasswordHashingConfig,
     /// Room defaults.
     pub rooms: RoomsConfig,
+    /// Whom `/user_directory/search` finds.
+    pub user_directory: UserDirectoryConfig,
     /// Logs, traces and metrics.
     pub telemetry: TelemetryConfig,
     /// Request limits.
@@ -203,8 +205,17 @@ pub struct PasswordHashingConfig {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct RoomsConfig {
-    /// Room version for new rooms. Default: `11`.
+    /// Room version for new rooms. Default: `12`.
     pub default_version: String,
+}
+
+/// Whom `/user_directory/search` finds.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct UserDirectoryConfig {
+    /// Every active local user, rather than only those who share a room with the searcher or
+    /// are joined to a public room (Synapse's default, and ours). Default: `false`.
+    pub search_all_users: bool,
 }
 
 /// Log format.
@@ -467,6 +478,7 @@ impl Default for Config {
             sessions: SessionsConfig::default(),
             password_hashing: PasswordHashingConfig::default(),
             rooms: RoomsConfig::default(),
+            user_directory: UserDirectoryConfig::default(),
             telemetry: TelemetryConfig::default(),
             limits: LimitsConfig::default(),
             rate_limits: RateLimitsConfig::default(),

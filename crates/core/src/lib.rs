@@ -5,12 +5,16 @@
 
 mod builder;
 mod client_format;
+mod filter;
+mod pagination;
 mod pdu;
 mod power;
 mod signing;
 
 pub use builder::{BuildError, EventTemplate, RoomContext, build_event, room_version_rules};
 pub use client_format::{client_event, strip_to_sync_format};
+pub use filter::{FilteredEvent, glob_matches, room_event_matches};
+pub use pagination::PageToken;
 pub use pdu::{Pdu, PduError, StateMap};
 pub use power::{CREATOR_POWER, required_level, state_event_level, user_power_level};
 pub use signing::{ServerSigningKey, SigningKeyError};

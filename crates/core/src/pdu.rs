@@ -138,6 +138,20 @@ impl Pdu {
         }
         self.content_value().get("membership").and_then(|m| m.as_str()).map(str::to_owned)
     }
+
+    /// Drops `unsigned` from the JSON: what another server writes there is not part of the event
+    /// (no hash or signature covers it), and a stored `unsigned` holds only this server's own
+    /// notes, such as a redaction's `redacted_because`, which clients are shown.
+    pub fn drop_unsigned(&mut self) {
+        let Ok(mut obj) = serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(&self.json) else {
+            return;
+        };
+        if obj.remove("unsigned").is_some()
+            && let Ok(json) = serde_json::to_string(&obj)
+        {
+            self.json = json;
+        }
+    }
 }
 
 impl ruma::state_res::Event for Pdu {

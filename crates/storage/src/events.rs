@@ -4,6 +4,7 @@
 //! position) and calls [`EventStore::persist`], which writes the event, its state change, the room's
 //! new forward extremities and the client's transaction id in one transaction.
 
+use ganglion_core::PageToken;
 use ruma::{OwnedEventId, OwnedRoomId, OwnedUserId, RoomId, UserId};
 use sqlx::Row;
 use sqlx::any::AnyRow;
@@ -555,6 +556,38 @@ impl EventStore {
             .bind(event_id)
             .fetch_optional(self.db.pool())
             .await?)
+    }
+
+    /// Gives every redacted event stored without `unsigned.redacted_because` (redacted before the
+    /// writer kept it there) its redaction, in client format. Idempotent; `main` runs it at
+    /// start. Returns how many events it mended.
+    ///
+    /// # Errors
+    /// On database failure.
+    pub async fn backfill_redacted_because(&self) -> Result<u64> {
+        let rows = sqlx::query(
+            "SELECT e.event_id, e.json, r.event_id, r.room_id, r.json FROM redactions d
+             JOIN events e ON e.event_id = d.event_id JOIN events r ON r.event_id = d.redacted_by
+             WHERE e.json NOT LIKE '%\"redacted_because\"%'",
+        )
+        .fetch_all(self.db.pool())
+        .await?;
+        let mut mended = 0;
+        for row in rows {
+            let (target, json, by, room, by_json): (String, String, String, String, String) =
+                (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?, row.try_get(3)?, row.try_get(4)?);
+            let Ok(serde_json::Value::Object(mut event)) = serde_json::from_str(&json) else { continue };
+            let because = ganglion_core::client_event(&by_json, &by, &room, None);
+            event.insert("unsigned".into(), serde_json::json!({ "redacted_because": because }));
+            let json = serde_json::to_string(&event).map_err(|e| Error::Decode(e.to_string()))?;
+            sqlx::query("UPDATE events SET json = $1 WHERE event_id = $2")
+                .bind(json)
+                .bind(&target)
+                .execute(self.db.pool())
+                .await?;
+            mended += 1;
+        }
+        Ok(mended)
     }
 
     /// A room's state as of stream position `upto`: the state after the room's latest visible
@@ -1251,34 +1284,38 @@ impl EventStore {
         Ok(events)
     }
 
-    /// Pages through a room in topological order, `(depth, stream_ordering)`. `backwards` returns
-    /// events strictly before `from` newest first; otherwise strictly after it, oldest first. Only
-    /// events at or below `upto` (the caller's stream position) are visible.
+    /// Pages through a room in topological order, `(depth, stream_ordering)`, from the gap `from`
+    /// names (see [`PageToken`]): `backwards` returns the events at or before it newest first;
+    /// otherwise those after it, oldest first. Only events at or below `upto` (the caller's
+    /// stream position) are visible.
     ///
     /// # Errors
     /// On database failure.
     pub async fn room_messages(
         &self,
         room_id: &RoomId,
-        from: (i64, i64),
+        from: PageToken,
         backwards: bool,
         upto: i64,
         limit: i64,
     ) -> Result<Vec<PersistedEvent>> {
-        let (cmp, order) = if backwards { ("<", "DESC") } else { (">", "ASC") };
+        let order = if backwards { "DESC" } else { "ASC" };
+        let (cmp, or_equal) = if backwards { ("<", "<=") } else { (">", ">") };
+        let (bound, depth, stream) = match from {
+            PageToken::Topological { depth, stream } => {
+                (format!("(depth {cmp} $5 OR (depth = $5 AND stream_ordering {or_equal} $4))"), Some(depth), stream)
+            }
+            PageToken::Stream(stream) => (format!("stream_ordering {or_equal} $4"), None, stream),
+        };
         let sql = format!(
             "SELECT {EVENT_COLUMNS} FROM events WHERE room_id = $1 AND stream_ordering <= $2 AND status IS NULL
-             AND (depth {cmp} $3 OR (depth = $3 AND stream_ordering {cmp} $4))
-             ORDER BY depth {order}, stream_ordering {order} LIMIT $5"
+             AND {bound} ORDER BY depth {order}, stream_ordering {order} LIMIT $3"
         );
-        let rows = sqlx::query(&sql)
-            .bind(room_id.as_str())
-            .bind(upto)
-            .bind(from.0)
-            .bind(from.1)
-            .bind(limit)
-            .fetch_all(self.db.pool())
-            .await?;
+        let mut query = sqlx::query(&sql).bind(room_id.as_str()).bind(upto).bind(limit).bind(stream);
+        if let Some(depth) = depth {
+            query = query.bind(depth);
+        }
+        let rows = query.fetch_all(self.db.pool()).await?;
         decode_all(rows)
     }
 

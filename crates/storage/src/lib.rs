@@ -53,7 +53,7 @@ pub use relations::{RelationFilter, RelationRow};
 pub use reports::{Report, ReportStore};
 pub use sessions::NewRefresh;
 pub use state_groups::{MIN_CHAIN, StateIds};
-pub use users::{DeviceInfo, UserStore, Whoami};
+pub use users::{DeviceInfo, DirectoryScope, UserStore, Whoami};
 
 /// A storage failure. Absence of a row is never an error: look-ups return `Option`.
 #[derive(Debug, thiserror::Error)]

@@ -1,5 +1,6 @@
 //! The storage conformance suite: every test runs on SQLite and on PostgreSQL.
 
+use ganglion_core::PageToken;
 use ruma::{OwnedEventId, OwnedRoomId, OwnedUserId, owned_room_id, owned_user_id};
 
 use crate::test_util::TestDb;
@@ -26,6 +27,7 @@ on_both_backends!(
     signing_keys_first_writer_wins,
     aliases_are_unique,
     state_at_a_position_and_redactions,
+    user_directory_finds_room_mates_and_public_rooms,
     forgotten_rooms,
     account_data_log_and_current,
     filters_and_profiles,
@@ -219,6 +221,72 @@ async fn state_at_a_position_and_redactions(t: &TestDb) {
     assert_eq!(events.event("$e3").await.unwrap().unwrap().json, "{\"redacted\":true}");
     assert_eq!(events.redacted_by("$e3").await.unwrap().as_deref(), Some("$e5"));
     assert!(events.redacted_by("$e2").await.unwrap().is_none());
+
+    // An event redacted before the writer kept `redacted_because` gets it, once.
+    assert_eq!(events.backfill_redacted_because().await.unwrap(), 1);
+    let mended: serde_json::Value = serde_json::from_str(&events.event("$e3").await.unwrap().unwrap().json).unwrap();
+    assert_eq!(mended["redacted"], true);
+    assert_eq!(mended["unsigned"]["redacted_because"]["event_id"], "$e5");
+    assert_eq!(mended["unsigned"]["redacted_because"]["room_id"], "!r:example.org");
+    assert_eq!(events.backfill_redacted_because().await.unwrap(), 0);
+}
+
+async fn user_directory_finds_room_mates_and_public_rooms(t: &TestDb) {
+    use crate::DirectoryScope;
+    let users = UserStore::new(t.db.clone());
+    let events = EventStore::new(t.db.clone());
+    let [alice, bob, carol, dave, erin] =
+        ["alice", "bob", "carol", "dave", "erin"].map(|n| OwnedUserId::try_from(format!("@{n}:x.org")).unwrap());
+    for u in [&alice, &bob, &carol, &dave, &erin] {
+        users.create_user(u, None, false).await.unwrap();
+    }
+    users.set_profile_field(&dave, "displayname", Some("Dave Public")).await.unwrap();
+    // A private room of Alice and Bob; a public room of Carol; a world-readable room of Dave.
+    let mut pos = 0;
+    let mut state = |room: &OwnedRoomId, sender: &OwnedUserId, ty: &str, key: &str, json: String| {
+        pos += 1;
+        let mut e = event(pos, room, sender, ty, Some(key), &[]);
+        e.event_id = OwnedEventId::try_from(format!("$d{pos}").as_str()).unwrap();
+        e.creates_room = None;
+        e.json = json;
+        e
+    };
+    let mut rows = Vec::new();
+    for (room, members, rule) in [
+        (owned_room_id!("!private:x.org"), vec![&alice, &bob], ("m.room.join_rules", r#"{"join_rule":"invite"}"#)),
+        (owned_room_id!("!public:x.org"), vec![&carol], ("m.room.join_rules", r#"{"join_rule":"public"}"#)),
+        (
+            owned_room_id!("!readable:x.org"),
+            vec![&dave],
+            ("m.room.history_visibility", r#"{"history_visibility":"world_readable"}"#),
+        ),
+    ] {
+        let mut create = state(&room, members[0], "m.room.create", "", "{}".into());
+        create.creates_room = Some(("11".into(), members[0].clone()));
+        rows.push(create);
+        rows.push(state(&room, members[0], rule.0, "", format!(r#"{{"content":{}}}"#, rule.1)));
+        for m in members {
+            rows.push(state(&room, m, "m.room.member", m.as_str(), r#"{"content":{"membership":"join"}}"#.into()));
+        }
+    }
+    for r in &rows {
+        events.persist(r).await.unwrap();
+    }
+    let ids = |v: Vec<(String, Option<String>, Option<String>)>| v.into_iter().map(|r| r.0).collect::<Vec<_>>();
+    let users = &users;
+    let found = |scope| async move { ids(users.search_user_directory("x.org", 10, scope).await.unwrap()) };
+    assert_eq!(
+        found(DirectoryScope::VisibleTo(&bob)).await,
+        vec!["@alice:x.org", "@bob:x.org", "@carol:x.org", "@dave:x.org"],
+        "room mates and members of public rooms, not Erin"
+    );
+    assert_eq!(found(DirectoryScope::VisibleTo(&erin)).await, vec!["@carol:x.org", "@dave:x.org"]);
+    assert_eq!(found(DirectoryScope::AllUsers).await.len(), 5);
+    let by_name = users.search_user_directory("public", 10, DirectoryScope::VisibleTo(&erin)).await.unwrap();
+    assert_eq!(by_name, vec![("@dave:x.org".to_owned(), Some("Dave Public".to_owned()), None)]);
+    assert!(users.search_user_directory("alice", 10, DirectoryScope::VisibleTo(&erin)).await.unwrap().is_empty());
+    users.deactivate(&carol).await.unwrap();
+    assert_eq!(found(DirectoryScope::VisibleTo(&erin)).await, vec!["@dave:x.org"], "deactivated users are gone");
 }
 
 async fn forgotten_rooms(t: &TestDb) {
@@ -403,10 +471,28 @@ async fn pagination_and_ranges(t: &TestDb) {
     }
     let latest = events.latest_room_events(&room, 20, 3).await.unwrap();
     assert_eq!(latest.iter().map(|e| e.stream_ordering).collect::<Vec<_>>(), vec![16, 18, 20]);
-    let back = events.room_messages(&room, (16, 16), true, 20, 3).await.unwrap();
+    // Depth follows the position in these rows, so topological and stream order agree.
+    let at_16 = PageToken::after(16, 16);
+    let back = events.room_messages(&room, at_16, true, 20, 3).await.unwrap();
+    assert_eq!(
+        back.iter().map(|e| e.stream_ordering).collect::<Vec<_>>(),
+        vec![16, 14, 12],
+        "a token covers its event"
+    );
+    let back = events.room_messages(&room, PageToken::before(16, 16), true, 20, 3).await.unwrap();
     assert_eq!(back.iter().map(|e| e.stream_ordering).collect::<Vec<_>>(), vec![14, 12, 10]);
-    let fwd = events.room_messages(&room, (16, 16), false, 18, 10).await.unwrap();
+    let fwd = events.room_messages(&room, at_16, false, 18, 10).await.unwrap();
     assert_eq!(fwd.iter().map(|e| e.stream_ordering).collect::<Vec<_>>(), vec![18], "upto bounds what is visible");
+    let fwd = events.room_messages(&room, PageToken::before(16, 16), false, 20, 2).await.unwrap();
+    assert_eq!(fwd.iter().map(|e| e.stream_ordering).collect::<Vec<_>>(), vec![16, 18]);
+    let back = events.room_messages(&room, PageToken::Stream(15), true, 20, 2).await.unwrap();
+    assert_eq!(back.iter().map(|e| e.stream_ordering).collect::<Vec<_>>(), vec![14, 12], "a stream token");
+    let fwd = events.room_messages(&room, PageToken::Stream(15), false, 20, 10).await.unwrap();
+    assert_eq!(fwd.iter().map(|e| e.stream_ordering).collect::<Vec<_>>(), vec![16, 18, 20]);
+    let all = events.room_messages(&room, PageToken::START, false, 20, 2).await.unwrap();
+    assert_eq!(all.iter().map(|e| e.stream_ordering).collect::<Vec<_>>(), vec![1, 2]);
+    let newest = events.room_messages(&room, PageToken::END, true, 20, 1).await.unwrap();
+    assert_eq!(newest.iter().map(|e| e.stream_ordering).collect::<Vec<_>>(), vec![20]);
     let between = events.events_in_rooms_between(std::slice::from_ref(&other), 10, 15, 100).await.unwrap();
     assert_eq!(between.iter().map(|e| e.stream_ordering).collect::<Vec<_>>(), vec![11, 13, 15]);
     let after = events.events_after(17, 100).await.unwrap();

@@ -5,6 +5,15 @@ use sqlx::Row;
 
 use crate::{Db, Error, Result, now_ms};
 
+/// Whom a user-directory search may find.
+#[derive(Debug, Clone, Copy)]
+pub enum DirectoryScope<'a> {
+    /// Every active local user (`user_directory.search_all_users`).
+    AllUsers,
+    /// Those who share a joined room with this user or sit in a public room.
+    VisibleTo(&'a UserId),
+}
+
 /// Who an access token belongs to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Whoami {
@@ -468,22 +477,58 @@ impl UserStore {
     }
 
     /// Active local users whose ID or display name contains `term` (case-insensitive), with their
-    /// profile: `(user_id, displayname, avatar_url)`, at most `limit`.
+    /// profile: `(user_id, displayname, avatar_url)`, at most `limit`, by user ID. With
+    /// [`DirectoryScope::VisibleTo`], only those who share a joined room with the searcher or are
+    /// joined to a public room (join rule `public`, or history visibility `world_readable`), as
+    /// Synapse's user directory counts them.
     ///
     /// # Errors
     /// On database failure.
-    pub async fn search_users(&self, term: &str, limit: i64) -> Result<Vec<(String, Option<String>, Option<String>)>> {
+    pub async fn search_user_directory(
+        &self,
+        term: &str,
+        limit: i64,
+        scope: DirectoryScope<'_>,
+    ) -> Result<Vec<(String, Option<String>, Option<String>)>> {
         let pattern =
             format!("%{}%", term.to_lowercase().replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_"));
-        let rows = sqlx::query(
+        let (join_rule, visibility) = match self.db.backend() {
+            crate::Backend::Postgres => (
+                "CAST(e.json AS jsonb) -> 'content' ->> 'join_rule'",
+                "CAST(e.json AS jsonb) -> 'content' ->> 'history_visibility'",
+            ),
+            crate::Backend::Sqlite => {
+                ("json_extract(e.json, '$.content.join_rule')", "json_extract(e.json, '$.content.history_visibility')")
+            }
+        };
+        let visible = match scope {
+            DirectoryScope::AllUsers => String::new(),
+            DirectoryScope::VisibleTo(_) => format!(
+                "AND u.user_id IN (
+                   SELECT m.state_key FROM current_state m
+                   WHERE m.event_type = 'm.room.member' AND m.membership = 'join' AND (
+                     m.room_id IN (
+                       SELECT c.room_id FROM current_state c JOIN events e ON e.event_id = c.event_id
+                       WHERE c.state_key = '' AND (
+                         (c.event_type = 'm.room.join_rules' AND {join_rule} = 'public')
+                         OR (c.event_type = 'm.room.history_visibility' AND {visibility} = 'world_readable')))
+                     OR m.room_id IN (
+                       SELECT s.room_id FROM current_state s
+                       WHERE s.event_type = 'm.room.member' AND s.state_key = $3 AND s.membership = 'join')))"
+            ),
+        };
+        let sql = format!(
             "SELECT u.user_id, p.displayname, p.avatar_url FROM users u LEFT JOIN profiles p ON p.user_id = u.user_id
-             WHERE u.deactivated = 0 AND (LOWER(u.user_id) LIKE $1 ESCAPE '\\' OR LOWER(COALESCE(p.displayname, '')) LIKE $1 ESCAPE '\\')
-             ORDER BY u.user_id LIMIT $2",
-        )
-        .bind(pattern)
-        .bind(limit)
-        .fetch_all(self.db.pool())
-        .await?;
+             WHERE u.deactivated = 0
+               AND (LOWER(u.user_id) LIKE $1 ESCAPE '\\' OR LOWER(COALESCE(p.displayname, '')) LIKE $1 ESCAPE '\\')
+               {visible}
+             ORDER BY u.user_id LIMIT $2"
+        );
+        let mut query = sqlx::query(&sql).bind(pattern).bind(limit);
+        if let DirectoryScope::VisibleTo(searcher) = scope {
+            query = query.bind(searcher.as_str());
+        }
+        let rows = query.fetch_all(self.db.pool()).await?;
         rows.iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?))).collect()
     }
 

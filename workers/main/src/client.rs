@@ -11,6 +11,7 @@ mod keys;
 mod membership;
 mod moderation;
 mod notifications;
+mod pagination;
 mod presence;
 mod profile;
 mod public_rooms;

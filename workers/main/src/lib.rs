@@ -93,6 +93,8 @@ pub(crate) struct UserData {
     /// Serialises profile propagation into member events (see `client::profile`).
     propagation: Arc<tokio::sync::Mutex<()>>,
     server_name: OwnedServerName,
+    /// `user_directory.search_all_users`.
+    search_all_users: bool,
 }
 
 /// What device, key and to-device endpoints need.
@@ -203,6 +205,10 @@ impl MainState {
             .map_err(|e| StartError::Config(format!("server_name: {e}")))?;
         let users = UserStore::new(db.clone());
         let events = EventStore::new(db.clone());
+        let mended = events.backfill_redacted_because().await?;
+        if mended > 0 {
+            tracing::info!(mended, "kept the redaction of events redacted before upgrade in unsigned.redacted_because");
+        }
         let key = Arc::new(signing_key(&KeyStore::new(db.clone())).await?);
         let writer = Arc::new(EventWriter::new(events.clone(), bus.clone(), key, server_name.clone()).await?);
         let hasher = PasswordHasherConfig::new(&config.password_hashing).map_err(StartError::Config)?;
@@ -219,6 +225,7 @@ impl MainState {
             .await?,
             propagation: Arc::new(tokio::sync::Mutex::new(())),
             server_name: server_name.clone(),
+            search_all_users: config.user_directory.search_all_users,
         };
         let e2ee = ganglion_storage::E2eeStore::new(db.clone());
         let keys = Keys {

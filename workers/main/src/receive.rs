@@ -105,7 +105,8 @@ impl EventWriter {
     ///
     /// # Errors
     /// [`ReceiveError::Missing`] when cited events are not here yet; write failures.
-    pub(crate) async fn receive_pdu(&self, pdu: Pdu) -> Result<Received, ReceiveError> {
+    pub(crate) async fn receive_pdu(&self, mut pdu: Pdu) -> Result<Received, ReceiveError> {
+        pdu.drop_unsigned();
         let room_id = self.room_of(&pdu)?;
         let version = self.room_version(&room_id).await?;
         let rules = version.rules().ok_or_else(|| WriteError::UnsupportedVersion(version.to_string()))?;
@@ -180,7 +181,7 @@ impl EventWriter {
                 pdu.redacts.as_ref().filter(|_| pdu.event_type == ruma::events::TimelineEventType::RoomRedaction)
             {
                 // A redaction the sender may not apply is kept as an event but redacts nothing.
-                redacts = self.redaction_of(&room_id, &version, &before, &pdu.sender, target).await.unwrap_or(None);
+                redacts = self.redaction_of(&room_id, &version, &before, &pdu, target).await.unwrap_or(None);
             }
         }
         let off_stream = status != EventStatus::Ordinary;
@@ -208,7 +209,8 @@ impl EventWriter {
     ///
     /// # Errors
     /// [`ReceiveError::Missing`] when its auth events are not here; write failures.
-    pub(crate) async fn receive_outlier(&self, pdu: Pdu) -> Result<Received, ReceiveError> {
+    pub(crate) async fn receive_outlier(&self, mut pdu: Pdu) -> Result<Received, ReceiveError> {
+        pdu.drop_unsigned();
         let room_id = self.room_of(&pdu)?;
         let version = self.room_version(&room_id).await?;
         let rules = version.rules().ok_or_else(|| WriteError::UnsupportedVersion(version.to_string()))?;

@@ -361,8 +361,58 @@ async fn messages_paginate_both_ways(backend: Backend) {
             None,
         )
         .await;
-    assert_eq!(body(&fwd), vec!["m2", "m3", "m4"], "forward from a token resumes after it");
+    // A token names the gap before the oldest event of a backward page: paging forwards from it
+    // returns that event first, oldest first (the spec's tokens between events; Synapse agrees).
+    assert_eq!(body(&fwd), vec!["m1", "m2", "m3", "m4"], "forward from a token starts after its gap");
     assert!(fwd.get("end").is_none(), "no end when the room is exhausted");
+    let (_, fwd) = app
+        .call("GET", &format!("/_matrix/client/v3/rooms/{room}/messages?dir=f&limit=2&from={end}"), Some(&alice), None)
+        .await;
+    assert_eq!(body(&fwd), vec!["m3", "m4"]);
+    let (_, back) = app
+        .call("GET", &format!("/_matrix/client/v3/rooms/{room}/messages?dir=b&limit=1&from={end}"), Some(&alice), None)
+        .await;
+    assert_eq!(body(&back), vec!["m2"], "backward from the same token goes on where the first page stopped");
+
+    // Forward pages from the start chain without gaps or repeats.
+    let mut seen = Vec::new();
+    let mut from = String::new();
+    loop {
+        let q = if from.is_empty() { String::new() } else { format!("&from={from}") };
+        let (_, p) = app
+            .call("GET", &format!("/_matrix/client/v3/rooms/{room}/messages?dir=f&limit=2{q}"), Some(&alice), None)
+            .await;
+        seen.extend(body(&p));
+        match p["end"].as_str() {
+            Some(e) => from = e.to_owned(),
+            None => break,
+        }
+    }
+    assert_eq!(seen, vec!["m0", "m1", "m2", "m3", "m4"]);
+
+    // A start token from paging back without `from` lets a client page forwards to what is new.
+    let start = p1["start"].as_str().unwrap().to_owned();
+    app.call(
+        "PUT",
+        &format!("/_matrix/client/v3/rooms/{room}/send/m.room.message/t5"),
+        Some(&alice),
+        Some(json!({"body": "m5"})),
+    )
+    .await;
+    let (_, newer) = app
+        .call("GET", &format!("/_matrix/client/v3/rooms/{room}/messages?dir=f&from={start}"), Some(&alice), None)
+        .await;
+    assert_eq!(body(&newer), vec!["m5"]);
+    // A sync token pages too: back over what it covers, forwards over what came after.
+    let (_, back) = app
+        .call(
+            "GET",
+            &format!("/_matrix/client/v3/rooms/{room}/messages?dir=b&limit=2&from={start}"),
+            Some(&alice),
+            None,
+        )
+        .await;
+    assert_eq!(body(&back), vec!["m4", "m3"], "m5 came after the token");
     let (s, b) = app
         .call("GET", &format!("/_matrix/client/v3/rooms/{room}/messages?dir=b&from=garbage"), Some(&alice), None)
         .await;

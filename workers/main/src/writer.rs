@@ -11,7 +11,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 
-use ganglion_core::{BuildError, EventTemplate, Pdu, RoomContext, ServerSigningKey, StateMap, build_event};
+use ganglion_core::{
+    BuildError, EventTemplate, Pdu, RoomContext, ServerSigningKey, StateMap, build_event, client_event,
+};
 use ganglion_replication::Bus;
 use ganglion_storage::{EventStore, NewEvent, PersistedEvent, event_row};
 use ruma::{OwnedEventId, OwnedRoomId, OwnedServerName, RoomId, RoomVersionId, UserId};
@@ -467,7 +469,7 @@ impl EventWriter {
             crate::push::push_actions(&self.account_data, &self.server_name, &state, &pdu, &room_id, &rules).await;
         let redacts = match &pdu.redacts {
             Some(target) if pdu.event_type == ruma::events::TimelineEventType::RoomRedaction => {
-                self.redaction_of(&room_id, &version, &state, sender, target).await?
+                self.redaction_of(&room_id, &version, &state, &pdu, target).await?
             }
             _ => None,
         };
@@ -481,17 +483,20 @@ impl EventWriter {
         Ok(written)
     }
 
-    /// The redacted form of `target` when `sender` may redact it: their own event, or anyone's
-    /// with the room's `redact` power. The auth rules only check the event itself; this check is
-    /// the server's, done before the redaction is applied.
+    /// The redacted form of `target` when the sender of `redaction` may redact it: their own
+    /// event, or anyone's with the room's `redact` power. The auth rules only check the event
+    /// itself; this check is the server's, done before the redaction is applied. The redacted
+    /// form keeps the redaction in `unsigned.redacted_because` (in client format), so every
+    /// endpoint that serves the event shows why it was redacted without another query.
     pub(crate) async fn redaction_of(
         &self,
         room_id: &RoomId,
         version: &RoomVersionId,
         state: &StateMap,
-        sender: &UserId,
+        redaction: &Pdu,
         target: &OwnedEventId,
     ) -> Result<Option<(OwnedEventId, String)>, WriteError> {
+        let sender = &redaction.sender;
         let rules = version.rules().ok_or_else(|| WriteError::UnsupportedVersion(version.to_string()))?;
         let Some(original) = self.events.event(target.as_str()).await? else {
             // Redacting an unknown event is allowed and does nothing (it may arrive later).
@@ -500,14 +505,18 @@ impl EventWriter {
         if original.room_id != room_id {
             return Err(WriteError::Invalid("the event to redact is in another room".into()));
         }
-        let own = original.sender == sender;
+        let own = original.sender == *sender;
         let power = ganglion_core::user_power_level(state, sender, &rules);
         if !own && power < ganglion_core::required_level(state, "redact", 50) {
             return Err(WriteError::Forbidden("You don't have permission to redact events".into()));
         }
         let obj: ruma::CanonicalJsonObject =
             serde_json::from_str(&original.json).map_err(|e| WriteError::Invalid(format!("stored event: {e}")))?;
-        let redacted = ruma::canonical_json::redact(obj, &rules.redaction, None)
+        let because = client_event(&redaction.json, redaction.event_id.as_str(), room_id.as_str(), None);
+        let because: ruma::CanonicalJsonObject =
+            serde_json::from_value(because).map_err(|e| WriteError::Invalid(format!("redaction event: {e}")))?;
+        let because = ruma::canonical_json::RedactedBecause::from_json(because);
+        let redacted = ruma::canonical_json::redact(obj, &rules.redaction, Some(because))
             .map_err(|e| WriteError::Invalid(format!("redaction: {e}")))?;
         let json = serde_json::to_string(&redacted).map_err(|e| WriteError::Invalid(e.to_string()))?;
         Ok(Some((target.clone(), json)))

@@ -624,8 +624,10 @@ pub(crate) fn stripped(e: &PersistedEvent) -> Option<Value> {
     }))
 }
 
-pub(crate) fn pagination_token(e: &PersistedEvent) -> String {
-    format!("t{}_{}", e.depth, e.stream_ordering)
+/// A timeline's `prev_batch`: the gap before its first event, so `/messages` paging back from it
+/// returns the events before the timeline (see [`ganglion_core::PageToken`]).
+pub(crate) fn pagination_token(first: &PersistedEvent) -> String {
+    ganglion_core::PageToken::before(first.depth, first.stream_ordering).to_string()
 }
 
 /// How `rooms` is built, from the request and its filter.

@@ -28,8 +28,8 @@ fn token(e: &PersistedEvent) -> String {
 /// The stream position of a `/relations` token: ours and `/messages`' (`t{depth}_{stream}`) or a
 /// sync token.
 fn token_position(t: &str) -> Result<i64, MatrixError> {
-    super::rooms::parse_pagination_token(t)
-        .map(|(_, stream)| stream)
+    ganglion_core::PageToken::parse(t)
+        .map(ganglion_core::PageToken::stream)
         .ok_or_else(|| MatrixError::invalid_param(format!("Invalid pagination token {t}")))
 }
 

@@ -11,12 +11,13 @@ use ganglion_storage::PersistedEvent;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use super::pagination;
 use super::relations::client_events;
 use super::{parse_room_id, visible_upto};
 use crate::Rooms;
 use crate::writer::WriteOrigin;
 
-fn to_client(e: &PersistedEvent) -> Value {
+pub(crate) fn to_client(e: &PersistedEvent) -> Value {
     client_event(&e.json, e.event_id.as_str(), e.room_id.as_str(), None)
 }
 
@@ -228,10 +229,8 @@ pub(crate) async fn members(
     }
     let mut upto = visible_upto(&rooms, &user.user_id, &room_id).await?;
     if let Some(at) = &q.at {
-        let pos = super::rooms::parse_pagination_token(at)
-            .map(|(_, stream)| stream.saturating_sub(if at.starts_with('t') { 0 } else { 1 }))
-            .ok_or_else(|| MatrixError::invalid_param("Invalid at token"))?;
-        upto = upto.min(pos);
+        // The members as of the token: at a timeline's `prev_batch`, the state before its events.
+        upto = upto.min(pagination::parse_token(at, "at")?.stream());
     }
     let state = if upto == i64::MAX {
         rooms.events.current_state_events(&room_id).await?
@@ -287,38 +286,24 @@ pub(crate) async fn context(
     Query(q): Query<ContextQuery>,
 ) -> Result<Json<Value>, MatrixError> {
     let room_id = parse_room_id(&room_id)?;
-    let limit: i64 = match q.limit.as_deref() {
-        None => 10,
-        Some(l) => {
-            l.parse::<i64>().ok().filter(|l| *l >= 0).ok_or_else(|| MatrixError::invalid_param("Invalid limit"))?
-        }
-    }
-    .min(100);
-    if let Some(f) = &q.filter {
-        let _: Value = serde_json::from_str(f).map_err(|_| MatrixError::invalid_param("filter is not valid JSON"))?;
-    }
+    let filter = pagination::parse_filter(q.filter.as_deref())?;
+    let limit = pagination::parse_limit(q.limit.as_deref(), &filter, 10, 100)?;
     let upto =
         visible_upto(&rooms, &user.user_id, &room_id).await.map_err(|_| MatrixError::not_found("Event not found."))?;
     let event = match rooms.events.event(&event_id).await? {
         Some(e) if e.room_id == room_id && e.stream_ordering <= upto => e,
         _ => return Err(MatrixError::not_found("Event not found.")),
     };
-    let key = (event.depth, event.stream_ordering);
     let before_n = limit / 2;
-    let after_n = limit - before_n;
-    let before = rooms.events.room_messages(&room_id, key, true, upto, before_n).await?;
-    let after = rooms.events.room_messages(&room_id, key, false, upto, after_n).await?;
-    let token = |e: &PersistedEvent| format!("t{}_{}", e.depth, e.stream_ordering);
-    let start = before.last().map_or_else(|| token(&event), token);
-    let end = after.last().map_or_else(|| token(&event), token);
+    let around = pagination::around(&rooms, &event, (before_n, limit - before_n), upto, &filter).await?;
     let state = rooms.events.state_at(&room_id, event.stream_ordering).await?;
     let mut bundled = client_events(&rooms, &user.user_id, upto, std::slice::from_ref(&event)).await?;
     Ok(Json(json!({
         "event": bundled.pop().unwrap_or_default(),
-        "events_before": client_events(&rooms, &user.user_id, upto, &before).await?,
-        "events_after": client_events(&rooms, &user.user_id, upto, &after).await?,
-        "start": start,
-        "end": end,
+        "events_before": client_events(&rooms, &user.user_id, upto, &around.before).await?,
+        "events_after": client_events(&rooms, &user.user_id, upto, &around.after).await?,
+        "start": around.start.to_string(),
+        "end": around.end.to_string(),
         "state": state.iter().map(to_client).collect::<Vec<_>>(),
     })))
 }

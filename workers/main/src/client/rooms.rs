@@ -4,12 +4,13 @@ use std::collections::BTreeMap;
 
 use axum::extract::{Path, Query, State};
 use axum::{Extension, Json};
-use ganglion_core::EventTemplate;
+use ganglion_core::{EventTemplate, PageToken};
 use ganglion_http::{AuthUser, MatrixError, MatrixJson, RequestId};
 use ruma::{OwnedRoomAliasId, OwnedRoomId, OwnedUserId, RoomId, RoomVersionId, UserId};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use super::pagination;
 use crate::Rooms;
 use crate::writer::{WriteOrigin, Written};
 
@@ -411,25 +412,8 @@ pub(crate) struct MessagesQuery {
     filter: Option<String>,
 }
 
-/// A `/messages` position: `t{depth}_{stream}` (topological), or a sync token `g1_…` which pages
-/// from the newest event it covers.
-pub(crate) fn parse_pagination_token(token: &str) -> Option<(i64, i64)> {
-    if let Some(rest) = token.strip_prefix('t') {
-        let (d, s) = rest.split_once('_')?;
-        return Some((d.parse().ok()?, s.parse().ok()?));
-    }
-    let pos = parse_sync_position(token)?;
-    Some((i64::MAX, pos.saturating_add(1)))
-}
-
-/// The events position of a sync token (`g1_e{pos}`), as the sync worker writes them.
-fn parse_sync_position(token: &str) -> Option<i64> {
-    let rest = token.strip_prefix("g1_")?;
-    rest.split('.').find_map(|part| part.strip_prefix('e')).and_then(|p| p.parse().ok())
-}
-
 /// `GET /_matrix/client/v3/rooms/{roomId}/messages`: pages through a room's timeline in
-/// topological order.
+/// topological order, with the events a `RoomEventFilter` lets through.
 pub(crate) async fn messages(
     State(rooms): State<Rooms>,
     user: AuthUser,
@@ -444,56 +428,28 @@ pub(crate) async fn messages(
         None => return Err(MatrixError::missing_param("Missing dir parameter")),
         Some(other) => return Err(MatrixError::invalid_param(format!("dir must be b or f, not {other}"))),
     };
-    let limit: i64 = match q.limit.as_deref() {
-        None => 10,
-        Some(l) => {
-            l.parse::<i64>().ok().filter(|l| *l >= 0).ok_or_else(|| MatrixError::invalid_param("Invalid limit"))?
-        }
-    }
-    .min(1000);
-    if let Some(f) = &q.filter {
-        let _: Value = serde_json::from_str(f).map_err(|_| MatrixError::invalid_param("filter is not valid JSON"))?;
-    }
+    let filter = pagination::parse_filter(q.filter.as_deref())?;
+    let limit = pagination::parse_limit(q.limit.as_deref(), &filter, 10, 1000)?;
+    let from = q.from.as_deref().map(|t| pagination::parse_token(t, "from")).transpose()?;
+    let to = q.to.as_deref().map(|t| pagination::parse_token(t, "to")).transpose()?;
     let upto = super::visible_upto(&rooms, &user.user_id, &room_id).await?;
-    let from = match q.from.as_deref() {
-        Some(t) => parse_pagination_token(t).ok_or_else(|| MatrixError::invalid_param("Invalid from token"))?,
-        None if backwards => (i64::MAX, i64::MAX),
-        None => (i64::MIN, i64::MIN),
+    let start = match from {
+        Some(from) => from,
+        None if backwards => pagination::newest_visible(&rooms, upto),
+        None => PageToken::START,
     };
-    let to =
-        q.to.as_deref()
-            .map(|t| parse_pagination_token(t).ok_or_else(|| MatrixError::invalid_param("Invalid to token")))
-            .transpose()?;
-    let mut chunk = rooms.events.room_messages(&room_id, from, backwards, upto, limit).await?;
-    if let Some(to) = to {
-        chunk
-            .retain(|e| if backwards { (e.depth, e.stream_ordering) >= to } else { (e.depth, e.stream_ordering) < to });
-    }
-    let start = q.from.clone().unwrap_or_else(|| {
-        if backwards { format!("t{}_{}", i64::MAX, i64::MAX) } else { format!("t{}_{}", i64::MIN, i64::MIN) }
-    });
-    let end = (chunk.len() as i64 == limit && limit > 0)
-        .then(|| chunk.last().map(|e| format!("t{}_{}", e.depth, e.stream_ordering)))
-        .flatten();
-    let events = super::relations::client_events(&rooms, &user.user_id, upto, &chunk).await?;
+    let page = pagination::page(&rooms, &room_id, start, to, backwards, upto, limit, &filter).await?;
+    let state = pagination::lazy_members(&rooms, &room_id, &filter, &page.events).await?;
+    let events = super::relations::client_events(&rooms, &user.user_id, upto, &page.events).await?;
     let mut body = BTreeMap::new();
     body.insert("chunk", json!(events));
-    body.insert("start", json!(start));
-    if let Some(end) = end {
-        body.insert("end", json!(end));
+    // A client's own `from` goes back as it came (a sync token stays a sync token).
+    body.insert("start", json!(q.from.clone().unwrap_or_else(|| start.to_string())));
+    if let Some(end) = page.next {
+        body.insert("end", json!(end.to_string()));
+    }
+    if !state.is_empty() {
+        body.insert("state", json!(state.iter().map(super::room_state::to_client).collect::<Vec<_>>()));
     }
     Ok(Json(json!(body)))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn pagination_tokens_parse_or_fail_cleanly() {
-        assert_eq!(parse_pagination_token("t5_17"), Some((5, 17)));
-        assert_eq!(parse_pagination_token("g1_e42"), Some((i64::MAX, 43)));
-        assert_eq!(parse_pagination_token("nonsense"), None);
-        assert_eq!(parse_pagination_token("t5"), None);
-    }
 }

@@ -7,9 +7,11 @@ use std::collections::BTreeMap;
 use axum::Json;
 use axum::extract::{Query, State};
 use ganglion_http::{AuthUser, MatrixError, MatrixJson};
+use ruma::api::client::filter::RoomEventFilter;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use super::pagination;
 use super::relations::client_events;
 use crate::Rooms;
 
@@ -135,14 +137,12 @@ pub(crate) async fn search(
         if let Some(ctx) = &c.event_context {
             let before = ctx.get("before_limit").and_then(Value::as_i64).unwrap_or(5).clamp(0, 20);
             let after = ctx.get("after_limit").and_then(Value::as_i64).unwrap_or(5).clamp(0, 20);
-            let key = (e.depth, e.stream_ordering);
-            let b = rooms.events.room_messages(&e.room_id, key, true, i64::MAX, before).await?;
-            let a = rooms.events.room_messages(&e.room_id, key, false, i64::MAX, after).await?;
+            let around = pagination::around(&rooms, e, (before, after), i64::MAX, &RoomEventFilter::default()).await?;
             result["context"] = json!({
-                "events_before": client_events(&rooms, &user.user_id, i64::MAX, &b).await?,
-                "events_after": client_events(&rooms, &user.user_id, i64::MAX, &a).await?,
-                "start": b.last().map_or_else(|| format!("t{}_{}", e.depth, e.stream_ordering), |x| format!("t{}_{}", x.depth, x.stream_ordering)),
-                "end": a.last().map_or_else(|| format!("t{}_{}", e.depth, e.stream_ordering), |x| format!("t{}_{}", x.depth, x.stream_ordering)),
+                "events_before": client_events(&rooms, &user.user_id, i64::MAX, &around.before).await?,
+                "events_after": client_events(&rooms, &user.user_id, i64::MAX, &around.after).await?,
+                "start": around.start.to_string(),
+                "end": around.end.to_string(),
             });
         }
         results.push(result);

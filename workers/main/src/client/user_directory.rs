@@ -1,13 +1,15 @@
-//! `POST /user_directory/search`: users who share a room with the searcher or sit in a room of
-//! the public directory, matched on user ID or display name.
+//! `POST /user_directory/search`: users who share a room with the searcher or are joined to a
+//! public room (or, with `user_directory.search_all_users`, every active local user), matched on
+//! user ID or display name.
 
 use axum::Json;
 use axum::extract::State;
 use ganglion_http::{AuthUser, MatrixError, MatrixJson};
+use ganglion_storage::DirectoryScope;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::{Rooms, UserData};
+use crate::UserData;
 
 #[derive(Debug, Deserialize)]
 pub(crate) struct SearchBody {
@@ -18,26 +20,18 @@ pub(crate) struct SearchBody {
 /// `POST /_matrix/client/v3/user_directory/search`.
 pub(crate) async fn search(
     State(data): State<UserData>,
-    State(rooms): State<Rooms>,
     user: AuthUser,
     MatrixJson(body): MatrixJson<SearchBody>,
 ) -> Result<Json<Value>, MatrixError> {
     let limit = body.limit.unwrap_or(10).clamp(1, 100) as usize;
-    let mut visible: std::collections::HashSet<String> =
-        rooms.events.users_sharing_rooms(&user.user_id).await?.into_iter().collect();
-    for (room_id, _) in rooms.events.published_rooms().await? {
-        visible.extend(rooms.events.members_with(&room_id, "join").await?);
-    }
-    // Fetch more than the limit: some matches are filtered out as not visible.
-    let candidates = data.users.search_users(body.search_term.trim(), 500).await?;
-    let mut results = Vec::new();
-    let mut limited = false;
-    for (id, name, avatar) in candidates.into_iter().filter(|(id, _, _)| visible.contains(id)) {
-        if results.len() == limit {
-            limited = true;
-            break;
-        }
-        results.push(json!({ "user_id": id, "display_name": name, "avatar_url": avatar }));
-    }
+    let scope = if data.search_all_users { DirectoryScope::AllUsers } else { DirectoryScope::VisibleTo(&user.user_id) };
+    // One more than the limit tells whether the answer is `limited`.
+    let mut found = data.users.search_user_directory(body.search_term.trim(), limit as i64 + 1, scope).await?;
+    let limited = found.len() > limit;
+    found.truncate(limit);
+    let results: Vec<Value> = found
+        .into_iter()
+        .map(|(id, name, avatar)| json!({ "user_id": id, "display_name": name, "avatar_url": avatar }))
+        .collect();
     Ok(Json(json!({ "results": results, "limited": limited })))
 }
