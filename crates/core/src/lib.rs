@@ -9,6 +9,7 @@ mod filter;
 mod pagination;
 mod pdu;
 mod power;
+pub mod push_rules;
 mod signing;
 
 pub use builder::{BuildError, EventTemplate, RoomContext, build_event, room_version_rules};

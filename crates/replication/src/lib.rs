@@ -15,6 +15,8 @@
 //! - [`InProcessBus`]: broadcast channels, for a single process and for tests.
 //! - [`RedisBus`]: one Redis Stream per stream name, for deployments with workers.
 //! - [`Follower`]: the gap-filling, de-duplicating consumer loop every consumer uses.
+//! - [`ShardRing`]: live instances of a scaled role (Redis heartbeats), key ownership by
+//!   rendezvous hashing, and [`Lease`]s so a key changing hands is worked once.
 //! - [`ReplicationError`]: the crate's error type.
 //! - `test_util` (feature `test-util`): `MemorySource`, an in-memory [`CatchUpSource`].
 //!
@@ -36,6 +38,7 @@ mod follower;
 mod in_process;
 mod redis_bus;
 mod rows;
+mod shards;
 mod stream;
 #[cfg(any(test, feature = "test-util"))]
 pub mod test_util;
@@ -49,5 +52,6 @@ pub use follower::{Follower, FollowerConfig};
 pub use in_process::InProcessBus;
 pub use redis_bus::RedisBus;
 pub use rows::{AccountDataRow, EventRow, UserRow};
+pub use shards::{Lease, ShardRing, ShardTiming, rendezvous_owner};
 pub use stream::{StreamName, StreamPosition, StreamRow};
 pub use token::{InvalidToken, SyncToken};

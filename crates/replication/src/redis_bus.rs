@@ -78,6 +78,19 @@ impl RedisBus {
         Ok(Self { client, publisher, key_prefix: key_prefix.to_owned(), max_len })
     }
 
+    /// A clone of the shared, self-reconnecting connection, for other short commands (the shard
+    /// ring's heartbeats and leases).
+    #[must_use]
+    pub fn connection(&self) -> ConnectionManager {
+        self.publisher.clone()
+    }
+
+    /// The prefix of every key this deployment uses.
+    #[must_use]
+    pub fn key_prefix(&self) -> &str {
+        &self.key_prefix
+    }
+
     /// The Redis key holding `stream`: `{prefix}:stream:{name}`.
     #[must_use]
     pub fn stream_key(&self, stream: StreamName) -> String {

@@ -81,6 +81,8 @@ stream_names! {
     Typing => "typing",
     /// Presence changes, payload [`UserRow`](crate::UserRow).
     Presence => "presence",
+    /// Changes to a user's pushers, payload [`UserRow`](crate::UserRow).
+    Pushers => "pushers",
 }
 
 impl fmt::Display for StreamName {

@@ -6,7 +6,8 @@ use tonic::transport::{Channel, Endpoint};
 
 use crate::v1::write_api_client::WriteApiClient;
 use crate::v1::{
-    AckToDeviceRequest, SendEventRequest, SendEventResponse, ServerInfoRequest, ServerInfoResponse, SetPresenceRequest,
+    AckToDeviceRequest, RemovePusherRequest, SendEventRequest, SendEventResponse, ServerInfoRequest,
+    ServerInfoResponse, SetPresenceRequest,
 };
 
 /// The metadata key carrying the originating request id.
@@ -105,5 +106,13 @@ impl MainClient {
     pub async fn set_presence(&self, req: SetPresenceRequest, request_id: &str) -> Result<(), RpcError> {
         self.inner.clone().set_presence(Self::request(req, request_id)).await?;
         Ok(())
+    }
+
+    /// `RemovePusher`: deletes a pusher whose pushkey the gateway rejected. Returns whether it existed.
+    ///
+    /// # Errors
+    /// When `main` is unreachable or refuses.
+    pub async fn remove_pusher(&self, req: RemovePusherRequest, request_id: &str) -> Result<bool, RpcError> {
+        Ok(self.inner.clone().remove_pusher(Self::request(req, request_id)).await?.into_inner().removed)
     }
 }

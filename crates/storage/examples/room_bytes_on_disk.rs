@@ -85,7 +85,7 @@ impl RoomBuilder {
     }
 }
 
-fn new_event(pdu: &Pdu, room_id: &OwnedRoomId, creates: bool, push: Vec<(OwnedUserId, bool, String)>) -> NewEvent {
+fn new_event(pdu: &Pdu, room_id: &OwnedRoomId, creates: bool, push: Vec<ganglion_storage::PushAction>) -> NewEvent {
     NewEvent {
         creates_room: creates.then(|| ("12".to_owned(), pdu.sender.clone())),
         push_actions: push,
@@ -198,7 +198,16 @@ async fn main() {
         let (pdu, _) =
             room.build(sender, &here, tpl("m.room.message", None, json!({"msgtype": "m.text", "body": body})));
         // The default rules notify every other local member of a message.
-        let notified = locals.iter().filter(|u| *u != sender).map(|u| (u.clone(), false, String::new())).collect();
+        let notified = locals
+            .iter()
+            .filter(|u| *u != sender)
+            .map(|u| ganglion_storage::PushAction {
+                user_id: u.clone(),
+                highlight: false,
+                thread_id: String::new(),
+                actions: r#"["notify"]"#.into(),
+            })
+            .collect();
         push(&mut new_event(&pdu, &room_id, false, notified), &mut batch);
         if batch.len() >= 200 {
             flush(&mut batch).await;

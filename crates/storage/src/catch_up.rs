@@ -10,7 +10,10 @@ use ganglion_replication::{
 };
 use tokio::sync::watch;
 
-use crate::{AccountDataEntry, AccountDataStore, E2eeStore, EphemeralStore, EventStore, PersistedEvent, PresenceStore};
+use crate::{
+    AccountDataEntry, AccountDataStore, E2eeStore, EphemeralStore, EventStore, PersistedEvent, PresenceStore,
+    PusherStore,
+};
 
 /// A `to_device` or `device_lists` stream row.
 pub fn user_row(stream: StreamName, position: i64, user_id: &str, device_id: &str) -> StreamRow {
@@ -146,6 +149,13 @@ impl CatchUpSource for DbCatchUp {
                     .map_err(|e| ReplicationError::Source(e.to_string()))?;
                 Ok(rows.iter().map(|(p, u)| user_row(stream, *p, u, "")).collect())
             }
+            StreamName::Pushers => {
+                let rows = PusherStore::new(self.events.db().clone())
+                    .log_after(after.0 as i64, limit as i64)
+                    .await
+                    .map_err(|e| ReplicationError::Source(e.to_string()))?;
+                Ok(rows.iter().map(|(p, u)| user_row(stream, *p, u, "")).collect())
+            }
             // Nothing writes these streams durably yet.
             _ => Ok(Vec::new()),
         }
@@ -190,6 +200,11 @@ impl CatchUpSource for DbCatchUp {
                 .map(|p| StreamPosition(p as u64))
                 .map_err(|e| ReplicationError::Source(e.to_string())),
             StreamName::Presence => PresenceStore::new(self.events.db().clone())
+                .max_position()
+                .await
+                .map(|p| StreamPosition(p as u64))
+                .map_err(|e| ReplicationError::Source(e.to_string())),
+            StreamName::Pushers => PusherStore::new(self.events.db().clone())
                 .max_position()
                 .await
                 .map(|p| StreamPosition(p as u64))

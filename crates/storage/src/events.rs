@@ -10,7 +10,7 @@ use sqlx::Row;
 use sqlx::any::AnyRow;
 
 use crate::state_groups::{self, GroupMeta, StateIds};
-use crate::{Db, Error, Result, now_ms};
+use crate::{Db, Error, PushAction, Result, now_ms};
 
 /// An event ready to be stored.
 #[derive(Debug, Clone)]
@@ -46,8 +46,8 @@ pub struct NewEvent {
     /// `Some((target event ID, its redacted JSON))` when this is an allowed redaction: the target's
     /// stored JSON is replaced in the same transaction.
     pub redacts: Option<(OwnedEventId, String)>,
-    /// Local members the event notifies: `(user, highlight, thread_id)`, stored with it.
-    pub push_actions: Vec<(OwnedUserId, bool, String)>,
+    /// Local members the event notifies, stored with it.
+    pub push_actions: Vec<PushAction>,
     /// `Some((parent event ID, rel_type))` when the content's `m.relates_to` relates it to another
     /// event: indexed in `event_relations` for `/relations`, `/threads` and bundled aggregations.
     pub relation: Option<(OwnedEventId, String)>,
@@ -231,7 +231,7 @@ pub struct EventStore {
     db: Db,
 }
 
-fn decode_event(row: &AnyRow) -> Result<PersistedEvent> {
+pub(crate) fn decode_event(row: &AnyRow) -> Result<PersistedEvent> {
     let event_id: String = row.try_get(1)?;
     let room_id: String = row.try_get(2)?;
     let sender: String = row.try_get(3)?;
@@ -385,16 +385,17 @@ impl EventStore {
             .execute(&mut **tx)
             .await?;
         }
-        for (user, highlight, thread) in &ev.push_actions {
+        for a in &ev.push_actions {
             sqlx::query(
-                "INSERT INTO event_push_actions (stream_ordering, room_id, user_id, highlight, thread_id)
-                 VALUES ($1, $2, $3, $4, $5)",
+                "INSERT INTO event_push_actions (stream_ordering, room_id, user_id, highlight, thread_id, actions)
+                 VALUES ($1, $2, $3, $4, $5, $6)",
             )
             .bind(ev.stream_ordering)
             .bind(ev.room_id.as_str())
-            .bind(user.as_str())
-            .bind(i64::from(*highlight))
-            .bind(thread)
+            .bind(a.user_id.as_str())
+            .bind(i64::from(a.highlight))
+            .bind(&a.thread_id)
+            .bind(&a.actions)
             .execute(&mut **tx)
             .await?;
         }
@@ -1549,6 +1550,8 @@ pub struct NotificationEntry {
     pub highlight: bool,
     /// Whether the user's read receipt in the room has passed it.
     pub read: bool,
+    /// The actions the user's push rules gave, a JSON array.
+    pub actions: String,
 }
 
 impl EventStore {
@@ -1569,7 +1572,7 @@ impl EventStore {
             "SELECT {cols}, p.highlight, CAST(CASE WHEN p.stream_ordering <= COALESCE((SELECT MAX(e2.stream_ordering) FROM receipts r
                  JOIN events e2 ON e2.event_id = r.event_id
                  WHERE r.room_id = p.room_id AND r.user_id = p.user_id AND r.receipt_type IN ('m.read', 'm.read.private')), 0)
-               THEN 1 ELSE 0 END AS BIGINT)
+               THEN 1 ELSE 0 END AS BIGINT), p.actions
              FROM event_push_actions p JOIN events e ON e.stream_ordering = p.stream_ordering
              WHERE p.user_id = $1 AND p.stream_ordering < $2 AND ($3 = 0 OR p.highlight = 1)
              ORDER BY p.stream_ordering DESC LIMIT $4"
@@ -1585,7 +1588,12 @@ impl EventStore {
             .map(|r| {
                 let highlight: i64 = r.try_get(11)?;
                 let read: i64 = r.try_get(12)?;
-                Ok(NotificationEntry { event: decode_event(r)?, highlight: highlight != 0, read: read != 0 })
+                Ok(NotificationEntry {
+                    event: decode_event(r)?,
+                    highlight: highlight != 0,
+                    read: read != 0,
+                    actions: r.try_get(13)?,
+                })
             })
             .collect()
     }

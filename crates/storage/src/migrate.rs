@@ -114,10 +114,16 @@ const MIGRATIONS: &[Migration] = &[
         postgres: include_str!("../../../migrations/postgres/0017_event_graph_and_state_groups.sql"),
         sqlite: include_str!("../../../migrations/sqlite/0017_event_graph_and_state_groups.sql"),
     },
+    Migration {
+        version: 18,
+        name: "pushers",
+        postgres: include_str!("../../../migrations/postgres/0018_pushers.sql"),
+        sqlite: include_str!("../../../migrations/sqlite/0018_pushers.sql"),
+    },
 ];
 
 /// The schema version this build reads and writes: the highest migration's version.
-pub const SCHEMA_VERSION: i64 = 17;
+pub const SCHEMA_VERSION: i64 = 18;
 
 /// How the database's schema compares with this build's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -44,6 +44,7 @@ on_both_backends!(
     rooms_from_before_state_groups_keep_their_state,
     group_commit_is_all_or_nothing,
     sync_hot_path_queries_match_their_parts,
+    pushers_their_log_and_pending_pushes,
 );
 
 async fn e2ee_keys_and_inbox(t: &TestDb) {
@@ -589,7 +590,12 @@ async fn unread_counts_stop_at_the_read_receipt(t: &TestDb) {
     for pos in 2..=4 {
         let mut e = event(pos, &room, &bob, "m.room.message", None, &[]);
         e.creates_room = None;
-        e.push_actions = vec![(alice.clone(), pos == 4, String::new())];
+        e.push_actions = vec![crate::PushAction {
+            user_id: alice.clone(),
+            highlight: pos == 4,
+            thread_id: String::new(),
+            actions: "[\"notify\"]".into(),
+        }];
         events.persist(&e).await.unwrap();
     }
     let c = events.unread_counts(&alice, &room, 10).await.unwrap();
@@ -612,7 +618,12 @@ async fn unread_counts_stop_at_the_read_receipt(t: &TestDb) {
     // Threads: 5 and 6 reply in the thread of $e2, 7 is in the main timeline again.
     for (pos, thread) in [(5, "$e2"), (6, "$e2"), (7, "")] {
         let mut e = event(pos, &room, &bob, "m.room.message", None, &[]);
-        e.push_actions = vec![(alice.clone(), false, thread.to_owned())];
+        e.push_actions = vec![crate::PushAction {
+            user_id: alice.clone(),
+            highlight: false,
+            thread_id: thread.to_owned(),
+            actions: "[\"notify\"]".into(),
+        }];
         events.persist(&e).await.unwrap();
     }
     let counts =
@@ -1028,4 +1039,99 @@ async fn sync_hot_path_queries_match_their_parts(t: &TestDb) {
     assert_eq!(counts, e2ee.one_time_key_counts(&alice, "D").await.unwrap());
     assert_eq!(counts, vec![("curve".to_owned(), 2), ("ed".to_owned(), 1)]);
     assert_eq!(fallback, vec!["curve".to_owned()]);
+}
+
+async fn pushers_their_log_and_pending_pushes(t: &TestDb) {
+    use crate::{EphemeralStore, PushAction, Pusher, PusherStore, Receipt};
+    let store = PusherStore::new(t.db.clone());
+    let events = EventStore::new(t.db.clone());
+    let alice = owned_user_id!("@alice:example.org");
+    let bob = owned_user_id!("@bob:example.org");
+    let pusher = |user: &OwnedUserId, app: &str, key: &str, device: &str| Pusher {
+        user_id: user.to_string(),
+        app_id: app.into(),
+        pushkey: key.into(),
+        device_id: device.into(),
+        kind: "http".into(),
+        app_display_name: "App".into(),
+        device_display_name: "Phone".into(),
+        profile_tag: None,
+        lang: "en".into(),
+        data: r#"{"url":"https://push.example.org/_matrix/push/v1/notify"}"#.into(),
+        pushkey_ts: 5,
+        last_stream_ordering: 1,
+        last_badge: None,
+        failing_since: None,
+    };
+    let mut last = store.max_position().await.unwrap();
+    assert_eq!(last, 0);
+    let logged = store.set(&pusher(&alice, "app", "k1", "A"), false, &mut last).await.unwrap();
+    assert_eq!(logged, vec![(1, alice.to_string())]);
+    store.set(&pusher(&alice, "app", "k2", "A2"), false, &mut last).await.unwrap();
+    // Bob takes k1 without append: alice's k1 goes, and both users are logged.
+    let logged = store.set(&pusher(&bob, "app", "k1", "B"), false, &mut last).await.unwrap();
+    assert_eq!(logged, vec![(3, alice.to_string()), (4, bob.to_string())]);
+    assert_eq!(
+        store.for_user(alice.as_str()).await.unwrap().iter().map(|p| p.pushkey.as_str()).collect::<Vec<_>>(),
+        ["k2"]
+    );
+    // With append both keep it.
+    store.set(&pusher(&alice, "app", "k1", "A"), true, &mut last).await.unwrap();
+    assert_eq!(store.for_user(alice.as_str()).await.unwrap().len(), 2);
+    assert_eq!(store.for_user(bob.as_str()).await.unwrap().len(), 1);
+    // An update keeps the position and replaces the rest.
+    let mut moved = store.for_user(alice.as_str()).await.unwrap().remove(0);
+    store.advance(&moved, 7).await.unwrap();
+    store.advance(&moved, 3).await.unwrap();
+    moved.lang = "de".into();
+    store.set(&moved, true, &mut last).await.unwrap();
+    let now = store.for_user(alice.as_str()).await.unwrap().remove(0);
+    assert_eq!((now.lang.as_str(), now.last_stream_ordering), ("de", 7), "never moves back; update keeps it");
+    assert_eq!(store.log_after(4, 100).await.unwrap().len(), 2);
+    assert_eq!(store.max_position().await.unwrap(), last);
+    assert_eq!(store.users_with_pushers().await.unwrap(), vec![alice.to_string(), bob.to_string()]);
+
+    // Removal by device, by user, one by one; removing nothing logs nothing.
+    assert_eq!(store.remove_for_device(&alice, "A2", &mut last).await.unwrap().len(), 1);
+    assert!(store.remove_for_device(&alice, "nope", &mut last).await.unwrap().is_empty());
+    assert_eq!(store.for_user(alice.as_str()).await.unwrap().len(), 1);
+    store.remove(&alice, "app", "k1", &mut last).await.unwrap();
+    assert!(store.for_user(alice.as_str()).await.unwrap().is_empty());
+    store.remove_for_user(&bob, &mut last).await.unwrap();
+    assert!(store.users_with_pushers().await.unwrap().is_empty());
+
+    // Pending pushes after a position, who was notified, and the badge.
+    let room = owned_room_id!("!r:example.org");
+    events.persist(&event(1, &room, &bob, "m.room.create", Some(""), &[])).await.unwrap();
+    let mut join = event(2, &room, &alice, "m.room.member", Some(alice.as_str()), &[]);
+    join.creates_room = None;
+    events.persist(&join).await.unwrap();
+    for pos in 3..=5 {
+        let mut e = event(pos, &room, &bob, "m.room.message", None, &[]);
+        e.creates_room = None;
+        e.push_actions = vec![PushAction {
+            user_id: alice.clone(),
+            highlight: pos == 5,
+            thread_id: String::new(),
+            actions: r#"["notify",{"set_tweak":"sound","value":"default"}]"#.into(),
+        }];
+        events.persist(&e).await.unwrap();
+    }
+    assert_eq!(store.notified_users(0, 5).await.unwrap(), vec![alice.to_string()]);
+    assert!(store.notified_users(5, 9).await.unwrap().is_empty());
+    let pending = store.pending(alice.as_str(), 3, 10).await.unwrap();
+    assert_eq!(pending.iter().map(|p| p.event.stream_ordering).collect::<Vec<_>>(), [4, 5]);
+    assert!(pending[1].highlight && pending[0].actions.contains("sound"));
+    assert_eq!(store.badge_count(alice.as_str()).await.unwrap(), 1);
+    let receipt = Receipt {
+        position: 1,
+        room_id: room.to_string(),
+        user_id: alice.to_string(),
+        receipt_type: "m.read".into(),
+        thread_id: String::new(),
+        event_id: "$e5".into(),
+        ts: 1,
+    };
+    EphemeralStore::new(t.db.clone()).put_receipt(&receipt).await.unwrap();
+    assert_eq!(store.badge_count(alice.as_str()).await.unwrap(), 0, "read up to the last notification");
 }

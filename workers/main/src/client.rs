@@ -16,6 +16,7 @@ mod presence;
 mod profile;
 mod public_rooms;
 mod push_rules;
+mod pushers;
 mod receipts;
 mod relations;
 mod room_keys;
@@ -237,6 +238,8 @@ pub(crate) fn routes() -> Router<MainState> {
             .route(&format!("/_matrix/client/{v}/voip/turnServer"), get(moderation::turn_server))
             .route(&format!("/_matrix/client/{v}/search"), post(search::search))
             .route(&format!("/_matrix/client/{v}/notifications"), get(notifications::notifications))
+            .route(&format!("/_matrix/client/{v}/pushers"), get(pushers::list))
+            .route(&format!("/_matrix/client/{v}/pushers/set"), post(pushers::set))
             .route(&format!("/_matrix/client/{v}/thirdparty/protocols"), get(notifications::protocols))
             .route(&format!("/_matrix/client/{v}/devices"), get(devices::list))
             .route(

@@ -3,8 +3,8 @@
 
 use ganglion_core::EventTemplate;
 use ganglion_rpc::v1::{
-    AckToDeviceRequest, AckToDeviceResponse, SendEventRequest, SendEventResponse, ServerInfoRequest,
-    ServerInfoResponse, SetPresenceRequest, SetPresenceResponse,
+    AckToDeviceRequest, AckToDeviceResponse, RemovePusherRequest, RemovePusherResponse, SendEventRequest,
+    SendEventResponse, ServerInfoRequest, ServerInfoResponse, SetPresenceRequest, SetPresenceResponse,
 };
 use ganglion_rpc::{REQUEST_ID_METADATA, WriteApi, WriteApiServer};
 use ruma::{OwnedRoomId, OwnedUserId};
@@ -107,5 +107,19 @@ impl WriteApi for WriteApiService {
             Status::internal("storage failure")
         })?;
         Ok(Response::new(SetPresenceResponse {}))
+    }
+
+    async fn remove_pusher(&self, req: Request<RemovePusherRequest>) -> Result<Response<RemovePusherResponse>, Status> {
+        let r = req.into_inner();
+        let user =
+            OwnedUserId::try_from(r.user_id.as_str()).map_err(|e| Status::invalid_argument(format!("user_id: {e}")))?;
+        let removed = self.state.user_data.pushers.remove(&user, &r.app_id, &r.pushkey).await.map_err(|e| {
+            tracing::error!(error = %e, "storage failure removing a pusher");
+            Status::internal("storage failure")
+        })?;
+        if removed {
+            tracing::info!(user_id = %user, app_id = r.app_id, "removed a pusher whose pushkey the gateway rejected");
+        }
+        Ok(Response::new(RemovePusherResponse { removed }))
     }
 }

@@ -12,6 +12,7 @@ mod grpc;
 mod password;
 mod presence_writer;
 mod push;
+mod pusher_writer;
 mod receive;
 mod writer;
 
@@ -61,6 +62,8 @@ pub(crate) struct Accounts {
     access_token_lifetime_ms: i64,
     /// Lifetime of login tokens from `/login/get_token`.
     login_token_lifetime_ms: i64,
+    /// Logging out removes the device's pushers.
+    pushers: Arc<pusher_writer::PusherWriter>,
 }
 
 /// What discovery endpoints need.
@@ -90,6 +93,7 @@ pub(crate) struct UserData {
     store: ganglion_storage::AccountDataStore,
     writer: Arc<account_data_writer::AccountDataWriter>,
     presence: Arc<presence_writer::PresenceWriter>,
+    pushers: Arc<pusher_writer::PusherWriter>,
     /// Serialises profile propagation into member events (see `client::profile`).
     propagation: Arc<tokio::sync::Mutex<()>>,
     server_name: OwnedServerName,
@@ -105,6 +109,8 @@ pub(crate) struct Keys {
     backups: ganglion_storage::KeyBackupStore,
     events: EventStore,
     writer: Arc<e2ee_writer::E2eeWriter>,
+    /// Pushers go with the device that set them.
+    pushers: Arc<pusher_writer::PusherWriter>,
     hasher: PasswordHasherConfig,
     server_name: OwnedServerName,
 }
@@ -214,6 +220,12 @@ impl MainState {
         let hasher = PasswordHasherConfig::new(&config.password_hashing).map_err(StartError::Config)?;
         let limits = Arc::new(Limits::new(&config.rate_limits));
         let account_data = ganglion_storage::AccountDataStore::new(db.clone());
+        let pushers = pusher_writer::PusherWriter::new(
+            ganglion_storage::PusherStore::new(db.clone()),
+            events.clone(),
+            bus.clone(),
+        )
+        .await?;
         let user_data = UserData {
             users: users.clone(),
             store: account_data.clone(),
@@ -223,6 +235,7 @@ impl MainState {
                 bus.clone(),
             )
             .await?,
+            pushers: pushers.clone(),
             propagation: Arc::new(tokio::sync::Mutex::new(())),
             server_name: server_name.clone(),
             search_all_users: config.user_directory.search_all_users,
@@ -234,6 +247,7 @@ impl MainState {
             backups: ganglion_storage::KeyBackupStore::new(db.clone()),
             events: events.clone(),
             writer: Arc::new(e2ee_writer::E2eeWriter::new(e2ee, bus.clone()).await?),
+            pushers: pushers.clone(),
             hasher: hasher.clone(),
             server_name: server_name.clone(),
         };
@@ -263,6 +277,7 @@ impl MainState {
                 guest_access: config.registration.guest_access,
                 access_token_lifetime_ms: secs_to_ms(config.sessions.refreshable_access_token_lifetime_secs),
                 login_token_lifetime_ms: secs_to_ms(config.sessions.login_token_lifetime_secs),
+                pushers,
             },
             discovery: Discovery {
                 server_name,

@@ -5,15 +5,15 @@
 use std::collections::BTreeMap;
 
 use ganglion_core::{Pdu, StateMap};
-use ganglion_storage::AccountDataStore;
+use ganglion_storage::{AccountDataStore, PushAction};
 use ruma::power_levels::NotificationPowerLevels;
-use ruma::push::{Action, PushConditionPowerLevelsCtx, PushConditionRoomCtx, Ruleset};
+use ruma::push::{Action, PushConditionPowerLevelsCtx, PushConditionRoomCtx};
 use ruma::room_version_rules::{RoomPowerLevelsRules, RoomVersionRules};
 use ruma::serde::Raw;
 use ruma::{Int, OwnedRoomId, OwnedUserId, ServerName, UInt};
 use serde_json::Value;
 
-/// `(user, highlight, thread_id)` for every local member the event notifies.
+/// What the rules of every local member the event notifies say.
 pub(crate) async fn push_actions(
     account_data: &AccountDataStore,
     server_name: &ServerName,
@@ -21,7 +21,7 @@ pub(crate) async fn push_actions(
     pdu: &Pdu,
     room_id: &OwnedRoomId,
     rules: &RoomVersionRules,
-) -> Vec<(OwnedUserId, bool, String)> {
+) -> Vec<PushAction> {
     let members: Vec<(&Pdu, OwnedUserId)> = state
         .iter()
         .filter(|((ty, _), p)| ty == "m.room.member" && p.membership().as_deref() == Some("join"))
@@ -56,11 +56,8 @@ pub(crate) async fn push_actions(
         };
     let mut out = Vec::new();
     for (member_event, user) in local {
-        let ruleset = own_rules
-            .get(user.as_str())
-            .and_then(|c| serde_json::from_str::<Value>(c).ok())
-            .and_then(|v| serde_json::from_value::<Ruleset>(v["global"].clone()).ok())
-            .unwrap_or_else(|| Ruleset::server_default(user));
+        let saved = own_rules.get(user.as_str()).and_then(|c| serde_json::from_str::<Value>(c).ok());
+        let ruleset = ganglion_core::push_rules::effective(saved.as_ref().map(|v| &v["global"]), user);
         let display_name = member_event
             .content_value()
             .get("displayname")
@@ -70,8 +67,12 @@ pub(crate) async fn push_actions(
         ctx.power_levels = power_levels.clone();
         let actions = ruleset.get_actions(&raw, &ctx).await;
         if actions.iter().any(|a| matches!(a, Action::Notify)) {
-            let highlight = actions.iter().any(Action::is_highlight);
-            out.push((user.clone(), highlight, thread_id.clone()));
+            out.push(PushAction {
+                user_id: user.clone(),
+                highlight: actions.iter().any(Action::is_highlight),
+                thread_id: thread_id.clone(),
+                actions: serde_json::to_string(&actions).unwrap_or_else(|_| r#"["notify"]"#.to_owned()),
+            });
         }
     }
     out

@@ -72,6 +72,7 @@ macro_rules! on_both_backends {
 }
 
 on_both_backends!(
+    pushers_are_set_listed_replaced_and_removed,
     registration_follows_uia_and_validates_usernames,
     closed_registration_and_guests_are_refused,
     login_logout_and_whoami,
@@ -2182,7 +2183,9 @@ async fn notifications_list_what_notified(backend: Backend) {
     let list = b["notifications"].as_array().unwrap();
     let bodies: Vec<&str> = list.iter().filter_map(|n| n["event"]["content"]["body"].as_str()).collect();
     assert_eq!(bodies, vec!["three", "two"], "newest first");
-    assert_eq!(list[1]["actions"][1]["set_tweak"], "highlight");
+    let tweaks: Vec<&Value> =
+        list[1]["actions"].as_array().unwrap().iter().filter_map(|a| a.get("set_tweak")).collect();
+    assert_eq!(tweaks, [&json!("sound"), &json!("highlight")], "the rule's own actions: {}", list[1]["actions"]);
     assert_eq!((list[0]["read"].as_bool(), list[0]["room_id"].as_str()), (Some(false), Some(room.as_str())));
     let next = b["next_token"].as_str().unwrap().to_owned();
     let (_, b) = app.call("GET", &format!("/_matrix/client/v3/notifications?from={next}"), Some(&alice), None).await;
@@ -3163,4 +3166,107 @@ async fn identical_rooms_created_at_once_get_their_own_ids(backend: Backend) {
     let ids: std::collections::HashSet<String> = futures::future::join_all(creates).await.into_iter().collect();
     assert_eq!(ids.len(), 8);
     app.db.cleanup().await;
+}
+
+fn http_pusher(pushkey: &str, url: &str) -> Value {
+    json!({
+        "kind": "http", "app_id": "org.example.app", "pushkey": pushkey,
+        "app_display_name": "Example", "device_display_name": "Phone", "lang": "en",
+        "data": { "url": url, "format": "event_id_only" },
+    })
+}
+
+async fn pushers_are_set_listed_replaced_and_removed(backend: Backend) {
+    let app = app(backend, |_| {}).await;
+    let alice = app.register("alice").await;
+    let bob = app.register("bob").await;
+    let gateway = "https://push.example.org/_matrix/push/v1/notify";
+    let set = |token: &str, body: Value| {
+        let token = token.to_owned();
+        let app = &app;
+        async move { app.call("POST", "/_matrix/client/v3/pushers/set", Some(&token), Some(body)).await }
+    };
+    let list = |token: &str| {
+        let token = token.to_owned();
+        let app = &app;
+        async move {
+            let (s, b) = app.call("GET", "/_matrix/client/v3/pushers", Some(&token), None).await;
+            assert_eq!(s, StatusCode::OK, "{b}");
+            b["pushers"].as_array().unwrap().clone()
+        }
+    };
+    assert!(list(&alice).await.is_empty());
+    let (s, b) = set(&alice, http_pusher("key1", gateway)).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let got = list(&alice).await;
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0]["pushkey"], "key1");
+    assert_eq!(got[0]["data"], json!({ "url": gateway, "format": "event_id_only" }));
+    assert_eq!((got[0]["kind"].as_str(), got[0]["lang"].as_str()), (Some("http"), Some("en")));
+
+    // Same app and key: an update, not a second pusher.
+    let mut renamed = http_pusher("key1", gateway);
+    renamed["device_display_name"] = json!("Tablet");
+    set(&alice, renamed).await;
+    let got = list(&alice).await;
+    assert_eq!((got.len(), got[0]["device_display_name"].as_str()), (1, Some("Tablet")));
+
+    // Another user taking the key replaces alice's pusher, unless append.
+    let mut appended = http_pusher("key1", gateway);
+    appended["append"] = json!(true);
+    assert_eq!(set(&bob, appended).await.0, StatusCode::OK);
+    assert_eq!(list(&alice).await.len(), 1, "append keeps the other user's pusher");
+    set(&bob, http_pusher("key1", gateway)).await;
+    assert!(list(&alice).await.is_empty(), "without append the key moves to bob");
+    assert_eq!(list(&bob).await.len(), 1);
+
+    // kind: null deletes.
+    let (s, _) = set(&bob, json!({ "kind": null, "app_id": "org.example.app", "pushkey": "key1" })).await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(list(&bob).await.is_empty());
+
+    // Bad input gets the spec's errors and stores nothing.
+    let mut no_url = http_pusher("k", gateway);
+    no_url["data"] = json!({});
+    let mut no_lang = http_pusher("k", gateway);
+    no_lang.as_object_mut().unwrap().remove("lang");
+    let mut no_kind = http_pusher("k", gateway);
+    no_kind.as_object_mut().unwrap().remove("kind");
+    let mut unknown_kind = http_pusher("k", gateway);
+    unknown_kind["kind"] = json!("carrier-pigeon");
+    let mut long_app = http_pusher("k", gateway);
+    long_app["app_id"] = json!("a".repeat(65));
+    let mut data_string = http_pusher("k", gateway);
+    data_string["data"] = json!("https://x");
+    for (body, status, errcode) in [
+        (no_url, 400, "M_MISSING_PARAM"),
+        (no_lang, 400, "M_MISSING_PARAM"),
+        (no_kind, 400, "M_MISSING_PARAM"),
+        (unknown_kind, 400, "M_INVALID_PARAM"),
+        (long_app, 400, "M_INVALID_PARAM"),
+        (data_string, 400, "M_INVALID_PARAM"),
+        (http_pusher("k", "http://push.example.org/_matrix/push/v1/notify"), 400, "M_INVALID_PARAM"),
+        (http_pusher("k", "https://push.example.org/notify"), 400, "M_INVALID_PARAM"),
+        (http_pusher("k", "not a url"), 400, "M_INVALID_PARAM"),
+        (json!([1, 2]), 400, "M_BAD_JSON"),
+    ] {
+        let (s, b) = set(&alice, body.clone()).await;
+        assert_eq!((s.as_u16(), b["errcode"].as_str()), (status, Some(errcode)), "{body} -> {b}");
+    }
+    assert!(list(&alice).await.is_empty());
+    // Plain http is fine for a gateway on loopback (a gateway beside the server).
+    let (s, b) = set(&alice, http_pusher("local", "http://127.0.0.1:9/_matrix/push/v1/notify")).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+
+    // Logging the device out removes its pushers; so does deactivation.
+    let (s, _) = app.call("POST", "/_matrix/client/v3/logout", Some(&alice), None).await;
+    assert_eq!(s, StatusCode::OK);
+    let alice2 = login_device(&app, "alice", "SECOND").await;
+    assert!(list(&alice2).await.is_empty(), "logout removed the pusher");
+    set(&bob, http_pusher("bobkey", gateway)).await;
+    assert_eq!(list(&bob).await.len(), 1);
+    let (s, _) = app.call("POST", "/_matrix/client/v3/logout/all", Some(&bob), None).await;
+    assert_eq!(s, StatusCode::OK);
+    let bob2 = login_device(&app, "bob", "BOB2").await;
+    assert!(list(&bob2).await.is_empty(), "logout/all removed every pusher");
 }

@@ -86,7 +86,7 @@ struct PersistExtras {
     /// The redacted form of the event a redaction removes.
     redacts: Option<(OwnedEventId, String)>,
     /// The local members the event notifies.
-    push_actions: Vec<(ruma::OwnedUserId, bool, String)>,
+    push_actions: Vec<ganglion_storage::PushAction>,
 }
 
 /// A persisted event's coordinates.

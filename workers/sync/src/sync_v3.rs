@@ -565,7 +565,7 @@ async fn account_data(
     }
     if since.is_none() && !global.iter().any(|e| e["type"] == "m.push_rules") {
         global.push(
-            json!({ "type": "m.push_rules", "content": { "global": ruma::push::Ruleset::server_default(user_id) } }),
+            json!({ "type": "m.push_rules", "content": { "global": ganglion_core::push_rules::server_default(user_id) } }),
         );
     }
     Ok(global)

@@ -244,3 +244,57 @@ async fn quiet_poll_delivers_rows_never_published_to_redis() {
     expect_rows(&mut rx, 2, 24).await;
     expect_nothing_more(&mut rx, &source, redis.bus.as_ref(), 25).await;
 }
+
+mod shard_ring {
+    use super::*;
+    use crate::{ShardRing, ShardTiming};
+
+    const FAST: ShardTiming = ShardTiming { heartbeat: Duration::from_millis(100), lease: Duration::from_millis(600) };
+
+    async fn until(what: &str, mut ok: impl FnMut() -> bool) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while !ok() {
+            assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn members_split_keys_and_a_leaving_members_keys_move() {
+        let t = TestRedis::new(100).await;
+        let a = ShardRing::join(&t.bus, "pusher", "a", FAST).await.unwrap();
+        let b = ShardRing::join(&t.bus, "pusher", "b", FAST).await.unwrap();
+        until("both see two members", || a.members().borrow().len() == 2 && b.members().borrow().len() == 2).await;
+        let keys: Vec<String> = (0..200).map(|i| format!("@u{i}:x")).collect();
+        for k in &keys {
+            assert!(a.owns(k) ^ b.owns(k), "exactly one owner for {k}");
+        }
+        assert!(keys.iter().any(|k| a.owns(k)) && keys.iter().any(|k| b.owns(k)));
+
+        // A lease is exclusive until released.
+        let lease = a.try_lease("@u1:x").await.unwrap().expect("free lease");
+        assert!(b.try_lease("@u1:x").await.unwrap().is_none(), "held by a");
+        lease.release().await;
+        let taken = b.try_lease("@u1:x").await.unwrap().expect("released lease");
+        // Held past its TTL while renewed in the background.
+        tokio::time::sleep(FAST.lease * 2).await;
+        assert!(taken.held());
+        assert!(a.try_lease("@u1:x").await.unwrap().is_none(), "renewed by b");
+
+        // b leaves: its keys move to a, and its lease is freed.
+        let b_keys: Vec<String> = keys.iter().filter(|k| b.owns(k)).cloned().collect();
+        drop(taken);
+        drop(b);
+        until("a alone", || a.members().borrow().as_slice() == ["a"]).await;
+        assert!(b_keys.iter().all(|k| a.owns(k)));
+        let mut freed = None;
+        for _ in 0..50 {
+            freed = a.try_lease("@u1:x").await.unwrap();
+            if freed.is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(freed.is_some(), "a dropped lease is released");
+    }
+}

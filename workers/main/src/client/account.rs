@@ -482,12 +482,14 @@ pub(crate) async fn get_login_token(
 /// `POST /_matrix/client/v3/logout`: invalidates the token used.
 pub(crate) async fn logout(State(accounts): State<Accounts>, user: AuthUser) -> Result<Json<Value>, MatrixError> {
     accounts.users.delete_access_token(&user.token_hash).await?;
+    accounts.pushers.remove_for_device(&user.user_id, user.device_id.as_str()).await?;
     Ok(Json(json!({})))
 }
 
 /// `POST /_matrix/client/v3/logout/all`: invalidates every token of the user.
 pub(crate) async fn logout_all(State(accounts): State<Accounts>, user: AuthUser) -> Result<Json<Value>, MatrixError> {
     accounts.users.delete_all_access_tokens(&user.user_id).await?;
+    accounts.pushers.remove_for_user(&user.user_id).await?;
     Ok(Json(json!({})))
 }
 

@@ -45,6 +45,7 @@ pub(crate) async fn change_password(
         let removed = keys.users.delete_other_devices(&user.user_id, user.device_id.as_str()).await?;
         for d in &removed {
             keys.e2ee.delete_device(&user.user_id, d).await?;
+            keys.pushers.remove_for_device(&user.user_id, d).await?;
         }
         if !removed.is_empty() {
             keys.writer.device_list_changed(&user.user_id).await?;
@@ -93,6 +94,7 @@ pub(crate) async fn deactivate(
         keys.e2ee.delete_device(&user.user_id, d.device_id.as_str()).await?;
     }
     keys.users.deactivate(&user.user_id).await?;
+    keys.pushers.remove_for_user(&user.user_id).await?;
     keys.writer.device_list_changed(&user.user_id).await?;
     tracing::info!(user_id = %user.user_id, erase = body.erase, "deactivated account");
     Ok(Json(json!({ "id_server_unbind_result": "no-support" })).into_response())

@@ -6,7 +6,6 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use ganglion_http::{AuthUser, MatrixError, MatrixJson};
 use ruma::UserId;
-use ruma::push::Ruleset;
 use serde_json::{Value, json};
 
 use super::parse_room_id;
@@ -175,12 +174,15 @@ pub(crate) async fn get_filter(
     Ok(Json(serde_json::from_str(&json).map_err(MatrixError::internal)?))
 }
 
-/// The stored push rules, or the spec's defaults for the user.
+/// The user's push rules: the stored ones with the server defaults brought up to date, or the
+/// defaults.
 pub(crate) async fn push_rules_content(data: &UserData, user: &UserId) -> Result<Value, MatrixError> {
-    match data.store.get(user, "", "m.push_rules").await? {
-        Some(c) => serde_json::from_str(&c).map_err(MatrixError::internal),
-        None => Ok(json!({ "global": Ruleset::server_default(user) })),
-    }
+    let saved: Option<Value> = match data.store.get(user, "", "m.push_rules").await? {
+        Some(c) => Some(serde_json::from_str(&c).map_err(MatrixError::internal)?),
+        None => None,
+    };
+    let rules = ganglion_core::push_rules::effective(saved.as_ref().map(|s| &s["global"]), user);
+    Ok(json!({ "global": rules }))
 }
 
 /// `GET /_matrix/client/v3/pushrules/`.

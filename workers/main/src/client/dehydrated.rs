@@ -31,6 +31,7 @@ pub(crate) struct PutBody {
 async fn delete_device(keys: &Keys, user_id: &UserId, device_id: &str) -> Result<(), MatrixError> {
     keys.users.delete_device(user_id, device_id).await?;
     keys.e2ee.delete_device(user_id, device_id).await?;
+    keys.pushers.remove_for_device(user_id, device_id).await?;
     Ok(())
 }
 

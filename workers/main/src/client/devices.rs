@@ -130,6 +130,7 @@ async fn delete_all(keys: &Keys, user: &AuthUser, devices: &[String]) -> Result<
     for d in devices {
         keys.users.delete_device(&user.user_id, d).await?;
         keys.e2ee.delete_device(&user.user_id, d).await?;
+        keys.pushers.remove_for_device(&user.user_id, d).await?;
     }
     if !devices.is_empty() {
         keys.writer.device_list_changed(&user.user_id).await?;

@@ -42,9 +42,13 @@ pub(crate) async fn notifications(
             .await?
             .pop()
             .unwrap_or(Value::Null);
-        let mut actions = vec![json!("notify")];
-        if n.highlight {
-            actions.push(json!({ "set_tweak": "highlight" }));
+        let mut actions: Value = serde_json::from_str(&n.actions).unwrap_or_else(|_| json!(["notify"]));
+        // Rows stored before the actions were kept say only "notify".
+        if n.highlight
+            && let Some(list) = actions.as_array_mut()
+            && !list.iter().any(|a| a["set_tweak"] == "highlight")
+        {
+            list.push(json!({ "set_tweak": "highlight" }));
         }
         list.push(json!({
             "actions": actions,

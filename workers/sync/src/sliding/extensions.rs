@@ -175,7 +175,7 @@ async fn account_data(ctx: &SyncContext, user_id: &UserId, scope: &Scope<'_>) ->
     let fresh = !global.is_empty() || !rooms.is_empty();
     if scope.since.is_none() && !global.iter().any(|e| e["type"] == "m.push_rules") {
         global.push(
-            json!({ "type": "m.push_rules", "content": { "global": ruma::push::Ruleset::server_default(user_id) } }),
+            json!({ "type": "m.push_rules", "content": { "global": ganglion_core::push_rules::server_default(user_id) } }),
         );
     }
     Ok((json!({ "global": global, "rooms": rooms }), fresh))
