@@ -5,6 +5,7 @@
 //! `TEST_GANGLION_BIN`. Build it first: `cargo build -p ganglion`.
 
 pub mod conformance;
+pub mod push_gateway;
 pub mod sdk;
 
 use std::net::TcpListener;
@@ -245,6 +246,8 @@ pub struct Split {
     pub nginx: Proc,
     /// `main`'s gRPC write API, `http://127.0.0.1:port`.
     pub rpc_url: String,
+    /// Every process's configuration but the listeners, for [`Split::spawn_worker`].
+    base: Value,
     db: Option<ScratchPostgres>,
     dir: tempfile::TempDir,
 }
@@ -397,6 +400,7 @@ impl Split {
         let url = format!("http://127.0.0.1:{proxy_port}");
         wait_ready(&format!("{url}/_matrix/client/versions"), Duration::from_secs(15), &nginx).await?;
         let media_urls = media_addrs.iter().map(|a| format!("http://{a}")).collect();
+        let base = shared(0);
         Ok(Self {
             url,
             main,
@@ -405,9 +409,33 @@ impl Split {
             media_urls,
             nginx,
             rpc_url: format!("http://127.0.0.1:{rpc_port}"),
+            base,
             db: Some(db),
             dir,
         })
+    }
+
+    /// Starts one more worker of `role` (a role the proxy does not route to, such as `pusher`,
+    /// or one reached directly), named `name`, with `extra` merged over the shared configuration's
+    /// top-level keys. Waits until it is ready; the caller owns (and kills) it.
+    ///
+    /// # Errors
+    /// When it does not start.
+    pub async fn spawn_worker(&self, role: &str, name: &str, extra: Value) -> Result<Proc> {
+        let port = free_port();
+        let mut cfg = self.base.clone();
+        cfg["listeners"] = listener(port);
+        if let (Some(cfg), Some(extra)) = (cfg.as_object_mut(), extra.as_object()) {
+            for (k, v) in extra {
+                cfg.insert(k.clone(), v.clone());
+            }
+        }
+        let path = write_config(self.dir.path(), name, &cfg)?;
+        let mut cmd = Command::new(ganglion_bin());
+        cmd.arg("--config").arg(&path).args(["worker", role]);
+        let p = spawn(name, cmd, self.dir.path())?;
+        wait_ready(&format!("http://127.0.0.1:{port}/health/ready"), Duration::from_secs(30), &p).await?;
+        Ok(p)
     }
 
     /// Every process's log, for failure messages.
@@ -606,20 +634,29 @@ impl RawClient {
     /// When registration fails.
     pub async fn register(url: &str, username: &str) -> Result<Self> {
         let mut c = Self::new(url);
-        let first = c
-            .call("POST", "/_matrix/client/v3/register", Some(&json!({ "username": username, "password": "secret" })))
-            .await?;
+        // Registration is rate-limited per address: wait as told, as a real client does.
+        async fn post(c: &RawClient, body: Value) -> Result<Reply> {
+            let mut tries = 0;
+            loop {
+                let r = c.call("POST", "/_matrix/client/v3/register", Some(&body)).await?;
+                tries += 1;
+                if r.status != 429 || tries >= 20 {
+                    return Ok(r);
+                }
+                let wait = r.body["retry_after_ms"].as_u64().unwrap_or(1000);
+                tokio::time::sleep(Duration::from_millis(wait + 50)).await;
+            }
+        }
+        let first = post(&c, json!({ "username": username, "password": "secret" })).await?;
         if first.status != 401 {
             bail!("expected a UIA challenge, got {first:?}");
         }
         let session = first.body["session"].as_str().context("session")?.to_owned();
-        let done = c
-            .call(
-                "POST",
-                "/_matrix/client/v3/register",
-                Some(&json!({ "username": username, "password": "secret", "auth": { "type": "m.login.dummy", "session": session } })),
-            )
-            .await?;
+        let done = post(
+            &c,
+            json!({ "username": username, "password": "secret", "auth": { "type": "m.login.dummy", "session": session } }),
+        )
+        .await?;
         if done.status != 200 {
             bail!("registration failed: {done:?}");
         }

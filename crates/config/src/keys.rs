@@ -280,6 +280,32 @@ pub(crate) const KEYS: &[KeyDoc] = &[
         Kind::Uint(u64::MAX),
         "Longest one outbound federation request may take, in milliseconds.",
     ),
+    key("push", Kind::Section, "Pushes to push gateways (the `pusher` role)."),
+    key(
+        "push.include_content",
+        Kind::Bool,
+        "Send the event's content to the gateway (unless the pusher asked for `event_id_only`); off, message text never leaves the server through a gateway.",
+    ),
+    key(
+        "push.group_unread_count_by_room",
+        Kind::Bool,
+        "The app badge counts rooms with unread notifications; off, it counts the notifications.",
+    ),
+    key(
+        "push.request_timeout_ms",
+        Kind::Uint(u64::MAX),
+        "Longest one request to a push gateway may take, in milliseconds.",
+    ),
+    key(
+        "push.max_retry_interval_ms",
+        Kind::Uint(u64::MAX),
+        "Longest wait between retries of a failing gateway, in milliseconds (retries start after 1 s and double).",
+    ),
+    key(
+        "push.give_up_after_ms",
+        Kind::Uint(u64::MAX),
+        "A notification a gateway has refused for this long is dropped, in milliseconds.",
+    ),
     key("well_known", Kind::Section, "The /.well-known/matrix/* answers."),
     optional(
         "well_known.server",

@@ -78,6 +78,8 @@ pub struct Config {
     pub federation: FederationConfig,
     /// The media repository (the `media` role).
     pub media: MediaConfig,
+    /// Pushes to push gateways (the `pusher` role).
+    pub push: PushConfig,
 }
 
 /// One HTTP listener.
@@ -315,6 +317,38 @@ impl Default for FederationConfig {
     }
 }
 
+/// Pushes to push gateways (the `pusher` role).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct PushConfig {
+    /// Send the event's content to the gateway (unless the pusher asked for `event_id_only`).
+    /// Off, message text never leaves the server through a gateway. Default: true.
+    pub include_content: bool,
+    /// The app badge counts rooms with unread notifications (true) or the notifications
+    /// (false). Default: true.
+    pub group_unread_count_by_room: bool,
+    /// Longest one request to a gateway may take, in milliseconds. Default: 10000.
+    pub request_timeout_ms: u64,
+    /// Longest wait between retries of a failing gateway, in milliseconds (retries start after
+    /// 1 s and double). Default: 600000 (10 min).
+    pub max_retry_interval_ms: u64,
+    /// A notification a gateway has refused for this long is dropped, in milliseconds. Default:
+    /// 86400000 (24 h).
+    pub give_up_after_ms: u64,
+}
+
+impl Default for PushConfig {
+    fn default() -> Self {
+        Self {
+            include_content: true,
+            group_unread_count_by_room: true,
+            request_timeout_ms: 10_000,
+            max_retry_interval_ms: 600_000,
+            give_up_after_ms: 86_400_000,
+        }
+    }
+}
+
 /// The media repository: storage, limits, thumbnails and the unauthenticated endpoints.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -485,6 +519,7 @@ impl Default for Config {
             well_known: WellKnownConfig::default(),
             federation: FederationConfig::default(),
             media: MediaConfig::default(),
+            push: PushConfig::default(),
         }
     }
 }

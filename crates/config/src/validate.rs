@@ -56,6 +56,12 @@ impl Config {
         {
             problem("database.url", format!("{url:?} must start with sqlite://, postgres:// or postgresql://"));
         }
+        if self.push.request_timeout_ms == 0 {
+            problem("push.request_timeout_ms", "must be at least 1".to_owned());
+        }
+        if self.push.max_retry_interval_ms < 1000 {
+            problem("push.max_retry_interval_ms", "must be at least 1000 (retries start after 1 s)".to_owned());
+        }
         if self.database.max_connections == 0 {
             problem("database.max_connections", "must be at least 1".to_owned());
         }

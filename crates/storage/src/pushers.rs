@@ -366,13 +366,15 @@ impl PusherStore {
     }
 
     /// The badge count: how many of the user's joined rooms hold a notification no read receipt
-    /// (unthreaded, or of the notification's own thread) has passed.
+    /// (unthreaded, or of the notification's own thread) has passed; with `by_room` false, how
+    /// many such notifications there are.
     ///
     /// # Errors
     /// On database failure.
-    pub async fn badge_count(&self, user: &str) -> Result<i64> {
-        Ok(sqlx::query_scalar(
-            "SELECT COUNT(DISTINCT p.room_id) FROM event_push_actions p
+    pub async fn badge_count(&self, user: &str, by_room: bool) -> Result<i64> {
+        let count = if by_room { "COUNT(DISTINCT p.room_id)" } else { "COUNT(*)" };
+        Ok(sqlx::query_scalar(&format!(
+            "SELECT {count} FROM event_push_actions p
              WHERE p.user_id = $1
              AND EXISTS (SELECT 1 FROM current_state c WHERE c.room_id = p.room_id
                          AND c.event_type = 'm.room.member' AND c.state_key = p.user_id AND c.membership = 'join')
@@ -380,8 +382,8 @@ impl PusherStore {
                              WHERE r.room_id = p.room_id AND r.user_id = p.user_id
                              AND r.receipt_type IN ('m.read', 'm.read.private')
                              AND (r.thread_id = '' OR r.thread_id = CASE WHEN p.thread_id = '' THEN 'main' ELSE p.thread_id END)
-                             AND e.stream_ordering >= p.stream_ordering)",
-        )
+                             AND e.stream_ordering >= p.stream_ordering)"
+        ))
         .bind(user)
         .fetch_one(self.db.pool())
         .await?)

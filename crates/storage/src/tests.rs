@@ -1122,7 +1122,8 @@ async fn pushers_their_log_and_pending_pushes(t: &TestDb) {
     let pending = store.pending(alice.as_str(), 3, 10).await.unwrap();
     assert_eq!(pending.iter().map(|p| p.event.stream_ordering).collect::<Vec<_>>(), [4, 5]);
     assert!(pending[1].highlight && pending[0].actions.contains("sound"));
-    assert_eq!(store.badge_count(alice.as_str()).await.unwrap(), 1);
+    assert_eq!(store.badge_count(alice.as_str(), true).await.unwrap(), 1, "one room");
+    assert_eq!(store.badge_count(alice.as_str(), false).await.unwrap(), 3, "three notifications");
     let receipt = Receipt {
         position: 1,
         room_id: room.to_string(),
@@ -1133,5 +1134,5 @@ async fn pushers_their_log_and_pending_pushes(t: &TestDb) {
         ts: 1,
     };
     EphemeralStore::new(t.db.clone()).put_receipt(&receipt).await.unwrap();
-    assert_eq!(store.badge_count(alice.as_str()).await.unwrap(), 0, "read up to the last notification");
+    assert_eq!(store.badge_count(alice.as_str(), true).await.unwrap(), 0, "read up to the last notification");
 }

@@ -51,6 +51,32 @@ async fn redis_bus(cfg: &Config) -> Result<Arc<dyn Bus>, Fatal> {
     Ok(Arc::new(bus))
 }
 
+/// This instance's place among the live instances of a scaled role: over Redis when the
+/// deployment has it (instances come and go without configuration), else a ring of one.
+async fn shard_ring(cfg: &Config, group: &str) -> Result<ganglion_replication::ShardRing, Fatal> {
+    let me = instance_name(group);
+    let Some(url) = cfg.redis.url.as_deref() else {
+        return Ok(ganglion_replication::ShardRing::alone(&me));
+    };
+    let bus = RedisBus::connect(url, &cfg.redis.key_prefix, cfg.redis.stream_max_len).await.map_err(rt("redis"))?;
+    ganglion_replication::ShardRing::join(&bus, group, &me, ganglion_replication::ShardTiming::default())
+        .await
+        .map_err(rt("redis"))
+}
+
+/// A name unique to this process: host, process ID and a random part (a restarted pod with the
+/// same host name and PID is still a new member).
+fn instance_name(group: &str) -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "host".to_owned());
+    let started = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    format!("{group}-{host}-{}-{:x}", std::process::id(), started.as_micros())
+}
+
 /// Workers share the database with `main`: refuse to run on a schema this build does not know.
 async fn require_current_schema(db: &Db) -> Result<(), Fatal> {
     match db.schema_status().await.map_err(rt("database"))? {
@@ -154,7 +180,11 @@ async fn start_role(
             routers.keep(Box::new(r));
         }
         Role::Pusher => {
-            let r = ganglion_pusher::Pusher::start(db, bus).await.map_err(&db_err)?;
+            let ring = shard_ring(cfg, "pusher").await?;
+            let settings = ganglion_pusher::PushSettings::from(&cfg.push);
+            let r = ganglion_pusher::Pusher::start(db, bus, ring, main.clone(), settings)
+                .await
+                .map_err(|e| Fatal::Runtime(format!("pusher: {e}")))?;
             watch_replication(health, r.position());
             routers.keep(Box::new(r));
         }

@@ -27,8 +27,18 @@ pub(crate) async fn push_actions(
         .filter(|((ty, _), p)| ty == "m.room.member" && p.membership().as_deref() == Some("join"))
         .filter_map(|((_, key), p)| OwnedUserId::try_from(key.as_str()).ok().map(|u| (p, u)))
         .collect();
-    let local: Vec<&(&Pdu, OwnedUserId)> =
+    let mut local: Vec<&(&Pdu, OwnedUserId)> =
         members.iter().filter(|(_, u)| u.server_name() == server_name && *u != pdu.sender).collect();
+    // An invite notifies the invitee, who is not a member yet (the `.m.rule.invite_for_me` rule).
+    let invitee: Option<(&Pdu, OwnedUserId)> = (pdu.event_type.to_string() == "m.room.member"
+        && pdu.membership().as_deref() == Some("invite"))
+    .then(|| pdu.state_key.as_deref().and_then(|k| OwnedUserId::try_from(k).ok()))
+    .flatten()
+    .filter(|u| u.server_name() == server_name && *u != pdu.sender && !local.iter().any(|(_, m)| m == u))
+    .map(|u| (pdu, u));
+    if let Some(i) = &invitee {
+        local.push(i);
+    }
     if local.is_empty() {
         return Vec::new();
     }

@@ -1,33 +1,89 @@
-//! The `pusher` role: HTTP pushes to push gateways.
+//! The `pusher` role: HTTP pushes to push gateways (Push Gateway API `/_matrix/push/v1/notify`).
 //!
-//! Its features are not built yet. Until they are, the role starts, reports health, follows the
-//! replication stream (so operators can deploy and scale it now), and serves no endpoint: the paths
-//! the routing table sends it answer `M_UNRECOGNIZED`.
+//! `main` decides at persist time whom an event notifies and with which actions (stored in
+//! `event_push_actions`). This role follows the `events` stream to learn which users a batch
+//! notified, the `receipts` stream to update app badges after reading, and the `pushers` stream to
+//! know who has pushers. Each user is worked by one instance: the [`ShardRing`] over the live
+//! pusher instances assigns users, and a lease per user makes a hand-over exact. Every pusher keeps
+//! its durable position in the database, advanced only after the gateway accepted a push, so a
+//! crash or a restart never loses a push and never repeats one the gateway acknowledged.
 //!
 //! Depends on the shared crates; never on another worker crate.
 
+mod deliver;
+mod dispatch;
+
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
-use ganglion_replication::{Bus, Follower, StreamPosition};
-use ganglion_storage::{Db, EventStore, follow_events};
+use ganglion_config::PushConfig;
+use ganglion_replication::{Bus, Follower, ShardRing, StreamPosition};
+use ganglion_rpc::MainClient;
+use ganglion_storage::Db;
 use tokio::sync::watch;
+
+/// How the role pushes, from the `push` section of the configuration.
+#[derive(Debug, Clone)]
+pub struct PushSettings {
+    /// Send event content (unless a pusher asked for `event_id_only`).
+    pub include_content: bool,
+    /// Badge counts rooms (true) or notifications (false).
+    pub group_unread_count_by_room: bool,
+    /// Longest one request to a gateway may take.
+    pub request_timeout: Duration,
+    /// Longest wait between retries.
+    pub max_retry_interval: Duration,
+    /// A notification refused for this long is dropped.
+    pub give_up_after: Duration,
+}
+
+impl From<&PushConfig> for PushSettings {
+    fn from(c: &PushConfig) -> Self {
+        Self {
+            include_content: c.include_content,
+            group_unread_count_by_room: c.group_unread_count_by_room,
+            request_timeout: Duration::from_millis(c.request_timeout_ms),
+            max_retry_interval: Duration::from_millis(c.max_retry_interval_ms),
+            give_up_after: Duration::from_millis(c.give_up_after_ms),
+        }
+    }
+}
+
+/// A failure to start the role.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The database could not be read.
+    #[error(transparent)]
+    Storage(#[from] ganglion_storage::Error),
+    /// The HTTP client could not be built.
+    #[error("http client: {0}")]
+    Http(String),
+}
 
 /// A running `pusher` role.
 #[derive(Debug)]
 pub struct Pusher {
-    _follower: Follower,
+    _followers: Vec<Follower>,
+    _dispatch: dispatch::Dispatcher,
     position: watch::Receiver<StreamPosition>,
 }
 
 impl Pusher {
-    /// Starts following the `events` stream from the database's current position.
+    /// Starts pushing for the users `ring` assigns to this instance, catching up every pusher from
+    /// its stored position.
     ///
     /// # Errors
     /// When the database cannot be read.
-    pub async fn start(db: Db, bus: Arc<dyn Bus>) -> Result<Self, ganglion_storage::Error> {
-        let (follower, position) = follow_events(&EventStore::new(db), bus).await?;
-        Ok(Self { _follower: follower, position })
+    pub async fn start(
+        db: Db,
+        bus: Arc<dyn Bus>,
+        ring: ShardRing,
+        main: MainClient,
+        settings: PushSettings,
+    ) -> Result<Self, StartError> {
+        let (dispatch, followers, position) = dispatch::Dispatcher::start(db, bus, ring, main, settings).await?;
+        Ok(Self { _followers: followers, _dispatch: dispatch, position })
     }
 
     /// The position reached on the `events` stream.
@@ -35,7 +91,7 @@ impl Pusher {
         self.position.clone()
     }
 
-    /// The role's HTTP routes: none yet.
+    /// The role's HTTP routes: none (it only listens for health checks and metrics).
     pub fn router(&self) -> Router {
         Router::new()
     }
