@@ -7,6 +7,7 @@
 pub mod conformance;
 pub mod push_gateway;
 pub mod sdk;
+pub mod smtp;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};

@@ -295,3 +295,155 @@ async fn two_pushers_share_users_and_survive_one_killed() -> Result<()> {
     split.stop().await;
     Ok(())
 }
+
+/// An address validated through the mailed link, an email pusher on it, and notification
+/// emails: one for an unread message once the delay passed, none for a message read in time,
+/// none for a room mailed within the throttle, one for another room.
+#[tokio::test]
+async fn email_notifications_for_missed_messages() -> Result<()> {
+    use ganglion_e2e::smtp::RecordingSmtp;
+    let smtp = RecordingSmtp::start().await?;
+    let delay_ms = 1500;
+    let server = OneProcess::start_with(json!({
+        "email": {
+            "smtp_host": "127.0.0.1", "smtp_port": smtp.port, "security": "none",
+            "notif_from": "Test Chat <noreply@localhost>", "app_name": "Test Chat",
+            "notif_delay_ms": delay_ms, "throttle_ms": 600_000,
+        },
+    }))
+    .await?;
+    let url = server.url.clone();
+    let alice = RawClient::register(&url, "alice").await?;
+    let bob = RawClient::register(&url, "bob").await?;
+
+    // Validate alice@example.org: requestToken mails a link; following it validates the session.
+    let r = alice
+        .call(
+            "POST",
+            "/_matrix/client/v3/account/3pid/email/requestToken",
+            Some(&json!({ "client_secret": "s3cret", "email": "Alice@Example.org", "send_attempt": 1 })),
+        )
+        .await?;
+    assert_eq!(r.status, 200, "{r:?}");
+    let sid = r.body["sid"].as_str().unwrap_or_default().to_owned();
+    let mails = smtp.wait_for(1, WAIT).await?;
+    assert_eq!(mails[0].to, ["alice@example.org"]);
+    let link = mails[0]
+        .text
+        .split_whitespace()
+        .find(|w| w.contains("submit_token?") && w.starts_with("http"))
+        .map(|w| w.trim_end_matches(['"', '>', '.']).replace("&amp;", "&"))
+        .unwrap_or_else(|| panic!("no link in {}", mails[0].text));
+    // Asking again with the same attempt sends nothing new.
+    let again = alice
+        .call(
+            "POST",
+            "/_matrix/client/v3/account/3pid/email/requestToken",
+            Some(&json!({ "client_secret": "s3cret", "email": "alice@example.org", "send_attempt": 1 })),
+        )
+        .await?;
+    assert_eq!(again.body["sid"], sid.as_str());
+    let add = json!({ "client_secret": "s3cret", "sid": sid });
+    let early = alice.call("POST", "/_matrix/client/v3/account/3pid/add", Some(&add)).await?;
+    let session = early.body["session"].as_str().unwrap_or_default().to_owned();
+    let auth = json!({ "type": "m.login.password", "identifier": { "type": "m.id.user", "user": "alice" }, "password": "secret", "session": session });
+    let not_yet = alice
+        .call(
+            "POST",
+            "/_matrix/client/v3/account/3pid/add",
+            Some(&json!({ "client_secret": "s3cret", "sid": sid, "auth": auth })),
+        )
+        .await?;
+    assert_eq!(
+        (not_yet.status, not_yet.body["errcode"].as_str()),
+        (400, Some("M_THREEPID_AUTH_FAILED")),
+        "{not_yet:?}"
+    );
+    let page = reqwest::get(&link).await?;
+    assert_eq!(page.status().as_u16(), 200, "{link}");
+    let early = alice.call("POST", "/_matrix/client/v3/account/3pid/add", Some(&add)).await?;
+    let session = early.body["session"].as_str().unwrap_or_default().to_owned();
+    let auth = json!({ "type": "m.login.password", "identifier": { "type": "m.id.user", "user": "alice" }, "password": "secret", "session": session });
+    let added = alice
+        .call(
+            "POST",
+            "/_matrix/client/v3/account/3pid/add",
+            Some(&json!({ "client_secret": "s3cret", "sid": sid, "auth": auth })),
+        )
+        .await?;
+    assert_eq!(added.status, 200, "{added:?}");
+    let listed = alice.call("GET", "/_matrix/client/v3/account/3pid", None).await?.body;
+    assert_eq!(listed["threepids"][0]["address"], "alice@example.org", "{listed}");
+    // Someone else cannot take the address.
+    let taken = bob
+        .call(
+            "POST",
+            "/_matrix/client/v3/account/3pid/email/requestToken",
+            Some(&json!({ "client_secret": "other", "email": "alice@example.org", "send_attempt": 1 })),
+        )
+        .await?;
+    assert_eq!(taken.body["errcode"], "M_THREEPID_IN_USE");
+
+    // Email pushers only for the account's own addresses.
+    let email_pusher = |key: &str| {
+        json!({ "kind": "email", "app_id": "m.email", "pushkey": key, "app_display_name": "Email",
+                "device_display_name": key, "lang": "en", "data": {} })
+    };
+    let stranger = alice.call("POST", "/_matrix/client/v3/pushers/set", Some(&email_pusher("eve@example.org"))).await?;
+    assert_eq!((stranger.status, stranger.body["errcode"].as_str()), (400, Some("M_THREEPID_NOT_FOUND")));
+    ok(&alice, "POST", "/_matrix/client/v3/pushers/set", email_pusher("alice@example.org")).await?;
+
+    let new_room = |name: &'static str| {
+        let (bob, alice) = (bob.clone(), alice.clone());
+        async move {
+            let room =
+                ok(&bob, "POST", "/_matrix/client/v3/createRoom", json!({ "preset": "public_chat", "name": name }))
+                    .await?["room_id"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned();
+            ok(&alice, "POST", &format!("/_matrix/client/v3/rooms/{room}/join"), json!({})).await?;
+            anyhow::Ok(room)
+        }
+    };
+    let garden = new_room("Garden").await?;
+    let kitchen = new_room("Kitchen").await?;
+    let before = smtp.mails().len();
+    send(&bob, &garden, "m1", json!({ "msgtype": "m.text", "body": "the roses are out" })).await?;
+    let mails = smtp.wait_for(before + 1, WAIT).await?;
+    let mail = &mails[before];
+    assert_eq!(mail.to, ["alice@example.org"]);
+    assert!(mail.text.contains("the roses are out") && mail.text.contains("Garden"), "{}", mail.text);
+    assert!(mail.text.contains("Test Chat"), "{}", mail.text);
+
+    // Read in time on another device: not mailed. Unread in the throttled room: not mailed yet.
+    let read = send(&bob, &kitchen, "k1", json!({ "msgtype": "m.text", "body": "dinner is ready" })).await?;
+    ok(&alice, "POST", &format!("/_matrix/client/v3/rooms/{kitchen}/receipt/m.read/{read}"), json!({})).await?;
+    send(&bob, &garden, "m2", json!({ "msgtype": "m.text", "body": "and the tulips" })).await?;
+    tokio::time::sleep(Duration::from_millis(delay_ms as u64 * 2 + 1000)).await;
+    assert_eq!(
+        smtp.mails().len(),
+        before + 1,
+        "mailed a read or throttled message: {:#?}",
+        &smtp.mails()[before + 1..]
+    );
+
+    // Another room still gets its email.
+    send(&bob, &kitchen, "k2", json!({ "msgtype": "m.text", "body": "where are you?" })).await?;
+    let mails = smtp.wait_for(before + 2, WAIT).await?;
+    let mail = &mails[before + 1];
+    assert!(mail.text.contains("where are you?") && !mail.text.contains("dinner is ready"), "{}", mail.text);
+    assert!(!mail.text.contains("tulips"), "the throttled room came along: {}", mail.text);
+
+    // Removing the address removes its pusher.
+    ok(
+        &alice,
+        "POST",
+        "/_matrix/client/v3/account/3pid/delete",
+        json!({ "medium": "email", "address": "alice@example.org" }),
+    )
+    .await?;
+    let pushers = alice.call("GET", "/_matrix/client/v3/pushers", None).await?.body;
+    assert_eq!(pushers["pushers"], json!([]), "{pushers}");
+    Ok(())
+}

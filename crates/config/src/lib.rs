@@ -80,6 +80,9 @@ pub struct Config {
     pub media: MediaConfig,
     /// Pushes to push gateways (the `pusher` role).
     pub push: PushConfig,
+    /// Outgoing email over SMTP: validating addresses and email notifications. Default: unset
+    /// (no email).
+    pub email: Option<EmailConfig>,
 }
 
 /// One HTTP listener.
@@ -349,6 +352,71 @@ impl Default for PushConfig {
     }
 }
 
+/// How the SMTP connection is secured.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum SmtpSecurity {
+    /// TLS from the first byte (port 465).
+    Tls,
+    /// Plain, then `STARTTLS`, which must succeed (port 587).
+    Starttls,
+    /// No TLS: only for a relay on the same host or network.
+    None,
+}
+
+/// Outgoing email over SMTP.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct EmailConfig {
+    /// The SMTP server. Default: `localhost`.
+    pub smtp_host: String,
+    /// Its port. Default: 25.
+    pub smtp_port: u16,
+    /// Default: `starttls`.
+    pub security: SmtpSecurity,
+    /// SMTP user name, if the server wants one. Default: unset.
+    pub smtp_user: Option<String>,
+    /// SMTP password. Default: unset.
+    pub smtp_pass: Option<String>,
+    /// The `From` of every message, e.g. `Example Chat <noreply@example.org>`.
+    pub notif_from: String,
+    /// The name emails use for the service. Default: `Matrix`.
+    pub app_name: String,
+    /// Links in notification emails point here, followed by the room ID. Default:
+    /// `https://matrix.to/#/`.
+    pub client_base_url: String,
+    /// How long after a message an email about it waits, so that reading it elsewhere first
+    /// spares the email, in milliseconds. Default: 600000 (10 min).
+    pub notif_delay_ms: u64,
+    /// At most one email per room per this long, in milliseconds. Default: 600000 (10 min).
+    pub throttle_ms: u64,
+    /// How long a validation link stays valid, in milliseconds. Default: 3600000 (1 h).
+    pub validation_token_lifetime_ms: u64,
+    /// A directory with `notif_mail.txt` and `notif_mail.html` replacing the built-in
+    /// notification templates (placeholders: `{app_name}`, `{user_id}`, `{summary}`,
+    /// `{messages}`, `{link}`). Default: unset (built-in templates).
+    pub templates_dir: Option<PathBuf>,
+}
+
+impl Default for EmailConfig {
+    fn default() -> Self {
+        Self {
+            smtp_host: "localhost".to_owned(),
+            smtp_port: 25,
+            security: SmtpSecurity::Starttls,
+            smtp_user: None,
+            smtp_pass: None,
+            notif_from: String::new(),
+            app_name: "Matrix".to_owned(),
+            client_base_url: "https://matrix.to/#/".to_owned(),
+            notif_delay_ms: 600_000,
+            throttle_ms: 600_000,
+            validation_token_lifetime_ms: 3_600_000,
+            templates_dir: None,
+        }
+    }
+}
+
 /// The media repository: storage, limits, thumbnails and the unauthenticated endpoints.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -520,6 +588,7 @@ impl Default for Config {
             federation: FederationConfig::default(),
             media: MediaConfig::default(),
             push: PushConfig::default(),
+            email: None,
         }
     }
 }

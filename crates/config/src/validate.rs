@@ -56,6 +56,19 @@ impl Config {
         {
             problem("database.url", format!("{url:?} must start with sqlite://, postgres:// or postgresql://"));
         }
+        if let Some(email) = &self.email {
+            if email.notif_from.trim().is_empty() {
+                problem("email.notif_from", "is required when email is set".to_owned());
+            } else if !email.notif_from.contains('@') {
+                problem("email.notif_from", format!("{:?} is not an email address", email.notif_from));
+            }
+            if email.smtp_host.trim().is_empty() {
+                problem("email.smtp_host", "must not be empty".to_owned());
+            }
+            if email.smtp_user.is_some() != email.smtp_pass.is_some() {
+                problem("email.smtp_pass", "smtp_user and smtp_pass go together".to_owned());
+            }
+        }
         if self.push.request_timeout_ms == 0 {
             problem("push.request_timeout_ms", "must be at least 1".to_owned());
         }

@@ -25,6 +25,7 @@ mod relations;
 mod reports;
 mod sessions;
 mod state_groups;
+mod threepids;
 mod users;
 
 use std::str::FromStr;
@@ -55,6 +56,7 @@ pub use relations::{RelationFilter, RelationRow};
 pub use reports::{Report, ReportStore};
 pub use sessions::NewRefresh;
 pub use state_groups::{MIN_CHAIN, StateIds};
+pub use threepids::{Threepid, ThreepidSession, ThreepidStore};
 pub use users::{DeviceInfo, DirectoryScope, UserStore, Whoami};
 
 /// A storage failure. Absence of a row is never an error: look-ups return `Option`.

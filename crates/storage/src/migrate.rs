@@ -120,10 +120,16 @@ const MIGRATIONS: &[Migration] = &[
         postgres: include_str!("../../../migrations/postgres/0018_pushers.sql"),
         sqlite: include_str!("../../../migrations/sqlite/0018_pushers.sql"),
     },
+    Migration {
+        version: 19,
+        name: "email",
+        postgres: include_str!("../../../migrations/postgres/0019_email.sql"),
+        sqlite: include_str!("../../../migrations/sqlite/0019_email.sql"),
+    },
 ];
 
 /// The schema version this build reads and writes: the highest migration's version.
-pub const SCHEMA_VERSION: i64 = 18;
+pub const SCHEMA_VERSION: i64 = 19;
 
 /// How the database's schema compares with this build's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

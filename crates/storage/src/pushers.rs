@@ -67,6 +67,8 @@ pub struct PendingPush {
     pub highlight: bool,
     /// The rule's actions, a JSON array.
     pub actions: String,
+    /// Whether a read receipt (unthreaded, or of its thread) has passed it since.
+    pub read: bool,
 }
 
 const PUSHER_COLUMNS: &str = "user_id, app_id, pushkey, device_id, kind, app_display_name, device_display_name, \
@@ -98,6 +100,13 @@ pub struct PusherStore {
 }
 
 type Tx = sqlx::Transaction<'static, sqlx::Any>;
+
+/// Whether the push action `p` has been read: an unthreaded receipt, or one for its thread
+/// (`main` for the main timeline), at or after it.
+const READ: &str = "EXISTS (SELECT 1 FROM receipts r JOIN events e2 ON e2.event_id = r.event_id
+     WHERE r.room_id = p.room_id AND r.user_id = p.user_id AND r.receipt_type IN ('m.read', 'm.read.private')
+     AND (r.thread_id = '' OR r.thread_id = CASE WHEN p.thread_id = '' THEN 'main' ELSE p.thread_id END)
+     AND e2.stream_ordering >= p.stream_ordering)";
 
 /// Appends a `pushers` stream row for `user` at the next position after `*last`.
 async fn log(tx: &mut Tx, last: &mut i64, user: &str, logged: &mut Vec<(i64, String)>) -> Result<()> {
@@ -348,7 +357,8 @@ impl PusherStore {
     pub async fn pending(&self, user: &str, after: i64, limit: i64) -> Result<Vec<PendingPush>> {
         let cols = EVENT_COLUMNS.split(", ").map(|c| format!("e.{c}")).collect::<Vec<_>>().join(", ");
         let rows = sqlx::query(&format!(
-            "SELECT {cols}, p.highlight, p.actions FROM event_push_actions p
+            "SELECT {cols}, p.highlight, p.actions, CAST(CASE WHEN {READ} THEN 1 ELSE 0 END AS BIGINT)
+             FROM event_push_actions p
              JOIN events e ON e.stream_ordering = p.stream_ordering
              WHERE p.user_id = $1 AND p.stream_ordering > $2 ORDER BY p.stream_ordering LIMIT $3"
         ))
@@ -360,7 +370,13 @@ impl PusherStore {
         rows.iter()
             .map(|r| {
                 let highlight: i64 = r.try_get(11)?;
-                Ok(PendingPush { event: decode_event(r)?, highlight: highlight != 0, actions: r.try_get(12)? })
+                let read: i64 = r.try_get(13)?;
+                Ok(PendingPush {
+                    event: decode_event(r)?,
+                    highlight: highlight != 0,
+                    actions: r.try_get(12)?,
+                    read: read != 0,
+                })
             })
             .collect()
     }
@@ -378,11 +394,7 @@ impl PusherStore {
              WHERE p.user_id = $1
              AND EXISTS (SELECT 1 FROM current_state c WHERE c.room_id = p.room_id
                          AND c.event_type = 'm.room.member' AND c.state_key = p.user_id AND c.membership = 'join')
-             AND NOT EXISTS (SELECT 1 FROM receipts r JOIN events e ON e.event_id = r.event_id
-                             WHERE r.room_id = p.room_id AND r.user_id = p.user_id
-                             AND r.receipt_type IN ('m.read', 'm.read.private')
-                             AND (r.thread_id = '' OR r.thread_id = CASE WHEN p.thread_id = '' THEN 'main' ELSE p.thread_id END)
-                             AND e.stream_ordering >= p.stream_ordering)"
+             AND NOT {READ}"
         ))
         .bind(user)
         .fetch_one(self.db.pool())

@@ -45,6 +45,7 @@ on_both_backends!(
     group_commit_is_all_or_nothing,
     sync_hot_path_queries_match_their_parts,
     pushers_their_log_and_pending_pushes,
+    threepids_sessions_and_email_throttle,
 );
 
 async fn e2ee_keys_and_inbox(t: &TestDb) {
@@ -1135,4 +1136,46 @@ async fn pushers_their_log_and_pending_pushes(t: &TestDb) {
     };
     EphemeralStore::new(t.db.clone()).put_receipt(&receipt).await.unwrap();
     assert_eq!(store.badge_count(alice.as_str(), true).await.unwrap(), 0, "read up to the last notification");
+}
+
+async fn threepids_sessions_and_email_throttle(t: &TestDb) {
+    use crate::{ThreepidSession, ThreepidStore};
+    let store = ThreepidStore::new(t.db.clone());
+    let alice = owned_user_id!("@alice:example.org");
+    let bob = owned_user_id!("@bob:example.org");
+    let s = ThreepidSession {
+        sid: "sid1".into(),
+        client_secret: "secret".into(),
+        medium: "email".into(),
+        address: "alice@example.org".into(),
+        send_attempt: 1,
+        created_ts: 1000,
+        validated_ts: None,
+    };
+    store.put_session(&s, "hash1").await.unwrap();
+    assert_eq!(store.session_for("secret", "alice@example.org").await.unwrap().unwrap().sid, "sid1");
+    // A newer attempt replaces the token: the old link no longer works.
+    store.put_session(&ThreepidSession { send_attempt: 2, ..s.clone() }, "hash2").await.unwrap();
+    assert!(!store.validate("sid1", "secret", "hash1", 0).await.unwrap());
+    assert!(!store.validate("sid1", "wrong", "hash2", 0).await.unwrap());
+    assert!(!store.validate("sid1", "secret", "hash2", 2000).await.unwrap(), "expired");
+    assert!(store.validate("sid1", "secret", "hash2", 0).await.unwrap());
+    let got = store.session("sid1", "secret").await.unwrap().unwrap();
+    assert_eq!(got.send_attempt, 2);
+    assert!(got.validated_ts.is_some());
+
+    assert!(store.add(&alice, "email", "alice@example.org", 5).await.unwrap());
+    assert!(store.add(&alice, "email", "alice@example.org", 5).await.unwrap(), "adding again is fine");
+    assert!(!store.add(&bob, "email", "alice@example.org", 5).await.unwrap(), "one account per address");
+    assert_eq!(store.owner("email", "alice@example.org").await.unwrap().as_deref(), Some(alice.as_str()));
+    assert_eq!(store.for_user(&alice).await.unwrap().len(), 1);
+    assert!(store.remove(&alice, "email", "alice@example.org").await.unwrap());
+    assert!(store.for_user(&alice).await.unwrap().is_empty());
+    store.add(&alice, "email", "a2@example.org", 5).await.unwrap();
+    store.remove_all(&alice).await.unwrap();
+    assert!(store.owner("email", "a2@example.org").await.unwrap().is_none());
+
+    store.set_email_throttle("@alice:x", "a@x", "!r:x", 10, 3).await.unwrap();
+    store.set_email_throttle("@alice:x", "a@x", "!r:x", 20, 7).await.unwrap();
+    assert_eq!(store.email_throttle("@alice:x", "a@x").await.unwrap(), vec![("!r:x".to_owned(), 20, 7)]);
 }

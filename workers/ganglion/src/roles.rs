@@ -181,7 +181,8 @@ async fn start_role(
         }
         Role::Pusher => {
             let ring = shard_ring(cfg, "pusher").await?;
-            let settings = ganglion_pusher::PushSettings::from(&cfg.push);
+            let settings = ganglion_pusher::PushSettings::new(&cfg.push, cfg.email.as_ref())
+                .map_err(|e| Fatal::Config(e.to_string()))?;
             let r = ganglion_pusher::Pusher::start(db, bus, ring, main.clone(), settings)
                 .await
                 .map_err(|e| Fatal::Runtime(format!("pusher: {e}")))?;

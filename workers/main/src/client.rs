@@ -24,6 +24,7 @@ mod room_state;
 mod rooms;
 mod search;
 mod spaces;
+mod threepids;
 mod upgrade;
 mod user_directory;
 
@@ -73,6 +74,7 @@ pub(crate) async fn visible_upto(rooms: &Rooms, user: &UserId, room_id: &RoomId)
 pub(crate) fn routes() -> Router<MainState> {
     let mut r = Router::new()
         .route("/_matrix/client/versions", get(discovery::versions))
+        .route(threepids::SUBMIT_TOKEN_PATH, get(threepids::submit_token_link).post(threepids::submit_token_json))
         .route("/.well-known/matrix/client", get(discovery::well_known_client))
         .route("/.well-known/matrix/server", get(discovery::well_known_server));
     r = r
@@ -192,15 +194,12 @@ pub(crate) fn routes() -> Router<MainState> {
             )
             .route(&format!("/_matrix/client/{v}/account/password"), post(account_admin::change_password))
             .route(&format!("/_matrix/client/{v}/account/deactivate"), post(account_admin::deactivate))
-            .route(
-                &format!("/_matrix/client/{v}/account/3pid"),
-                get(account_admin::threepids).post(account_admin::threepid_unsupported),
-            )
-            .route(&format!("/_matrix/client/{v}/account/3pid/add"), post(account_admin::threepid_unsupported))
+            .route(&format!("/_matrix/client/{v}/account/3pid"), get(threepids::list))
+            .route(&format!("/_matrix/client/{v}/account/3pid/add"), post(threepids::add))
             .route(&format!("/_matrix/client/{v}/account/3pid/bind"), post(account_admin::threepid_unsupported))
-            .route(&format!("/_matrix/client/{v}/account/3pid/delete"), post(account_admin::threepid_delete))
-            .route(&format!("/_matrix/client/{v}/account/3pid/unbind"), post(account_admin::threepid_delete))
-            .route(&format!("/_matrix/client/{v}/account/3pid/email/requestToken"), post(account_admin::request_token))
+            .route(&format!("/_matrix/client/{v}/account/3pid/delete"), post(threepids::delete))
+            .route(&format!("/_matrix/client/{v}/account/3pid/unbind"), post(threepids::delete))
+            .route(&format!("/_matrix/client/{v}/account/3pid/email/requestToken"), post(threepids::request_token))
             .route(&format!("/_matrix/client/{v}/account/3pid/msisdn/requestToken"), post(account_admin::request_token))
             .route(
                 &format!("/_matrix/client/{v}/account/password/email/requestToken"),

@@ -134,6 +134,22 @@ impl FromRef<MainState> for Ephemeral {
     }
 }
 
+/// What the third-party ID (email address) endpoints and email pushers need.
+#[derive(Debug, Clone)]
+pub(crate) struct Threepids {
+    store: ganglion_storage::ThreepidStore,
+    /// `None` without an `email` section: addresses cannot be added.
+    mailer: Option<ganglion_mail::Mailer>,
+    public_baseurl: String,
+    token_lifetime_ms: i64,
+}
+
+impl FromRef<MainState> for Threepids {
+    fn from_ref(s: &MainState) -> Self {
+        s.threepids.clone()
+    }
+}
+
 /// The state of the `main` role's router: small substates, one per area.
 #[derive(Debug, Clone)]
 pub struct MainState {
@@ -144,6 +160,7 @@ pub struct MainState {
     user_data: UserData,
     keys: Keys,
     ephemeral: Ephemeral,
+    threepids: Threepids,
 }
 
 impl FromRef<MainState> for UserData {
@@ -265,7 +282,21 @@ impl MainState {
             let host = if host.contains(':') { format!("[{host}]") } else { host };
             format!("{scheme}://{host}:{}/", l.port)
         });
+        let mailer = match &config.email {
+            Some(e) => Some(ganglion_mail::Mailer::new(e).map_err(|e| StartError::Config(e.to_string()))?),
+            None => None,
+        };
+        let threepids = Threepids {
+            store: ganglion_storage::ThreepidStore::new(db.clone()),
+            mailer,
+            public_baseurl: public_baseurl.clone(),
+            token_lifetime_ms: config
+                .email
+                .as_ref()
+                .map_or(3_600_000, |e| i64::try_from(e.validation_token_lifetime_ms).unwrap_or(i64::MAX)),
+        };
         Ok(Self {
+            threepids,
             auth: Authenticator::new(users.clone()),
             accounts: Accounts {
                 users: users.clone(),

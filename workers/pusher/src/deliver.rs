@@ -22,7 +22,7 @@ const BATCH: i64 = 50;
 /// The first retry's wait.
 const FIRST_RETRY: Duration = Duration::from_secs(1);
 
-fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
@@ -68,7 +68,7 @@ pub(crate) async fn user_task(shared: Arc<Shared>, user: String, slot: Arc<Slot>
     }
 }
 
-async fn run_user(shared: &Arc<Shared>, user: &str, slot: &Slot, lease: &Lease) {
+async fn run_user(shared: &Arc<Shared>, user: &str, slot: &Arc<Slot>, lease: &Lease) {
     let pushers = match shared.store.for_user(user).await {
         Ok(p) => p,
         Err(e) => {
@@ -79,13 +79,15 @@ async fn run_user(shared: &Arc<Shared>, user: &str, slot: &Slot, lease: &Lease) 
         }
     };
     let badge = slot.badge.swap(false, Ordering::SeqCst);
-    let http: Vec<Pusher> = pushers.into_iter().filter(|p| p.kind == "http").collect();
+    let (http, email): (Vec<Pusher>, Vec<Pusher>) = pushers.into_iter().partition(|p| p.kind == "http");
     // Concurrently, so one dead gateway does not hold up the user's other devices.
-    futures::future::join_all(http.into_iter().map(|p| run_pusher(shared, p, lease, badge))).await;
+    let http = futures::future::join_all(http.into_iter().map(|p| run_pusher(shared, p, lease, badge)));
+    let email = futures::future::join_all(email.into_iter().map(|p| crate::email::run(shared, p, lease, slot)));
+    futures::future::join(http, email).await;
 }
 
 /// Whether this instance may still push for the pusher's user.
-fn still_ours(shared: &Shared, lease: &Lease, user: &str) -> bool {
+pub(crate) fn still_ours(shared: &Shared, lease: &Lease, user: &str) -> bool {
     lease.held() && shared.ring.owns(user)
 }
 

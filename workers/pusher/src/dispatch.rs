@@ -25,6 +25,9 @@ pub(crate) struct Slot {
     pub(crate) badge: AtomicBool,
     /// The user's task is running.
     pub(crate) running: AtomicBool,
+    /// When a timer will wake the user for an email that is not due yet (ms since the epoch;
+    /// 0: none), so repeated runs arm one timer, not one each.
+    pub(crate) email_timer: std::sync::atomic::AtomicI64,
     pub(crate) wake: Notify,
 }
 
@@ -32,6 +35,7 @@ pub(crate) struct Slot {
 pub(crate) struct Shared {
     pub(crate) store: PusherStore,
     pub(crate) events: EventStore,
+    pub(crate) threepids: ganglion_storage::ThreepidStore,
     pub(crate) ring: ShardRing,
     pub(crate) main: MainClient,
     pub(crate) http: reqwest::Client,
@@ -109,10 +113,12 @@ impl Dispatcher {
             .build()
             .map_err(|e| StartError::Http(e.to_string()))?;
         let store = PusherStore::new(db.clone());
+        let threepids = ganglion_storage::ThreepidStore::new(db.clone());
         let events = EventStore::new(db);
         let shared = Arc::new(Shared {
             store: store.clone(),
             events: events.clone(),
+            threepids,
             ring: ring.clone(),
             main,
             http,

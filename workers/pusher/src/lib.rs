@@ -12,6 +12,7 @@
 
 mod deliver;
 mod dispatch;
+mod email;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -36,6 +37,37 @@ pub struct PushSettings {
     pub max_retry_interval: Duration,
     /// A notification refused for this long is dropped.
     pub give_up_after: Duration,
+    /// Email notifications, when the `email` section is set.
+    pub email: Option<EmailSettings>,
+}
+
+/// How email pushers mail, from the `email` section.
+#[derive(Debug, Clone)]
+pub struct EmailSettings {
+    /// The SMTP client and templates.
+    pub mailer: ganglion_mail::Mailer,
+    /// How long an email about a message waits (reading it elsewhere first spares the email).
+    pub notif_delay: Duration,
+    /// At most one email per room per this long.
+    pub throttle: Duration,
+}
+
+impl PushSettings {
+    /// The settings of `push` and `email`.
+    ///
+    /// # Errors
+    /// When the `email` section cannot make a mailer.
+    pub fn new(push: &PushConfig, email: Option<&ganglion_config::EmailConfig>) -> Result<Self, StartError> {
+        let email = match email {
+            Some(e) => Some(EmailSettings {
+                mailer: ganglion_mail::Mailer::new(e).map_err(|e| StartError::Mail(e.to_string()))?,
+                notif_delay: Duration::from_millis(e.notif_delay_ms),
+                throttle: Duration::from_millis(e.throttle_ms),
+            }),
+            None => None,
+        };
+        Ok(Self { email, ..Self::from(push) })
+    }
 }
 
 impl From<&PushConfig> for PushSettings {
@@ -46,6 +78,7 @@ impl From<&PushConfig> for PushSettings {
             request_timeout: Duration::from_millis(c.request_timeout_ms),
             max_retry_interval: Duration::from_millis(c.max_retry_interval_ms),
             give_up_after: Duration::from_millis(c.give_up_after_ms),
+            email: None,
         }
     }
 }
@@ -59,6 +92,9 @@ pub enum StartError {
     /// The HTTP client could not be built.
     #[error("http client: {0}")]
     Http(String),
+    /// The `email` section cannot make a mailer.
+    #[error("email: {0}")]
+    Mail(String),
 }
 
 /// A running `pusher` role.

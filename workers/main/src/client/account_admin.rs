@@ -9,7 +9,7 @@ use axum::response::{IntoResponse, Response};
 use ganglion_core::EventTemplate;
 use ganglion_http::{AuthUser, MatrixError, MatrixJson};
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::json;
 
 use super::devices::{PasswordAuth, password_uia};
 use crate::writer::WriteOrigin;
@@ -67,6 +67,7 @@ pub(crate) async fn deactivate(
     State(keys): State<Keys>,
     State(rooms): State<Rooms>,
     State(data): State<UserData>,
+    State(threepids): State<crate::Threepids>,
     user: AuthUser,
     MatrixJson(body): MatrixJson<DeactivateBody>,
 ) -> Result<Response, MatrixError> {
@@ -95,17 +96,13 @@ pub(crate) async fn deactivate(
     }
     keys.users.deactivate(&user.user_id).await?;
     keys.pushers.remove_for_user(&user.user_id).await?;
+    threepids.store.remove_all(&user.user_id).await?;
     keys.writer.device_list_changed(&user.user_id).await?;
     tracing::info!(user_id = %user.user_id, erase = body.erase, "deactivated account");
     Ok(Json(json!({ "id_server_unbind_result": "no-support" })).into_response())
 }
 
-/// `GET /_matrix/client/v3/account/3pid`: none can be added here, so there are none.
-pub(crate) async fn threepids(_user: AuthUser) -> Json<Value> {
-    Json(json!({ "threepids": [] }))
-}
-
-/// Adding or binding a third-party identifier needs verification this server does not offer.
+/// Binding an address at an identity server: not offered (addresses are validated here).
 pub(crate) async fn threepid_unsupported(_user: AuthUser) -> MatrixError {
     MatrixError::new(
         StatusCode::BAD_REQUEST,
@@ -114,12 +111,7 @@ pub(crate) async fn threepid_unsupported(_user: AuthUser) -> MatrixError {
     )
 }
 
-/// Deleting or unbinding: there is nothing bound, so nothing changes.
-pub(crate) async fn threepid_delete(_user: AuthUser, MatrixJson(_body): MatrixJson<Value>) -> Json<Value> {
-    Json(json!({ "id_server_unbind_result": "no-support" }))
-}
-
-/// `.../requestToken` for email or phone: not offered here.
+/// `.../msisdn/requestToken`: phones are not offered here.
 pub(crate) async fn request_token() -> MatrixError {
     MatrixError::new(
         StatusCode::BAD_REQUEST,

@@ -10,7 +10,7 @@ use ganglion_http::{AuthUser, MatrixError, MatrixJson};
 use ganglion_storage::Pusher;
 use serde_json::{Map, Value, json};
 
-use crate::UserData;
+use crate::{Threepids, UserData};
 
 /// The path every push gateway serves (Push Gateway API).
 const NOTIFY_PATH: &str = "/_matrix/push/v1/notify";
@@ -96,6 +96,7 @@ async fn check_gateway_url(url: &str) -> Result<(), MatrixError> {
 /// `kind: null`, deletes a pusher of the user.
 pub(crate) async fn set(
     State(data): State<UserData>,
+    State(threepids): State<Threepids>,
     user: AuthUser,
     MatrixJson(body): MatrixJson<Map<String, Value>>,
 ) -> Result<Json<Value>, MatrixError> {
@@ -145,16 +146,33 @@ pub(crate) async fn set(
             check_gateway_url(url).await?;
         }
         "email" => {
-            return Err(MatrixError::invalid_param(
-                "email pushers are not supported by this server yet; use an http pusher",
-            ));
+            if threepids.mailer.is_none() {
+                return Err(MatrixError::invalid_param("This server has no email configured"));
+            }
+            // Only an address validated on this account: the server must not mail strangers.
+            let address = super::threepids::canonical_email(pushkey);
+            let owned = match &address {
+                Some(a) => threepids.store.owner("email", a).await?.as_deref() == Some(user.user_id.as_str()),
+                None => false,
+            };
+            if !owned {
+                return Err(MatrixError::new(
+                    axum::http::StatusCode::BAD_REQUEST,
+                    "M_THREEPID_NOT_FOUND",
+                    "The pushkey of an email pusher must be an email address on this account",
+                ));
+            }
         }
         other => return Err(MatrixError::invalid_param(format!("Unknown pusher kind {other}"))),
     }
     let pusher = Pusher {
         user_id: user.user_id.to_string(),
         app_id: app_id.to_owned(),
-        pushkey: pushkey.to_owned(),
+        pushkey: if kind == "email" {
+            super::threepids::canonical_email(pushkey).unwrap_or_else(|| pushkey.to_owned())
+        } else {
+            pushkey.to_owned()
+        },
         device_id: user.device_id.to_string(),
         kind: kind.to_owned(),
         app_display_name: app_display_name.to_owned(),
