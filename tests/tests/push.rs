@@ -183,10 +183,14 @@ async fn pushes_reach_the_gateway_with_what_the_rules_say() -> Result<()> {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(gateway.refused() >= 2, "the pusher did not try");
+    // Read on another device while the gateway is down: not pushed once it is back.
+    let read_meanwhile = send(&bob, &dm, "t2b", json!({ "msgtype": "m.text", "body": "never mind" })).await?;
+    ok(&alice, "POST", &format!("/_matrix/client/v3/rooms/{dm}/receipt/m.read/{read_meanwhile}"), json!({})).await?;
     gateway.set_failing(false);
     let got = gateway.wait_for(WAIT, |got| for_event(got, &retried).len() == 2).await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(for_event(&gateway.received(), &retried).len(), 2, "once per pusher: {got:?}");
+    assert!(for_event(&gateway.received(), &read_meanwhile).is_empty(), "pushed a message already read");
 
     // A rejected pushkey loses its pusher.
     gateway.reject("alice-tablet");

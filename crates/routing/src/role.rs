@@ -82,7 +82,10 @@ impl Role {
                 "Media upload, download, thumbnails and URL previews for clients and federation. \
                  Any number."
             }
-            Role::Pusher => "Pushes to push gateways and notification emails, sharded by user over the live instances (found through Redis: scaling needs no config change). Any number.",
+            Role::Pusher => {
+                "Pushes to push gateways and notification emails, sharded by user over the live \
+                 instances (found through Redis: scaling needs no config change). Any number."
+            }
         }
     }
 }

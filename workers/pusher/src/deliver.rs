@@ -108,6 +108,16 @@ async fn run_pusher(shared: &Arc<Shared>, mut p: Pusher, lease: &Lease, badge_re
             if !still_ours(shared, lease, &p.user_id) {
                 return;
             }
+            // Read on another device before it could be pushed (after an outage, say): the
+            // phone need not ring for it, as Synapse pushes only unread notifications.
+            if item.read {
+                if let Err(e) = shared.store.advance(&p, item.event.stream_ordering).await {
+                    tracing::warn!(error = %e, user = p.user_id, "recording a pusher's position failed");
+                    return;
+                }
+                p.last_stream_ordering = item.event.stream_ordering;
+                continue;
+            }
             let badge = shared.store.badge_count(&p.user_id, by_room).await.unwrap_or(0);
             let body = notification(shared, &p, &item, badge).await;
             match send(shared, &mut p, &body, lease).await {
