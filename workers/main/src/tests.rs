@@ -985,7 +985,7 @@ async fn keys_upload_query_claim_and_to_device(backend: Backend) {
     let bob = login_device(&app, "bob", "BOBDEV").await;
     let (keys, _) = device_keys("@alice:localhost", "ALICEDEV");
     let upload = json!({
-        "device_keys": keys,
+        "device_keys": keys.clone(),
         "one_time_keys": { "signed_curve25519:AAA": {"key": "a"}, "signed_curve25519:AAB": {"key": "b"} },
         "fallback_keys": { "signed_curve25519:FFF": {"key": "f", "fallback": true} },
     });
@@ -993,12 +993,25 @@ async fn keys_upload_query_claim_and_to_device(backend: Backend) {
     assert_eq!(s, StatusCode::OK, "{b}");
     assert_eq!(b["one_time_key_counts"]["signed_curve25519"], 2);
 
-    // A bad signature, or keys for another device, are refused.
-    let (mut forged, _) = device_keys("@alice:localhost", "ALICEDEV");
-    forged["algorithms"] = json!(["tampered"]);
+    // Keys whose signature does not check out are stored (clients judge signatures, as with
+    // Synapse); keys of the wrong shape, or for another device, are refused.
+    let (mut unsigned, _) = device_keys("@alice:localhost", "ALICEDEV");
+    unsigned["algorithms"] = json!(["m.olm.v1.curve25519-aes-sha2", "tampered"]);
+    unsigned.as_object_mut().unwrap().remove("signatures");
     let (s, b) =
-        app.call("POST", "/_matrix/client/v3/keys/upload", Some(&alice), Some(json!({"device_keys": forged}))).await;
-    assert_eq!((s, b["errcode"].as_str()), (StatusCode::BAD_REQUEST, Some("M_BAD_JSON")), "{b}");
+        app.call("POST", "/_matrix/client/v3/keys/upload", Some(&alice), Some(json!({"device_keys": unsigned}))).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    for (field, bad) in [("algorithms", json!("x")), ("keys", json!(["k"])), ("signatures", json!("s"))] {
+        let (mut malformed, _) = device_keys("@alice:localhost", "ALICEDEV");
+        malformed[field] = bad;
+        let (s, b) = app
+            .call("POST", "/_matrix/client/v3/keys/upload", Some(&alice), Some(json!({"device_keys": malformed})))
+            .await;
+        assert_eq!((s, b["errcode"].as_str()), (StatusCode::BAD_REQUEST, Some("M_BAD_JSON")), "{field}: {b}");
+    }
+    let (s, _) =
+        app.call("POST", "/_matrix/client/v3/keys/upload", Some(&alice), Some(json!({"device_keys": keys}))).await;
+    assert_eq!(s, StatusCode::OK);
     let (other, _) = device_keys("@alice:localhost", "OTHER");
     let (s, _) =
         app.call("POST", "/_matrix/client/v3/keys/upload", Some(&alice), Some(json!({"device_keys": other}))).await;
