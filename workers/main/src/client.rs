@@ -128,6 +128,7 @@ pub(crate) fn routes() -> Router<MainState> {
                 get(room_state::get_state_event).put(room_state::put_state_event),
             )
             .route(&format!("/_matrix/client/{v}/rooms/{{room_id}}/event/{{event_id}}"), get(room_state::get_event))
+            .route(&format!("/_matrix/client/{v}/events/{{event_id}}"), get(room_state::get_event_legacy))
             .route(&format!("/_matrix/client/{v}/rooms/{{room_id}}/members"), get(room_state::members))
             .route(&format!("/_matrix/client/{v}/rooms/{{room_id}}/joined_members"), get(room_state::joined_members))
             .route(&format!("/_matrix/client/{v}/rooms/{{room_id}}/context/{{event_id}}"), get(room_state::context))

@@ -10,6 +10,7 @@
 //! Depends on the shared crates; never on another worker crate.
 
 mod filters;
+mod legacy;
 mod presence_reports;
 mod recent;
 mod sliding;
@@ -260,6 +261,12 @@ pub fn router(state: SyncState) -> Router {
     let mut r = Router::new();
     for v in ["r0", "v3"] {
         r = r.route(&format!("/_matrix/client/{v}/sync"), get(sync_v3::sync));
+    }
+    for v in ["api/v1", "r0", "v3"] {
+        r = r
+            .route(&format!("/_matrix/client/{v}/events"), get(legacy::events))
+            .route(&format!("/_matrix/client/{v}/initialSync"), get(legacy::initial_sync))
+            .route(&format!("/_matrix/client/{v}/rooms/{{room_id}}/initialSync"), get(legacy::room_initial_sync));
     }
     r = r.route("/_matrix/client/unstable/org.matrix.simplified_msc3575/sync", post(sliding::sliding_sync));
     r.with_state(state)

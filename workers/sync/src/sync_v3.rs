@@ -57,6 +57,18 @@ fn include_leave(filter: &Value) -> bool {
     filter.pointer("/room/include_leave").and_then(Value::as_bool).unwrap_or(false)
 }
 
+/// What one sync computes, from its query (or from a legacy endpoint).
+pub(crate) struct SyncParams {
+    pub(crate) since: Option<SyncToken>,
+    pub(crate) timeout: Duration,
+    pub(crate) full_state: bool,
+    pub(crate) filter: Value,
+    pub(crate) state_after: bool,
+    /// For `/events` and `/initialSync`: no to-device messages or device lists (those
+    /// endpoints do not carry them), so nothing is acknowledged and they never end a long-poll.
+    pub(crate) legacy: bool,
+}
+
 /// `GET /_matrix/client/v3/sync`: initial, incremental and long-polling sync.
 pub(crate) async fn sync(
     State(ctx): State<SyncContext>,
@@ -68,8 +80,7 @@ pub(crate) async fn sync(
         Some(t) => Duration::from_millis(
             t.parse::<u64>().map_err(|_| MatrixError::invalid_param("timeout must be a number of milliseconds"))?,
         ),
-    }
-    .min(ctx.max_timeout);
+    };
     let full_state = match q.full_state.as_deref() {
         None | Some("false") => false,
         Some("true") => true,
@@ -87,18 +98,27 @@ pub(crate) async fn sync(
         Some(_) => return Err(MatrixError::invalid_param("use_state_after must be true or false")),
     };
     let filter = load_filter(&ctx, &user.user_id, q.filter.as_deref()).await?;
+    let since = q
+        .since
+        .as_deref()
+        .map(|s| s.parse::<SyncToken>().map_err(|_| MatrixError::invalid_param("Invalid since token")))
+        .transpose()?;
+    let params = SyncParams { since, timeout, full_state, filter, state_after, legacy: false };
+    Ok(Json(compute(&ctx, &user, params).await?))
+}
+
+/// One sync's answer: waits up to `timeout` for news after `since` (none: an initial sync).
+pub(crate) async fn compute(ctx: &SyncContext, user: &AuthUser, p: SyncParams) -> Result<Value, MatrixError> {
+    let SyncParams { since, timeout, full_state, filter, state_after, legacy } = p;
+    let ctx = ctx.clone();
+    let user = user.clone();
+    let timeout = timeout.min(ctx.max_timeout);
     let opts = RoomsOptions {
         full_state,
         limit: timeline_limit(&filter)?,
         include_leave: include_leave(&filter),
         state_after,
     };
-    let since = q
-        .since
-        .as_deref()
-        .map(|s| s.parse::<SyncToken>().map_err(|_| MatrixError::invalid_param("Invalid since token")))
-        .transpose()?;
-
     let deadline = Instant::now() + timeout;
     let mut positions = ctx.positions.clone();
     if since.is_none() {
@@ -118,7 +138,7 @@ pub(crate) async fn sync(
             }
         }
         // The client has everything up to `since` from its to-device inbox: main may delete it.
-        if s.to_device > 0 {
+        if s.to_device > 0 && !legacy {
             acknowledge_to_device(&ctx, &user, s.to_device);
         }
     }
@@ -148,7 +168,11 @@ pub(crate) async fn sync(
             device_lists_moved: moved(|t| t.device_lists),
             membership_moved: moved(|t| t.events) && !membership_quiet,
         };
-        let mut e2ee = e2ee_sections(&ctx, &user, since, &mut next, device_lists, &mut has_data).await?;
+        let mut e2ee = if legacy {
+            json!({})
+        } else {
+            e2ee_sections(&ctx, &user, since, &mut next, device_lists, &mut has_data).await?
+        };
         let presence = presence_events(&ctx, &user.user_id, since, next, &mut has_data).await?;
         let answer = since.is_none() || full_state || has_data || Instant::now() >= deadline;
         if !answer {
@@ -159,8 +183,10 @@ pub(crate) async fn sync(
             }
             // Timed out, or the followers stopped (shutdown): answer with what we have.
         }
-        key_counts(&ctx, &user, &mut e2ee).await?;
-        return Ok(Json(finish(response(rooms, global, e2ee, presence, next), &filter, state_after)));
+        if !legacy {
+            key_counts(&ctx, &user, &mut e2ee).await?;
+        }
+        return Ok(finish(response(rooms, global, e2ee, presence, next), &filter, state_after));
     }
 }
 

@@ -205,6 +205,19 @@ pub(crate) async fn get_event(
     }
 }
 
+/// `GET /_matrix/client/v3/events/{eventId}` (deprecated): an event by ID alone, on the same
+/// terms as `/rooms/{roomId}/event/{eventId}`.
+pub(crate) async fn get_event_legacy(
+    State(rooms): State<Rooms>,
+    user: AuthUser,
+    Path(event_id): Path<String>,
+) -> Result<Json<Value>, MatrixError> {
+    let Some(e) = rooms.events.event(&event_id).await? else {
+        return Err(MatrixError::not_found("Event not found."));
+    };
+    get_event(State(rooms), user, Path((e.room_id.to_string(), event_id))).await
+}
+
 #[derive(Debug, Deserialize)]
 pub(crate) struct MembersQuery {
     at: Option<String>,
