@@ -72,6 +72,7 @@ macro_rules! on_both_backends {
 }
 
 on_both_backends!(
+    room_upgrade_carries_tags_push_rules_direct_flags_and_bans,
     pushers_are_set_listed_replaced_and_removed,
     registration_follows_uia_and_validates_usernames,
     closed_registration_and_guests_are_refused,
@@ -3282,4 +3283,101 @@ async fn pushers_are_set_listed_replaced_and_removed(backend: Backend) {
     assert_eq!(s, StatusCode::OK);
     let bob2 = login_device(&app, "bob", "BOB2").await;
     assert!(list(&bob2).await.is_empty(), "logout/all removed every pusher");
+}
+
+async fn room_upgrade_carries_tags_push_rules_direct_flags_and_bans(backend: Backend) {
+    let app = app(backend, |_| {}).await;
+    let alice = app.register("alice").await;
+    let bob = app.register("bob").await;
+    let carol = app.register("carol").await;
+    let old = create(&app, &alice, json!({"preset": "public_chat", "room_version": "11"})).await;
+    for who in [&bob, &carol] {
+        let (s, _) =
+            app.call("POST", &format!("/_matrix/client/v3/rooms/{old}/join"), Some(who), Some(json!({}))).await;
+        assert_eq!(s, StatusCode::OK);
+    }
+    let (s, _) = app
+        .call(
+            "POST",
+            &format!("/_matrix/client/v3/rooms/{old}/ban"),
+            Some(&alice),
+            Some(json!({"user_id": "@carol:localhost", "reason": "spam"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    // Bob's own view of the old room: a tag, a DM flag, a muting room rule and a keyword rule there.
+    let put = |token: &str, path: String, body: Value| {
+        let (app, token) = (&app, token.to_owned());
+        async move {
+            let (s, b) = app.call("PUT", &path, Some(&token), Some(body)).await;
+            assert_eq!(s, StatusCode::OK, "{path}: {b}");
+        }
+    };
+    put(&bob, format!("/_matrix/client/v3/user/@bob:localhost/rooms/{old}/tags/m.favourite"), json!({"order": 0.5}))
+        .await;
+    put(
+        &bob,
+        "/_matrix/client/v3/user/@bob:localhost/account_data/m.direct".into(),
+        json!({"@alice:localhost": [old]}),
+    )
+    .await;
+    put(&bob, format!("/_matrix/client/v3/pushrules/global/room/{}", old.replace('!', "%21")), json!({"actions": []}))
+        .await;
+    put(
+        &bob,
+        "/_matrix/client/v3/pushrules/global/override/quiet-old".into(),
+        json!({"actions": [], "conditions": [{"kind": "event_match", "key": "room_id", "pattern": old}]}),
+    )
+    .await;
+    put(&alice, format!("/_matrix/client/v3/user/@alice:localhost/rooms/{old}/tags/u.work"), json!({})).await;
+
+    let (s, b) = app
+        .call(
+            "POST",
+            &format!("/_matrix/client/v3/rooms/{old}/upgrade"),
+            Some(&alice),
+            Some(json!({"new_version": "12"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let new = b["replacement_room"].as_str().unwrap().to_owned();
+    // The upgrader's own tags came along at once.
+    let (_, b) = app
+        .call("GET", &format!("/_matrix/client/v3/user/@alice:localhost/rooms/{new}/tags"), Some(&alice), None)
+        .await;
+    assert!(b["tags"].get("u.work").is_some(), "{b}");
+    // The ban carried over.
+    let (_, b) = app
+        .call(
+            "GET",
+            &format!("/_matrix/client/v3/rooms/{new}/state/m.room.member/@carol:localhost"),
+            Some(&alice),
+            None,
+        )
+        .await;
+    assert_eq!((b["membership"].as_str(), b["reason"].as_str()), (Some("ban"), Some("spam")), "{b}");
+
+    // Bob's follow him when he joins the new room.
+    let (s, _) = app.call("POST", &format!("/_matrix/client/v3/join/{new}"), Some(&bob), Some(json!({}))).await;
+    assert_eq!(s, StatusCode::OK);
+    let (_, b) =
+        app.call("GET", &format!("/_matrix/client/v3/user/@bob:localhost/rooms/{new}/tags"), Some(&bob), None).await;
+    assert_eq!(b["tags"]["m.favourite"]["order"], 0.5, "{b}");
+    let (_, b) =
+        app.call("GET", "/_matrix/client/v3/user/@bob:localhost/account_data/m.direct", Some(&bob), None).await;
+    assert_eq!(b["@alice:localhost"], json!([old, new]), "{b}");
+    let (s, b) = app
+        .call("GET", &format!("/_matrix/client/v3/pushrules/global/room/{}", new.replace('!', "%21")), Some(&bob), None)
+        .await;
+    assert_eq!((s, b["actions"].clone()), (StatusCode::OK, json!([])), "{b}");
+    let (_, b) = app.call("GET", "/_matrix/client/v3/pushrules/global/override/quiet-old", Some(&bob), None).await;
+    assert_eq!(b["conditions"][0]["pattern"], old.as_str(), "the old rule stays");
+    let (_, rules) = app.call("GET", "/_matrix/client/v3/pushrules/", Some(&bob), None).await;
+    let copied = rules["global"]["override"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["conditions"][0]["pattern"] == new.as_str())
+        .cloned();
+    assert!(copied.is_some(), "no copy of the keyword rule for the new room: {rules}");
 }

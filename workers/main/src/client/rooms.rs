@@ -235,6 +235,7 @@ pub(crate) async fn create_room(
 
 async fn join(
     rooms: &Rooms,
+    data: &crate::UserData,
     room_id: &RoomId,
     user: &AuthUser,
     origin: &WriteOrigin,
@@ -256,6 +257,11 @@ async fn join(
     }
     let template = state("m.room.member", user_id.as_str(), content);
     rooms.writer.send(room_id, user_id, template, origin).await?;
+    // Joining the replacement of an upgraded room brings the user's tags, push rules and
+    // direct-message flag along; a failure there does not undo the join.
+    if let Err(e) = super::upgrade::copy_user_state(rooms, data, room_id, user_id).await {
+        tracing::warn!(%room_id, error = ?e, "could not carry the user's room state over from the old room");
+    }
     Ok(Json(json!({ "room_id": room_id })))
 }
 
@@ -341,6 +347,7 @@ async fn guests_can_join(rooms: &Rooms, room_id: &RoomId) -> Result<bool, Matrix
 /// `POST /_matrix/client/v3/rooms/{roomId}/join`.
 pub(crate) async fn join_room(
     State(rooms): State<Rooms>,
+    State(data): State<crate::UserData>,
     user: AuthUser,
     req: Option<Extension<RequestId>>,
     Path(room_id): Path<String>,
@@ -348,19 +355,20 @@ pub(crate) async fn join_room(
 ) -> Result<Json<Value>, MatrixError> {
     let room_id =
         OwnedRoomId::try_from(room_id).map_err(|e| MatrixError::invalid_param(format!("Invalid room ID: {e}")))?;
-    join(&rooms, &room_id, &user, &origin(&req, None)).await
+    join(&rooms, &data, &room_id, &user, &origin(&req, None)).await
 }
 
 /// `POST /_matrix/client/v3/join/{roomIdOrAlias}`.
 pub(crate) async fn join_by_id_or_alias(
     State(rooms): State<Rooms>,
+    State(data): State<crate::UserData>,
     user: AuthUser,
     req: Option<Extension<RequestId>>,
     Path(target): Path<String>,
     MatrixJson(_body): MatrixJson<serde_json::Map<String, Value>>,
 ) -> Result<Json<Value>, MatrixError> {
     let room_id = super::resolve_room_id_or_alias(&rooms, &target).await?;
-    join(&rooms, &room_id, &user, &origin(&req, None)).await
+    join(&rooms, &data, &room_id, &user, &origin(&req, None)).await
 }
 
 /// `PUT /_matrix/client/v3/rooms/{roomId}/send/{eventType}/{txnId}`: a message event, idempotent

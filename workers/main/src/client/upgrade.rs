@@ -11,8 +11,8 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use super::parse_room_id;
-use crate::Rooms;
 use crate::writer::{WriteError, WriteOrigin};
+use crate::{Rooms, UserData};
 
 /// The state the spec lists as carried over to the new room, besides power levels (handled apart
 /// so the upgrader can send the rest) and the canonical alias (moved with the aliases).
@@ -68,6 +68,7 @@ async fn send_if_allowed(
 /// the old room, moves its local aliases and restricts who may speak or invite there.
 pub(crate) async fn upgrade_room(
     State(rooms): State<Rooms>,
+    State(data): State<UserData>,
     user: AuthUser,
     req: Option<Extension<RequestId>>,
     Path(room_id): Path<String>,
@@ -137,6 +138,7 @@ pub(crate) async fn upgrade_room(
         content: json!({ "membership": "join" }),
     };
     rooms.writer.send(&new, user_id, join, &origin).await?;
+    copy_user_state(&rooms, &data, &new, user_id).await?;
 
     // Power levels: the old ones, with the creators left out from v12 on (their power is
     // implicit) and otherwise the upgrader raised, for as long as it takes to send the rest, to
@@ -198,6 +200,17 @@ pub(crate) async fn upgrade_room(
         rooms.writer.send(&new, user_id, state("m.room.canonical_alias", c), &origin).await?;
         send_if_allowed(&rooms, &old, user_id, state("m.room.canonical_alias", json!({})), &origin).await?;
     }
+    // Bans carry over, as Synapse does: who was kept out stays out.
+    for ((event_type, target), p) in old_state.iter() {
+        if event_type == "m.room.member" && p.membership().as_deref() == Some("ban") {
+            let mut c = json!({ "membership": "ban" });
+            if let Some(reason) = p.content_value().get("reason").filter(|r| r.is_string()) {
+                c["reason"] = reason.clone();
+            }
+            let ban = EventTemplate { event_type: "m.room.member".into(), state_key: Some(target.clone()), content: c };
+            send_if_allowed(&rooms, &new, user_id, ban, &origin).await?;
+        }
+    }
     if let Some(pl) = final_pl {
         rooms.writer.send(&new, user_id, state("m.room.power_levels", pl), &origin).await?;
     }
@@ -227,4 +240,126 @@ pub(crate) async fn upgrade_room(
     }
     tracing::info!(old_room = %old, new_room = %new, version = %version, "upgraded room");
     Ok(Json(json!({ "replacement_room": new })))
+}
+
+/// What Synapse carries over for a local user joining the replacement of a room they were in:
+/// their tags of the old room, their push rules for it (room rules, and rules whose conditions
+/// name the room), and the old room's place in their `m.direct`. Nothing the user already set on
+/// the new room is overwritten.
+pub(crate) async fn copy_user_state(
+    rooms: &Rooms,
+    data: &UserData,
+    room: &RoomId,
+    user: &UserId,
+) -> Result<(), MatrixError> {
+    let Some(create) = rooms.events.state_event(room, "m.room.create", "").await? else { return Ok(()) };
+    let create: Value = serde_json::from_str(&create.json).map_err(MatrixError::internal)?;
+    let Some(old) = create["content"]["predecessor"]["room_id"].as_str().and_then(|r| <&RoomId>::try_from(r).ok())
+    else {
+        return Ok(());
+    };
+    if rooms.events.membership(old, user).await?.as_deref() != Some("join") {
+        return Ok(());
+    }
+    let (old_s, new_s) = (old.as_str(), room.as_str());
+    if let Some(tags) = data.store.get(user, old_s, "m.tag").await?
+        && data.store.get(user, new_s, "m.tag").await?.is_none()
+    {
+        let tags: Value = serde_json::from_str(&tags).map_err(MatrixError::internal)?;
+        data.writer.put(user, new_s, "m.tag", &tags).await?;
+    }
+    if let Some(saved) = data.store.get(user, "", "m.push_rules").await? {
+        let saved: Value = serde_json::from_str(&saved).map_err(MatrixError::internal)?;
+        let mut global = serde_json::to_value(ganglion_core::push_rules::effective(Some(&saved["global"]), user))
+            .map_err(MatrixError::internal)?;
+        if copy_push_rules(&mut global, old_s, new_s) {
+            // Back through ruma's type, so only a valid ruleset is stored.
+            let rules: ruma::push::Ruleset = serde_json::from_value(global).map_err(MatrixError::internal)?;
+            data.writer.put(user, "", "m.push_rules", &json!({ "global": rules })).await?;
+        }
+    }
+    if let Some(direct) = data.store.get(user, "", "m.direct").await? {
+        let mut direct: Value = serde_json::from_str(&direct).map_err(MatrixError::internal)?;
+        let mut changed = false;
+        for list in direct.as_object_mut().into_iter().flat_map(|m| m.values_mut()) {
+            if let Some(list) = list.as_array_mut()
+                && list.iter().any(|r| r == old_s)
+                && !list.iter().any(|r| r == new_s)
+            {
+                list.push(json!(new_s));
+                changed = true;
+            }
+        }
+        if changed {
+            data.writer.put(user, "", "m.direct", &direct).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Adds to a ruleset (as JSON) a copy for `new` of every rule about `old`: room rules named after
+/// it, and override/underride rules with an `event_match` on `room_id` for it (the copy's ID has
+/// the old room ID replaced, or gains a suffix). Returns whether anything was added.
+fn copy_push_rules(global: &mut Value, old: &str, new: &str) -> bool {
+    let mut changed = false;
+    if let Some(list) = global["room"].as_array_mut()
+        && !list.iter().any(|r| r["rule_id"] == new)
+        && let Some(rule) = list.iter().find(|r| r["rule_id"] == old).cloned()
+    {
+        let mut copy = rule;
+        copy["rule_id"] = json!(new);
+        list.push(copy);
+        changed = true;
+    }
+    for kind in ["override", "underride"] {
+        let Some(list) = global[kind].as_array_mut() else { continue };
+        let mut copies = Vec::new();
+        for rule in list.iter().filter(|r| r["default"] != true) {
+            let about_old = rule["conditions"].as_array().is_some_and(|c| {
+                c.iter().any(|c| c["kind"] == "event_match" && c["key"] == "room_id" && c["pattern"] == old)
+            });
+            if !about_old {
+                continue;
+            }
+            let mut copy = rule.clone();
+            let id = rule["rule_id"].as_str().unwrap_or_default();
+            let new_id = if id.contains(old) { id.replace(old, new) } else { format!("{id}-{new}") };
+            copy["rule_id"] = json!(new_id);
+            for c in copy["conditions"].as_array_mut().into_iter().flatten() {
+                if c["key"] == "room_id" && c["pattern"] == old {
+                    c["pattern"] = json!(new);
+                }
+            }
+            if !list.iter().chain(&copies).any(|r| r["rule_id"] == copy["rule_id"]) {
+                copies.push(copy);
+            }
+        }
+        changed |= !copies.is_empty();
+        list.extend(copies);
+    }
+    changed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn push_rules_about_the_old_room_are_copied_for_the_new_one() {
+        let mut global = json!({
+            "room": [{ "rule_id": "!old:x", "default": false, "enabled": true, "actions": [] }],
+            "override": [
+                { "rule_id": "mute-!old:x", "default": false, "enabled": false, "actions": [],
+                  "conditions": [{ "kind": "event_match", "key": "room_id", "pattern": "!old:x" }] },
+                { "rule_id": ".m.rule.master", "default": true, "enabled": false, "actions": [], "conditions": [] },
+            ],
+            "underride": [],
+        });
+        assert!(copy_push_rules(&mut global, "!old:x", "!new:x"));
+        assert_eq!(global["room"][1]["rule_id"], "!new:x");
+        assert_eq!(global["override"][2]["rule_id"], "mute-!new:x");
+        assert_eq!(global["override"][2]["conditions"][0]["pattern"], "!new:x");
+        assert_eq!(global["override"][2]["enabled"], false, "the rule's state is kept");
+        assert!(!copy_push_rules(&mut global, "!old:x", "!new:x"), "copying twice adds nothing");
+    }
 }
