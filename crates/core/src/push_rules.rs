@@ -53,12 +53,52 @@ pub fn server_default(user_id: &UserId) -> Ruleset {
     rules
 }
 
+/// Kinds whose rule IDs ruma types as room or user IDs.
+const LOOSE_KINDS: [&str; 2] = ["room", "sender"];
+
+/// Splits off `room` and `sender` rules whose IDs are not room or user IDs: Synapse accepts such
+/// rules (they can never match, the ID being what they match on) but ruma's types cannot hold
+/// them, and one of them would make the whole saved ruleset unreadable. Returns the rest of the
+/// `global` ruleset and the loose rules as `(kind, rule)`.
+#[must_use]
+pub fn split_loose(global: &serde_json::Value) -> (serde_json::Value, Vec<(String, serde_json::Value)>) {
+    let mut typed = global.clone();
+    let mut loose = Vec::new();
+    for kind in LOOSE_KINDS {
+        let Some(list) = typed.get_mut(kind).and_then(serde_json::Value::as_array_mut) else { continue };
+        list.retain(|rule| {
+            let id = rule["rule_id"].as_str().unwrap_or_default();
+            let valid = match kind {
+                "room" => <&ruma::RoomId>::try_from(id).is_ok(),
+                _ => <&ruma::UserId>::try_from(id).is_ok(),
+            };
+            if !valid {
+                loose.push((kind.to_owned(), rule.clone()));
+            }
+            valid
+        });
+    }
+    (typed, loose)
+}
+
+/// Puts loose rules (see [`split_loose`]) back into a ruleset's JSON, after the typed ones.
+pub fn merge_loose(global: &mut serde_json::Value, loose: &[(String, serde_json::Value)]) {
+    for (kind, rule) in loose {
+        if !global[kind.as_str()].is_array() {
+            global[kind.as_str()] = json!([]);
+        }
+        if let Some(list) = global[kind.as_str()].as_array_mut() {
+            list.push(rule.clone());
+        }
+    }
+}
+
 /// The ruleset in effect for a user: their saved `m.push_rules` (`global`) with the server
 /// defaults brought up to date (new defaults appear; the user's `enabled` and `actions` for the
 /// existing ones stay), or the defaults when nothing is saved or it cannot be read.
 #[must_use]
 pub fn effective(saved_global: Option<&serde_json::Value>, user_id: &UserId) -> Ruleset {
-    match saved_global.and_then(|g| serde_json::from_value::<Ruleset>(g.clone()).ok()) {
+    match saved_global.and_then(|g| serde_json::from_value::<Ruleset>(split_loose(g).0).ok()) {
         Some(mut rules) => {
             rules.update_with_server_default(server_default(user_id));
             rules
@@ -92,6 +132,28 @@ mod tests {
         for id in [".m.rule.call", ".m.rule.encrypted_room_one_to_one", ".m.rule.room_one_to_one", ".m.rule.message"] {
             assert!(under.contains(&id), "{id} missing in {under:?}");
         }
+    }
+
+    #[test]
+    fn loose_room_rules_are_kept_apart_and_do_not_spoil_the_rest() {
+        let alice = user_id!("@alice:example.org");
+        let mut saved = serde_json::to_value(Ruleset::server_default(alice)).unwrap();
+        saved["room"] = json!([
+            { "rule_id": "!real:example.org", "default": false, "enabled": true, "actions": [] },
+            { "rule_id": "not-a-room", "default": false, "enabled": true, "actions": [] },
+        ]);
+        saved["sender"] = json!([{ "rule_id": "bob", "default": false, "enabled": true, "actions": [] }]);
+        let (typed, loose) = split_loose(&saved);
+        assert_eq!(
+            loose.iter().map(|(k, r)| (k.as_str(), r["rule_id"].as_str().unwrap())).collect::<Vec<_>>(),
+            [("room", "not-a-room"), ("sender", "bob")]
+        );
+        let rules = effective(Some(&saved), alice);
+        assert!(rules.room.get("!real:example.org").is_some(), "the valid rule stays in effect");
+        let mut back = serde_json::to_value(&rules).unwrap();
+        merge_loose(&mut back, &loose);
+        assert_eq!(back["room"].as_array().unwrap().len(), 2);
+        assert_eq!(typed["sender"], json!([]));
     }
 
     #[test]

@@ -72,6 +72,7 @@ macro_rules! on_both_backends {
 }
 
 on_both_backends!(
+    room_and_sender_rules_with_odd_ids_are_kept_as_synapse_does,
     room_upgrade_carries_tags_push_rules_direct_flags_and_bans,
     pushers_are_set_listed_replaced_and_removed,
     registration_follows_uia_and_validates_usernames,
@@ -3380,4 +3381,44 @@ async fn room_upgrade_carries_tags_push_rules_direct_flags_and_bans(backend: Bac
         .find(|r| r["conditions"][0]["pattern"] == new.as_str())
         .cloned();
     assert!(copied.is_some(), "no copy of the keyword rule for the new room: {rules}");
+}
+
+async fn room_and_sender_rules_with_odd_ids_are_kept_as_synapse_does(backend: Backend) {
+    let app = app(backend, |_| {}).await;
+    let alice = app.register("alice").await;
+    let room = create(&app, &alice, json!({"preset": "private_chat"})).await;
+    let rule = |kind: &str, id: &str| format!("/_matrix/client/v3/pushrules/global/{kind}/{id}");
+    let (s, b) =
+        app.call("PUT", &rule("room", "not-a-room-id"), Some(&alice), Some(json!({"actions": ["notify"]}))).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let (s, _) = app.call("PUT", &rule("sender", "bob"), Some(&alice), Some(json!({"actions": []}))).await;
+    assert_eq!(s, StatusCode::OK);
+    // A real room rule beside them still works and is still typed.
+    let (s, _) =
+        app.call("PUT", &rule("room", &room.replace('!', "%21")), Some(&alice), Some(json!({"actions": []}))).await;
+    assert_eq!(s, StatusCode::OK);
+    let (_, b) = app.call("GET", &rule("room", "not-a-room-id"), Some(&alice), None).await;
+    assert_eq!((b["rule_id"].as_str(), b["actions"].clone()), (Some("not-a-room-id"), json!(["notify"])), "{b}");
+    let (s, _) = app
+        .call(
+            "PUT",
+            &format!("{}/enabled", rule("room", "not-a-room-id")),
+            Some(&alice),
+            Some(json!({"enabled": false})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let (_, b) = app.call("GET", &format!("{}/enabled", rule("room", "not-a-room-id")), Some(&alice), None).await;
+    assert_eq!(b["enabled"], false);
+    let (_, all) = app.call("GET", "/_matrix/client/v3/pushrules/", Some(&alice), None).await;
+    let ids: Vec<&str> =
+        all["global"]["room"].as_array().unwrap().iter().filter_map(|r| r["rule_id"].as_str()).collect();
+    assert_eq!(ids, [room.as_str(), "not-a-room-id"], "{all}");
+    assert_eq!(all["global"]["sender"][0]["rule_id"], "bob");
+    // The default rules are still in effect (the odd rules did not spoil the ruleset).
+    assert!(all["global"]["override"].as_array().unwrap().iter().any(|r| r["rule_id"] == ".m.rule.master"));
+    let (s, _) = app.call("DELETE", &rule("room", "not-a-room-id"), Some(&alice), None).await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, b) = app.call("GET", &rule("room", "not-a-room-id"), Some(&alice), None).await;
+    assert_eq!((s, b["errcode"].as_str()), (StatusCode::NOT_FOUND, Some("M_NOT_FOUND")));
 }

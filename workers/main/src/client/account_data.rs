@@ -182,7 +182,11 @@ pub(crate) async fn push_rules_content(data: &UserData, user: &UserId) -> Result
         None => None,
     };
     let rules = ganglion_core::push_rules::effective(saved.as_ref().map(|s| &s["global"]), user);
-    Ok(json!({ "global": rules }))
+    let mut global = serde_json::to_value(rules).map_err(MatrixError::internal)?;
+    if let Some(s) = &saved {
+        ganglion_core::push_rules::merge_loose(&mut global, &ganglion_core::push_rules::split_loose(&s["global"]).1);
+    }
+    Ok(json!({ "global": global }))
 }
 
 /// `GET /_matrix/client/v3/pushrules/`.

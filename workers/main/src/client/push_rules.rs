@@ -35,13 +35,29 @@ fn kind(kind: &str) -> Result<RuleKind, MatrixError> {
     }
 }
 
-async fn load(data: &UserData, user: &AuthUser) -> Result<Ruleset, MatrixError> {
-    let content = push_rules_content(data, &user.user_id).await?;
-    serde_json::from_value(content["global"].clone()).map_err(MatrixError::internal)
+/// A user's rules: the typed ruleset, and room or sender rules whose IDs ruma cannot type
+/// (`ganglion_core::push_rules::split_loose`), kept as JSON beside it.
+struct Stored {
+    rules: Ruleset,
+    loose: Vec<(String, Value)>,
 }
 
-async fn save(data: &UserData, user: &AuthUser, rules: &Ruleset) -> Result<(), MatrixError> {
-    data.writer.put(&user.user_id, "", "m.push_rules", &json!({ "global": rules })).await?;
+impl Stored {
+    fn loose_index(&self, kind: RuleKind, rule_id: &str) -> Option<usize> {
+        self.loose.iter().position(|(k, r)| k == kind.as_str() && r["rule_id"] == rule_id)
+    }
+}
+
+async fn load(data: &UserData, user: &AuthUser) -> Result<Stored, MatrixError> {
+    let content = push_rules_content(data, &user.user_id).await?;
+    let (typed, loose) = ganglion_core::push_rules::split_loose(&content["global"]);
+    Ok(Stored { rules: serde_json::from_value(typed).map_err(MatrixError::internal)?, loose })
+}
+
+async fn save(data: &UserData, user: &AuthUser, stored: &Stored) -> Result<(), MatrixError> {
+    let mut global = serde_json::to_value(&stored.rules).map_err(MatrixError::internal)?;
+    ganglion_core::push_rules::merge_loose(&mut global, &stored.loose);
+    data.writer.put(&user.user_id, "", "m.push_rules", &json!({ "global": global })).await?;
     Ok(())
 }
 
@@ -49,8 +65,11 @@ fn not_found() -> MatrixError {
     MatrixError::not_found("Push rule not found")
 }
 
-fn rule_json(rules: &Ruleset, kind: RuleKind, rule_id: &str) -> Result<Value, MatrixError> {
-    let all = serde_json::to_value(rules).map_err(MatrixError::internal)?;
+fn rule_json(stored: &Stored, kind: RuleKind, rule_id: &str) -> Result<Value, MatrixError> {
+    if let Some(i) = stored.loose_index(kind.clone(), rule_id) {
+        return Ok(stored.loose[i].1.clone());
+    }
+    let all = serde_json::to_value(&stored.rules).map_err(MatrixError::internal)?;
     all[kind.as_str()]
         .as_array()
         .and_then(|list| list.iter().find(|r| r["rule_id"] == rule_id))
@@ -65,8 +84,8 @@ pub(crate) async fn get_rule(
     Path((s, k, rule_id)): Path<(String, String, String)>,
 ) -> Result<Json<Value>, MatrixError> {
     scope(&s)?;
-    let rules = load(&data, &user).await?;
-    Ok(Json(rule_json(&rules, kind(&k)?, &rule_id)?))
+    let stored = load(&data, &user).await?;
+    Ok(Json(rule_json(&stored, kind(&k)?, &rule_id)?))
 }
 
 #[derive(Debug, Deserialize)]
@@ -104,24 +123,40 @@ pub(crate) async fn put_rule(
             let pattern = body.pattern.ok_or_else(|| MatrixError::bad_json("Content rules need a pattern"))?;
             NewPushRule::Content(NewPatternedPushRule::new(rule_id, pattern, body.actions))
         }
-        RuleKind::Room => {
-            let room = OwnedRoomId::try_from(rule_id.as_str())
-                .map_err(|_| MatrixError::invalid_param("Room rule IDs are room IDs"))?;
-            NewPushRule::Room(NewSimplePushRule::new(room, body.actions))
-        }
-        RuleKind::Sender => {
-            let sender = OwnedUserId::try_from(rule_id.as_str())
-                .map_err(|_| MatrixError::invalid_param("Sender rule IDs are user IDs"))?;
-            NewPushRule::Sender(NewSimplePushRule::new(sender, body.actions))
+        RuleKind::Room | RuleKind::Sender => {
+            let typed = match kind {
+                RuleKind::Room => OwnedRoomId::try_from(rule_id.as_str())
+                    .ok()
+                    .map(|room| NewPushRule::Room(NewSimplePushRule::new(room, body.actions.clone()))),
+                _ => OwnedUserId::try_from(rule_id.as_str())
+                    .ok()
+                    .map(|sender| NewPushRule::Sender(NewSimplePushRule::new(sender, body.actions.clone()))),
+            };
+            match typed {
+                Some(rule) => rule,
+                None => {
+                    // Not a room (user) ID: accepted and kept as Synapse does, though it can
+                    // never match (docs/compatibility.md).
+                    let mut stored = load(&data, &user).await?;
+                    let rule =
+                        json!({ "rule_id": rule_id, "default": false, "enabled": true, "actions": body.actions });
+                    match stored.loose_index(kind.clone(), &rule_id) {
+                        Some(i) => stored.loose[i].1 = rule,
+                        None => stored.loose.push((kind.as_str().to_owned(), rule)),
+                    }
+                    save(&data, &user, &stored).await?;
+                    return Ok(Json(json!({})));
+                }
+            }
         }
         _ => return Err(MatrixError::invalid_param("Unsupported push rule kind")),
     };
-    let mut rules = load(&data, &user).await?;
-    rules.insert(new, place.after.as_deref(), place.before.as_deref()).map_err(|e| match e {
+    let mut stored = load(&data, &user).await?;
+    stored.rules.insert(new, place.after.as_deref(), place.before.as_deref()).map_err(|e| match e {
         InsertPushRuleError::UnknownRuleId => MatrixError::not_found("The before or after rule does not exist"),
         other => MatrixError::invalid_param(other.to_string()),
     })?;
-    save(&data, &user, &rules).await?;
+    save(&data, &user, &stored).await?;
     Ok(Json(json!({})))
 }
 
@@ -132,12 +167,17 @@ pub(crate) async fn delete_rule(
     Path((s, k, rule_id)): Path<(String, String, String)>,
 ) -> Result<Json<Value>, MatrixError> {
     scope(&s)?;
-    let mut rules = load(&data, &user).await?;
-    rules.remove(kind(&k)?, &rule_id).map_err(|e| match e {
-        RemovePushRuleError::ServerDefault => MatrixError::invalid_param("Server-default rules cannot be deleted"),
-        _ => not_found(),
-    })?;
-    save(&data, &user, &rules).await?;
+    let mut stored = load(&data, &user).await?;
+    let kind = kind(&k)?;
+    if let Some(i) = stored.loose_index(kind.clone(), &rule_id) {
+        stored.loose.remove(i);
+    } else {
+        stored.rules.remove(kind, &rule_id).map_err(|e| match e {
+            RemovePushRuleError::ServerDefault => MatrixError::invalid_param("Server-default rules cannot be deleted"),
+            _ => not_found(),
+        })?;
+    }
+    save(&data, &user, &stored).await?;
     Ok(Json(json!({})))
 }
 
@@ -148,8 +188,8 @@ pub(crate) async fn get_attr(
     Path((s, k, rule_id, attr)): Path<(String, String, String, String)>,
 ) -> Result<Json<Value>, MatrixError> {
     scope(&s)?;
-    let rules = load(&data, &user).await?;
-    let rule = rule_json(&rules, kind(&k)?, &rule_id)?;
+    let stored = load(&data, &user).await?;
+    let rule = rule_json(&stored, kind(&k)?, &rule_id)?;
     match attr.as_str() {
         "enabled" => Ok(Json(json!({ "enabled": rule["enabled"] }))),
         "actions" => Ok(Json(json!({ "actions": rule["actions"] }))),
@@ -166,22 +206,31 @@ pub(crate) async fn put_attr(
 ) -> Result<Json<Value>, MatrixError> {
     scope(&s)?;
     let kind = kind(&k)?;
-    let mut rules = load(&data, &user).await?;
+    let mut stored = load(&data, &user).await?;
+    let loose = stored.loose_index(kind.clone(), &rule_id);
     match attr.as_str() {
         "enabled" => {
             let enabled = body
                 .get("enabled")
                 .and_then(Value::as_bool)
                 .ok_or_else(|| MatrixError::bad_json("enabled must be a boolean"))?;
-            rules.set_enabled(kind, &rule_id, enabled).map_err(|_| not_found())?;
+            match loose {
+                Some(i) => stored.loose[i].1["enabled"] = json!(enabled),
+                None => stored.rules.set_enabled(kind, &rule_id, enabled).map_err(|_| not_found())?,
+            }
         }
         "actions" => {
             let actions: Vec<Action> = serde_json::from_value(body.get("actions").cloned().unwrap_or(Value::Null))
                 .map_err(|e| MatrixError::bad_json(format!("actions: {e}")))?;
-            rules.set_actions(kind, &rule_id, actions).map_err(|_| not_found())?;
+            match loose {
+                Some(i) => {
+                    stored.loose[i].1["actions"] = serde_json::to_value(actions).map_err(MatrixError::internal)?
+                }
+                None => stored.rules.set_actions(kind, &rule_id, actions).map_err(|_| not_found())?,
+            }
         }
         other => return Err(MatrixError::unrecognized(format!("Unknown push rule attribute {other}"))),
     }
-    save(&data, &user, &rules).await?;
+    save(&data, &user, &stored).await?;
     Ok(Json(json!({})))
 }
