@@ -514,6 +514,7 @@ impl Synapse {
                             "x_forwarded": false, "resources": [{ "names": ["client"], "compress": false }] }],
             "enable_registration": true,
             "enable_registration_without_verification": true,
+            "allow_guest_access": true,
             "trusted_key_servers": [],
             "suppress_key_server_warning": true,
             "rc_message": unlimited, "rc_registration": unlimited, "rc_login":

@@ -25,6 +25,29 @@ async fn send(c: &RawClient, room: &str, txn: &str, body: &str) -> Result<String
     Ok(b["event_id"].as_str().context("event_id")?.to_owned())
 }
 
+/// Polls `/events` from `from` (with `extra` query parameters) as an old client does, until a
+/// chunk holds an event `wanted` picks, for up to ten seconds; returns that event and the `end`
+/// of its answer. Other news (the user's own presence, say) may come first.
+async fn poll_until(
+    c: &RawClient,
+    from: &str,
+    extra: &str,
+    wanted: impl Fn(&Value) -> bool,
+) -> Result<(Value, String)> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let mut from = from.to_owned();
+    loop {
+        let got = ok(c, "GET", &format!("/_matrix/client/v3/events?from={from}&timeout=2000{extra}"), None).await?;
+        ensure!(got["start"] == from.as_str(), "start is the from token: {got}");
+        let end = got["end"].as_str().context("end")?.to_owned();
+        if let Some(e) = got["chunk"].as_array().and_then(|c| c.iter().find(|e| wanted(e))) {
+            return Ok((e.clone(), end));
+        }
+        ensure!(tokio::time::Instant::now() < deadline, "nothing wanted arrived; last answer {got}");
+        from = end;
+    }
+}
+
 fn bodies(chunk: &Value) -> Vec<String> {
     chunk
         .as_array()
@@ -77,19 +100,12 @@ async fn old_style_client(url: &str) -> Result<()> {
     let poll = {
         let alice = alice.clone();
         let end = end.clone();
-        tokio::spawn(async move {
-            ok(&alice, "GET", &format!("/_matrix/client/r0/events?from={end}&timeout=10000"), None).await
-        })
+        tokio::spawn(async move { poll_until(&alice, &end, "", |e| e["type"] == "m.room.message").await })
     };
     tokio::time::sleep(Duration::from_millis(300)).await;
     let later = send(&bob, &room, "b1", "hello from bob").await?;
-    let got = poll.await??;
-    let chunk = got["chunk"].as_array().context("chunk")?;
-    let ev =
-        chunk.iter().find(|e| e["event_id"] == later.as_str()).with_context(|| format!("bob's message in {got}"))?;
-    assert_eq!(ev["room_id"], room.as_str());
-    assert_eq!(got["start"], end.as_str());
-    let end = got["end"].as_str().context("end")?.to_owned();
+    let (ev, end) = poll.await??;
+    assert_eq!((ev["event_id"].as_str(), ev["room_id"].as_str()), (Some(later.as_str()), Some(room.as_str())), "{ev}");
 
     // An invite shows up as the member event, which is what bots wait for.
     let other =
@@ -97,11 +113,8 @@ async fn old_style_client(url: &str) -> Result<()> {
             .as_str()
             .context("room_id")?
             .to_owned();
-    let got = ok(&alice, "GET", &format!("/_matrix/client/v3/events?from={end}&timeout=5000"), None).await?;
-    let invite = got["chunk"]
-        .as_array()
-        .and_then(|c| c.iter().find(|e| e["type"] == "m.room.member" && e["room_id"] == other.as_str()))
-        .with_context(|| format!("the invite in {got}"))?;
+    let (invite, end) =
+        poll_until(&alice, &end, "", |e| e["type"] == "m.room.member" && e["room_id"] == other.as_str()).await?;
     assert_eq!(
         (invite["state_key"].as_str(), invite["content"]["membership"].as_str()),
         (Some(alice.user_id.as_str()), Some("invite"))
@@ -111,8 +124,33 @@ async fn old_style_client(url: &str) -> Result<()> {
         init["rooms"].as_array().and_then(|r| r.iter().find(|r| r["room_id"] == other.as_str())).context("invite")?;
     assert_eq!((inv["membership"].as_str(), inv["inviter"].as_str()), (Some("invite"), Some(bob.user_id.as_str())));
 
+    // Typing and presence travel the same stream.
+    ok(
+        &bob,
+        "PUT",
+        &format!("/_matrix/client/v3/rooms/{room}/typing/{}", bob.user_id),
+        Some(json!({ "typing": true, "timeout": 10000 })),
+    )
+    .await?;
+    let (typing, end) = poll_until(&alice, &end, "", |e| e["type"] == "m.typing").await?;
+    assert_eq!(typing["room_id"], room.as_str(), "{typing}");
+    assert_eq!(typing["content"]["user_ids"], json!([bob.user_id]), "{typing}");
+    ok(
+        &bob,
+        "PUT",
+        &format!("/_matrix/client/v3/presence/{}/status", bob.user_id),
+        Some(json!({ "presence": "unavailable", "status_msg": "lunch" })),
+    )
+    .await?;
+    let (presence, end) = poll_until(&alice, &end, "", |e| {
+        e["type"] == "m.presence"
+            && e["content"]["user_id"] == bob.user_id.as_str()
+            && e["content"]["status_msg"] == "lunch"
+    })
+    .await?;
+    assert_eq!(presence["content"]["presence"], "unavailable", "{presence}");
+
     // With nothing new, /events answers at its timeout with the same position.
-    let end = got["end"].as_str().context("end")?.to_owned();
     let quiet =
         ok(&alice, "GET", &format!("/_matrix/client/v3/events?from={end}&timeout=200&room_id={room}"), None).await?;
     assert_eq!(quiet["chunk"], json!([]), "{quiet}");
@@ -127,7 +165,9 @@ async fn old_style_client(url: &str) -> Result<()> {
     let e = ok(&alice, "GET", &format!("/_matrix/client/v3/events/{later}"), None).await?;
     assert_eq!((e["event_id"].as_str(), e["room_id"].as_str()), (Some(later.as_str()), Some(room.as_str())));
     let hidden = carol.call("GET", &format!("/_matrix/client/v3/events/{later}"), None).await?;
-    assert_eq!((hidden.status, hidden.body["errcode"].as_str()), (404, Some("M_NOT_FOUND")));
+    assert_eq!((hidden.status, hidden.body["errcode"].as_str()), (403, Some("M_FORBIDDEN")), "as Synapse");
+    let unknown = alice.call("GET", "/_matrix/client/v3/events/%24nope%3Alocalhost", None).await?;
+    assert_eq!(unknown.status, 404, "{unknown:?}");
 
     // Peeking: refused for a room whose history is not world-readable, allowed once it is.
     let refused = carol.call("GET", &format!("/_matrix/client/v3/rooms/{room}/initialSync"), None).await?;
@@ -146,25 +186,71 @@ async fn old_style_client(url: &str) -> Result<()> {
     assert_eq!(peek["messages"]["chunk"].as_array().map(Vec::len), Some(1), "{peek}");
     let from = peek["messages"]["end"].as_str().context("end")?.to_owned();
     let poll = {
-        let carol = carol.clone();
-        let room = room.clone();
+        let (carol, room) = (carol.clone(), room.clone());
         tokio::spawn(async move {
-            ok(&carol, "GET", &format!("/_matrix/client/v3/events?room_id={room}&from={from}&timeout=10000"), None)
-                .await
+            poll_until(&carol, &from, &format!("&room_id={room}"), |e| e["type"] == "m.room.message").await
         })
     };
     tokio::time::sleep(Duration::from_millis(300)).await;
     send(&alice, &room, "m9", "seen by a peeker").await?;
-    let got = poll.await??;
-    assert_eq!(bodies(&got["chunk"]), ["seen by a peeker"], "{got}");
+    let (ev, _) = poll.await??;
+    assert_eq!(ev["content"]["body"], "seen by a peeker", "{ev}");
+    Ok(())
+}
+
+/// A guest (registered with `kind=guest`) reads a world-readable room it may join through the
+/// legacy API, joins it, and follows it on `/events`.
+async fn guest_flow(url: &str) -> Result<()> {
+    let host = RawClient::register(url, "host").await?;
+    let room = ok(
+        &host,
+        "POST",
+        "/_matrix/client/v3/createRoom",
+        Some(json!({ "preset": "public_chat", "initial_state": [
+            { "type": "m.room.guest_access", "state_key": "", "content": { "guest_access": "can_join" } },
+            { "type": "m.room.history_visibility", "state_key": "", "content": { "history_visibility": "world_readable" } },
+        ] })),
+    )
+    .await?["room_id"]
+        .as_str()
+        .context("room_id")?
+        .to_owned();
+    send(&host, &room, "h1", "welcome, guests").await?;
+    let mut guest = RawClient::new(url);
+    let reg = guest.call("POST", "/_matrix/client/v3/register?kind=guest", Some(&json!({}))).await?;
+    ensure!(reg.status == 200, "guest registration: {reg:?}");
+    guest.token = reg.body["access_token"].as_str().context("token")?.to_owned();
+    guest.user_id = reg.body["user_id"].as_str().context("user_id")?.to_owned();
+    let peek = ok(&guest, "GET", &format!("/_matrix/client/v3/rooms/{room}/initialSync?limit=5"), None).await?;
+    ensure!(bodies(&peek["messages"]["chunk"]).contains(&"welcome, guests".to_owned()), "guest peek: {peek}");
+    let from = peek["messages"]["end"].as_str().context("end")?.to_owned();
+    ok(&guest, "POST", &format!("/_matrix/client/v3/rooms/{room}/join"), Some(json!({}))).await?;
+    // Guests name the room (Synapse insists on it for guests).
+    let poll = {
+        let (guest, room) = (guest.clone(), room.clone());
+        tokio::spawn(async move {
+            let wanted = |e: &Value| e["type"] == "m.room.message" && e["content"]["body"] == "hello guest";
+            poll_until(&guest, &from, &format!("&room_id={room}"), wanted).await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    send(&host, &room, "h2", "hello guest").await?;
+    let (ev, _) = poll.await??;
+    ensure!(ev["room_id"] == room.as_str(), "{ev}");
     Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_old_style_client_works_against_the_embedded_default() {
-    let server = OneProcess::start_with(json!({"rate_limits": {"enabled": false}})).await.expect("server starts");
+    let server =
+        OneProcess::start_with(json!({"rate_limits": {"enabled": false}, "registration": {"guest_access": true}}))
+            .await
+            .expect("server starts");
     if let Err(e) = old_style_client(&server.url).await {
         panic!("{e:#}\n{}", server.proc.log());
+    }
+    if let Err(e) = guest_flow(&server.url).await {
+        panic!("guest: {e:#}\n{}", server.proc.log());
     }
 }
 
@@ -175,4 +261,19 @@ async fn an_old_style_client_works_against_the_split_deployment() {
         panic!("{e:#}\n{}", split.logs());
     }
     split.stop().await;
+}
+
+/// The same old-style client against a real Synapse: what it relies on is what Synapse does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_old_style_client_works_against_synapse_too() {
+    let Some(synapse) = ganglion_e2e::Synapse::start().await.expect("Synapse starts") else {
+        eprintln!("TEST_SYNAPSE_PYTHON is not set (tests/run.sh sets it): skipping the Synapse comparison");
+        return;
+    };
+    if let Err(e) = old_style_client(&synapse.url).await {
+        panic!("{e:#}\n{}", synapse.log());
+    }
+    if let Err(e) = guest_flow(&synapse.url).await {
+        panic!("guest: {e:#}\n{}", synapse.log());
+    }
 }

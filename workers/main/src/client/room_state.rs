@@ -215,7 +215,14 @@ pub(crate) async fn get_event_legacy(
     let Some(e) = rooms.events.event(&event_id).await? else {
         return Err(MatrixError::not_found("Event not found."));
     };
-    get_event(State(rooms), user, Path((e.room_id.to_string(), event_id))).await
+    // An event that exists but is not the user's to see is 403 here, as Synapse answers.
+    get_event(State(rooms), user, Path((e.room_id.to_string(), event_id))).await.map_err(|err| {
+        if err.status == axum::http::StatusCode::NOT_FOUND {
+            MatrixError::forbidden("You don't have permission to access that event.")
+        } else {
+            err
+        }
+    })
 }
 
 #[derive(Debug, Deserialize)]
