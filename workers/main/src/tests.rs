@@ -2426,9 +2426,9 @@ async fn dehydrated_device_lifecycle(backend: Backend) {
     let (s, b) = app.call("POST", &events("DEHYD1"), Some(&alice), Some(json!({"next_batch": "nope"}))).await;
     assert_eq!((s, b["errcode"].as_str()), (StatusCode::BAD_REQUEST, Some("M_INVALID_PARAM")));
 
-    // Bad keys or a live device's ID are refused and leave the current device alone.
+    // Malformed keys or a live device's ID are refused and leave the current device alone.
     let mut forged = put("DEHYD2");
-    forged["device_keys"]["algorithms"] = json!(["tampered"]);
+    forged["device_keys"]["algorithms"] = json!("not a list");
     let (s, _) = app.call("PUT", PATH, Some(&alice), Some(forged)).await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
     let (s, b) = app.call("PUT", PATH, Some(&alice), Some(put("ALICEDEV"))).await;

@@ -205,6 +205,19 @@ fn tweaks(actions: &str) -> serde_json::Map<String, Value> {
     out
 }
 
+/// The content of a piece of the room's current state (`null` when there is none).
+pub(crate) async fn state_content(shared: &Shared, room: &RoomId, ty: &str, key: &str) -> Value {
+    shared
+        .events
+        .state_event(room, ty, key)
+        .await
+        .ok()
+        .flatten()
+        .and_then(|e| serde_json::from_str::<Value>(&e.json).ok())
+        .map(|v| v["content"].clone())
+        .unwrap_or(Value::Null)
+}
+
 /// The Push Gateway API body for one notification.
 async fn notification(shared: &Shared, p: &Pusher, item: &PendingPush, badge: i64) -> Value {
     let ev = &item.event;
@@ -242,29 +255,21 @@ async fn notification(shared: &Shared, p: &Pusher, item: &PendingPush, badge: i6
     {
         n["content"] = content.clone();
     }
-    let state = |ty: &'static str, key: String| {
-        let room: &RoomId = &ev.room_id;
-        async move {
-            shared
-                .events
-                .state_event(room, ty, &key)
-                .await
-                .ok()
-                .flatten()
-                .and_then(|e| serde_json::from_str::<Value>(&e.json).ok())
-                .map(|v| v["content"].clone())
-                .unwrap_or(Value::Null)
-        }
-    };
-    if let Some(name) = state("m.room.member", ev.sender.to_string()).await.get("displayname").and_then(Value::as_str) {
+    if let Some(name) = state_content(shared, &ev.room_id, "m.room.member", ev.sender.as_str())
+        .await
+        .get("displayname")
+        .and_then(Value::as_str)
+    {
         n["sender_display_name"] = json!(name);
     }
-    if let Some(name) = state("m.room.name", String::new()).await.get("name").and_then(Value::as_str)
+    if let Some(name) = state_content(shared, &ev.room_id, "m.room.name", "").await.get("name").and_then(Value::as_str)
         && !name.is_empty()
     {
         n["room_name"] = json!(name);
     }
-    if let Some(alias) = state("m.room.canonical_alias", String::new()).await.get("alias").and_then(Value::as_str) {
+    if let Some(alias) =
+        state_content(shared, &ev.room_id, "m.room.canonical_alias", "").await.get("alias").and_then(Value::as_str)
+    {
         n["room_alias"] = json!(alias);
     }
     json!({ "notification": n })

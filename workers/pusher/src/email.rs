@@ -19,7 +19,7 @@ use ganglion_replication::Lease;
 use ganglion_storage::{PendingPush, Pusher};
 use serde_json::Value;
 
-use crate::deliver::{now_ms, still_ours};
+use crate::deliver::{now_ms, state_content, still_ours};
 use crate::dispatch::{Shared, Slot};
 
 /// How many notifications one run looks at.
@@ -39,18 +39,6 @@ fn describe(ev: &Value, event_type: &str, sender: &str) -> String {
             None => format!("({event_type})"),
         },
     }
-}
-
-async fn state_content(shared: &Shared, room: &ruma::RoomId, ty: &str, key: &str) -> Value {
-    shared
-        .events
-        .state_event(room, ty, key)
-        .await
-        .ok()
-        .flatten()
-        .and_then(|e| serde_json::from_str::<Value>(&e.json).ok())
-        .map(|v| v["content"].clone())
-        .unwrap_or(Value::Null)
 }
 
 async fn room_name(shared: &Shared, room: &ruma::RoomId) -> String {
