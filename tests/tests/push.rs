@@ -209,6 +209,22 @@ async fn pushes_reach_the_gateway_with_what_the_rules_say() -> Result<()> {
         assert!(tokio::time::Instant::now() < deadline, "the rejected pusher stayed: {listed}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+
+    // What happened shows in the metrics.
+    let metrics = reqwest::get(format!("{url}/metrics")).await?.text().await?;
+    let value = |name: &str| {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    assert!(value(r#"ganglion_pusher_pushes_total{kind="http",outcome="accepted"}"#) >= 8.0, "{metrics}");
+    assert!(value(r#"ganglion_pusher_pushes_total{kind="http",outcome="rejected"}"#) >= 1.0, "{metrics}");
+    assert!(value(r#"ganglion_pusher_pushes_total{kind="badge",outcome="accepted"}"#) >= 2.0, "{metrics}");
+    assert!(value("ganglion_pusher_push_retries_total") >= 2.0, "{metrics}");
+    assert_eq!(value("ganglion_pusher_owned_users"), 1.0, "alice's pushers, owned here: {metrics}");
     Ok(())
 }
 

@@ -142,6 +142,7 @@ async fn start_role(
     bus: Arc<dyn Bus>,
     main: &MainClient,
     health: &Health,
+    metrics: &Metrics,
     routers: &mut RoleRouters,
 ) -> Result<(), Fatal> {
     let db_err = rt("database");
@@ -183,7 +184,7 @@ async fn start_role(
             let ring = shard_ring(cfg, "pusher").await?;
             let settings = ganglion_pusher::PushSettings::new(&cfg.push, cfg.email.as_ref())
                 .map_err(|e| Fatal::Config(e.to_string()))?;
-            let r = ganglion_pusher::Pusher::start(db, bus, ring, main.clone(), settings)
+            let r = ganglion_pusher::Pusher::start(db, bus, ring, main.clone(), settings, metrics)
                 .await
                 .map_err(|e| Fatal::Runtime(format!("pusher: {e}")))?;
             watch_replication(health, r.position());
@@ -224,7 +225,7 @@ pub(crate) async fn serve(cfg: Config) -> Result<(), Fatal> {
     let mut routers = RoleRouters::default();
     routers.client.push(ganglion_main::router(main_state));
     for role in [Role::Sync, Role::FederationReader, Role::FederationSender, Role::Media, Role::Pusher] {
-        start_role(role, &cfg, db.clone(), bus.clone(), &client, &health, &mut routers).await?;
+        start_role(role, &cfg, db.clone(), bus.clone(), &client, &health, &metrics, &mut routers).await?;
     }
     announce_registration(&cfg);
     serve_listeners(&cfg, routers, "serve", health, metrics).await
@@ -287,7 +288,7 @@ pub(crate) async fn worker(cfg: Config, role: Role) -> Result<(), Fatal> {
                 cfg.server_name, info.server_name
             )));
         }
-        start_role(role, &cfg, db, bus, &client, &health, &mut routers).await?;
+        start_role(role, &cfg, db, bus, &client, &health, &metrics, &mut routers).await?;
     }
     tracing::info!(role = role.as_str(), "role started");
     serve_listeners(&cfg, routers, role.as_str(), health, metrics).await

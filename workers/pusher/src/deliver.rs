@@ -122,10 +122,12 @@ async fn run_pusher(shared: &Arc<Shared>, mut p: Pusher, lease: &Lease, badge_re
             let body = notification(shared, &p, &item, badge).await;
             match send(shared, &mut p, &body, lease).await {
                 Sent::Accepted { rejected: true } => {
+                    shared.metrics.push("http", "rejected");
                     remove_rejected(shared, &p).await;
                     return;
                 }
-                Sent::Accepted { rejected: false } | Sent::Dropped => {}
+                Sent::Accepted { rejected: false } => shared.metrics.push("http", "accepted"),
+                Sent::Dropped => shared.metrics.push("http", "dropped"),
                 Sent::Stopped => return,
             }
             let position = item.event.stream_ordering;
@@ -149,9 +151,16 @@ async fn run_pusher(shared: &Arc<Shared>, mut p: Pusher, lease: &Lease, badge_re
                 "devices": [device(&p, None)],
             }});
             match send(shared, &mut p, &body, lease).await {
-                Sent::Accepted { rejected: true } => remove_rejected(shared, &p).await,
-                Sent::Accepted { rejected: false } => record_badge(shared, &mut p, badge).await,
-                Sent::Dropped | Sent::Stopped => {}
+                Sent::Accepted { rejected: true } => {
+                    shared.metrics.push("badge", "rejected");
+                    remove_rejected(shared, &p).await;
+                }
+                Sent::Accepted { rejected: false } => {
+                    shared.metrics.push("badge", "accepted");
+                    record_badge(shared, &mut p, badge).await;
+                }
+                Sent::Dropped => shared.metrics.push("badge", "dropped"),
+                Sent::Stopped => {}
             }
         }
     }
@@ -329,6 +338,7 @@ async fn send(shared: &Shared, p: &mut Pusher, body: &Value, lease: &Lease) -> S
             tracing::warn!(url, user = p.user_id, "the push gateway kept failing; dropping a push");
             return Sent::Dropped;
         }
+        shared.metrics.retry();
         tracing::info!(url, user = p.user_id, failure, retry_in_ms = wait.as_millis() as u64, "push failed; retrying");
         // Wait in slices, so a hand-over is not held up by a long backoff.
         let deadline = tokio::time::Instant::now() + wait;

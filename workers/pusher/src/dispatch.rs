@@ -40,6 +40,7 @@ pub(crate) struct Shared {
     pub(crate) main: MainClient,
     pub(crate) http: reqwest::Client,
     pub(crate) settings: PushSettings,
+    pub(crate) metrics: crate::metrics::PusherMetrics,
     slots: Mutex<HashMap<String, Arc<Slot>>>,
 }
 
@@ -65,9 +66,16 @@ impl Shared {
         }
     }
 
+    /// Counts the users with pushers this instance owns, for the gauge; returns the count.
+    fn count_owned(&self) -> usize {
+        let owned = self.slots().keys().filter(|u| self.ring.owns(u)).count();
+        self.metrics.owned_users(owned);
+        owned
+    }
+
     fn wake_all(self: &Arc<Self>) {
         let users: Vec<String> = self.slots().keys().cloned().collect();
-        let owned = users.iter().filter(|u| self.ring.owns(u)).count();
+        let owned = self.count_owned();
         tracing::info!(
             owned,
             users = users.len(),
@@ -106,6 +114,7 @@ impl Dispatcher {
         ring: ShardRing,
         main: MainClient,
         settings: PushSettings,
+        metrics: crate::metrics::PusherMetrics,
     ) -> Result<(Self, Vec<Follower>, watch::Receiver<StreamPosition>), StartError> {
         let http = reqwest::Client::builder()
             .timeout(settings.request_timeout)
@@ -123,6 +132,7 @@ impl Dispatcher {
             main,
             http,
             settings,
+            metrics,
             slots: Mutex::new(HashMap::new()),
         });
 
@@ -226,10 +236,12 @@ async fn refresh(shared: &Arc<Shared>, user: &str) {
         match shared.store.for_user(user).await {
             Ok(list) if list.is_empty() => {
                 shared.slots().remove(user);
+                shared.count_owned();
                 return;
             }
             Ok(_) => {
                 shared.slots().entry(user.to_owned()).or_default();
+                shared.count_owned();
                 shared.wake(user, false);
                 return;
             }

@@ -148,10 +148,12 @@ pub(crate) async fn run(shared: &Arc<Shared>, p: Pusher, lease: &Lease, slot: &A
         mail.summary = summary;
         let (text, html) = settings.mailer.notification(&mail);
         if let Err(e) = settings.mailer.send(&p.pushkey, &subject, text, html).await {
+            shared.metrics.push("email", "failed");
             tracing::warn!(error = %e, user, "sending a notification email failed; trying again later");
             wake_at(shared, slot, &user, now + RETRY_MS);
             return;
         }
+        shared.metrics.push("email", "accepted");
         tracing::info!(user, rooms = due_rooms.len(), messages = count, "mailed unread notifications");
         for room in &due_rooms {
             let upto = rooms[room].last().map_or(0, |i| i.event.stream_ordering);

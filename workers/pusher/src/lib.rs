@@ -13,6 +13,7 @@
 mod deliver;
 mod dispatch;
 mod email;
+mod metrics;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -117,8 +118,11 @@ impl Pusher {
         ring: ShardRing,
         main: MainClient,
         settings: PushSettings,
+        metrics: &ganglion_telemetry::Metrics,
     ) -> Result<Self, StartError> {
-        let (dispatch, followers, position) = dispatch::Dispatcher::start(db, bus, ring, main, settings).await?;
+        let metrics = metrics::PusherMetrics::register(metrics);
+        let (dispatch, followers, position) =
+            dispatch::Dispatcher::start(db, bus, ring, main, settings, metrics).await?;
         Ok(Self { _followers: followers, _dispatch: dispatch, position })
     }
 
