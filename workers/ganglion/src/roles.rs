@@ -135,16 +135,22 @@ async fn start_main(
     Ok((state, bound))
 }
 
+/// What a process reports through: its readiness checks and its metrics registry.
+struct Telemetry<'a> {
+    health: &'a Health,
+    metrics: &'a Metrics,
+}
+
 async fn start_role(
     role: Role,
     cfg: &Config,
     db: Db,
     bus: Arc<dyn Bus>,
     main: &MainClient,
-    health: &Health,
-    metrics: &Metrics,
+    telemetry: Telemetry<'_>,
     routers: &mut RoleRouters,
 ) -> Result<(), Fatal> {
+    let Telemetry { health, metrics } = telemetry;
     let db_err = rt("database");
     match role {
         Role::Main => unreachable!("main is started by start_main"),
@@ -225,7 +231,8 @@ pub(crate) async fn serve(cfg: Config) -> Result<(), Fatal> {
     let mut routers = RoleRouters::default();
     routers.client.push(ganglion_main::router(main_state));
     for role in [Role::Sync, Role::FederationReader, Role::FederationSender, Role::Media, Role::Pusher] {
-        start_role(role, &cfg, db.clone(), bus.clone(), &client, &health, &metrics, &mut routers).await?;
+        let telemetry = Telemetry { health: &health, metrics: &metrics };
+        start_role(role, &cfg, db.clone(), bus.clone(), &client, telemetry, &mut routers).await?;
     }
     announce_registration(&cfg);
     serve_listeners(&cfg, routers, "serve", health, metrics).await
@@ -288,7 +295,8 @@ pub(crate) async fn worker(cfg: Config, role: Role) -> Result<(), Fatal> {
                 cfg.server_name, info.server_name
             )));
         }
-        start_role(role, &cfg, db, bus, &client, &health, &metrics, &mut routers).await?;
+        let telemetry = Telemetry { health: &health, metrics: &metrics };
+        start_role(role, &cfg, db, bus, &client, telemetry, &mut routers).await?;
     }
     tracing::info!(role = role.as_str(), "role started");
     serve_listeners(&cfg, routers, role.as_str(), health, metrics).await
