@@ -752,6 +752,34 @@ async fn aliases_in_the_directory(backend: Backend) {
     assert_eq!(s, StatusCode::OK);
     let (s, b) = app.call("GET", path, None, None).await;
     assert_eq!((s, b["errcode"].as_str()), (StatusCode::NOT_FOUND, Some("M_NOT_FOUND")));
+    // The deleted alias left the canonical alias too (as Synapse does), so the room is no longer
+    // advertised, or found in the room directory, by it.
+    let (_, b) = app
+        .call("GET", &format!("/_matrix/client/v3/rooms/{room}/state/m.room.canonical_alias"), Some(&alice), None)
+        .await;
+    assert!(b.get("alias").is_none(), "{b}");
+    let (s, _) = app
+        .call(
+            "PUT",
+            &format!("/_matrix/client/v3/directory/list/room/{room}"),
+            Some(&alice),
+            Some(json!({"visibility": "public"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let (_, b) = app.call("GET", "/_matrix/client/v3/publicRooms", Some(&alice), None).await;
+    let entry =
+        b["chunk"].as_array().unwrap().iter().find(|r| r["room_id"] == room.as_str()).cloned().unwrap_or_default();
+    assert!(entry.get("canonical_alias").is_none(), "{entry}");
+    let (_, b) = app
+        .call(
+            "POST",
+            "/_matrix/client/v3/publicRooms",
+            Some(&alice),
+            Some(json!({"filter": {"generic_search_term": "hall"}})),
+        )
+        .await;
+    assert_eq!(b["chunk"], json!([]), "found by the deleted alias: {b}");
     app.db.cleanup().await;
 }
 

@@ -93,7 +93,48 @@ pub(crate) async fn delete_alias(
         return Err(MatrixError::forbidden("You may not delete this alias"));
     }
     rooms.events.delete_alias(alias.as_str()).await?;
+    drop_from_canonical_alias(&rooms, &room_id, &user, alias.as_str()).await?;
     Ok(Json(json!({})))
+}
+
+/// A deleted alias also leaves the room's `m.room.canonical_alias` (`alias` and `alt_aliases`),
+/// as Synapse does, so the room stops being advertised (and found in the directory) by it. Sent
+/// as the user who deleted it when they may; otherwise the event stays as it was.
+async fn drop_from_canonical_alias(
+    rooms: &Rooms,
+    room_id: &ruma::RoomId,
+    user: &AuthUser,
+    alias: &str,
+) -> Result<(), MatrixError> {
+    let Some(ev) = rooms.events.state_event(room_id, "m.room.canonical_alias", "").await? else { return Ok(()) };
+    let ev: Value = serde_json::from_str(&ev.json).map_err(MatrixError::internal)?;
+    let mut content = ev["content"].clone();
+    let mut changed = false;
+    if content["alias"] == alias {
+        content.as_object_mut().map(|c| c.remove("alias"));
+        changed = true;
+    }
+    if let Some(alt) = content["alt_aliases"].as_array_mut() {
+        let before = alt.len();
+        alt.retain(|a| a != alias);
+        changed |= alt.len() != before;
+    }
+    if !changed {
+        return Ok(());
+    }
+    let template = ganglion_core::EventTemplate {
+        event_type: "m.room.canonical_alias".into(),
+        state_key: Some(String::new()),
+        content,
+    };
+    match rooms.writer.send(room_id, &user.user_id, template, &crate::writer::WriteOrigin::default()).await {
+        Ok(_) => Ok(()),
+        Err(crate::writer::WriteError::Forbidden(reason)) => {
+            tracing::info!(%room_id, reason, "alias deleted; the canonical alias event is left to the room's moderators");
+            Ok(())
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// `GET /_matrix/client/v3/rooms/{roomId}/aliases`: the room's local aliases, for members.
