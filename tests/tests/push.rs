@@ -424,6 +424,17 @@ async fn email_notifications_for_missed_messages() -> Result<()> {
     );
     let page = reqwest::get(&link).await?;
     assert_eq!(page.status().as_u16(), 200, "{link}");
+    // The same token can be submitted by a client too; a wrong one is refused.
+    let submit = "/_matrix/client/unstable/add_threepid/email/submit_token";
+    let wrong =
+        alice.call("POST", submit, Some(&json!({ "sid": sid, "client_secret": "s3cret", "token": "nope" }))).await?;
+    assert_eq!((wrong.status, wrong.body["success"].as_bool()), (200, Some(false)), "{wrong:?}");
+    let token = link.split("token=").nth(1).and_then(|t| t.split('&').next()).unwrap_or_default();
+    let right =
+        alice.call("POST", submit, Some(&json!({ "sid": sid, "client_secret": "s3cret", "token": token }))).await?;
+    assert_eq!(right.body["success"], true, "{right:?}");
+    let missing = alice.call("POST", submit, Some(&json!({ "sid": sid }))).await?;
+    assert_eq!((missing.status, missing.body["errcode"].as_str()), (400, Some("M_MISSING_PARAM")));
     let early = alice.call("POST", "/_matrix/client/v3/account/3pid/add", Some(&add)).await?;
     let session = early.body["session"].as_str().unwrap_or_default().to_owned();
     let auth = json!({ "type": "m.login.password", "identifier": { "type": "m.id.user", "user": "alice" }, "password": "secret", "session": session });

@@ -203,26 +203,19 @@ impl PusherStore {
         Ok(logged)
     }
 
-    /// Deletes the pushers matching `filter` (an SQL condition on `$1`, `$2`, `$3`) and logs the
+    /// Deletes the pushers matching `filter` (an SQL condition on `$1`… bound to `binds`) and logs the
     /// change for each user concerned.
-    async fn remove_where(&self, filter: &str, binds: [&str; 3], last: &mut i64) -> Result<Vec<(i64, String)>> {
+    async fn remove_where(&self, filter: &str, binds: &[&str], last: &mut i64) -> Result<Vec<(i64, String)>> {
         let mut tx = self.db.begin_write().await?;
-        let users: Vec<String> = sqlx::query_scalar(&format!("SELECT DISTINCT user_id FROM pushers WHERE {filter}"))
-            .bind(binds[0])
-            .bind(binds[1])
-            .bind(binds[2])
-            .fetch_all(&mut *tx)
-            .await?;
+        let select = format!("SELECT DISTINCT user_id FROM pushers WHERE {filter}");
+        let users: Vec<String> =
+            binds.iter().fold(sqlx::query_scalar(&select), |q, b| q.bind(*b)).fetch_all(&mut *tx).await?;
         let mut logged = Vec::new();
         if users.is_empty() {
             return Ok(logged);
         }
-        sqlx::query(&format!("DELETE FROM pushers WHERE {filter}"))
-            .bind(binds[0])
-            .bind(binds[1])
-            .bind(binds[2])
-            .execute(&mut *tx)
-            .await?;
+        let delete = format!("DELETE FROM pushers WHERE {filter}");
+        binds.iter().fold(sqlx::query(&delete), |q, b| q.bind(*b)).execute(&mut *tx).await?;
         for u in &users {
             log(&mut tx, last, u, &mut logged).await?;
         }
@@ -241,7 +234,8 @@ impl PusherStore {
         pushkey: &str,
         last: &mut i64,
     ) -> Result<Vec<(i64, String)>> {
-        self.remove_where("user_id = $1 AND app_id = $2 AND pushkey = $3", [user.as_str(), app_id, pushkey], last).await
+        self.remove_where("user_id = $1 AND app_id = $2 AND pushkey = $3", &[user.as_str(), app_id, pushkey], last)
+            .await
     }
 
     /// Deletes the pushers a device set (the device was deleted or logged out).
@@ -254,7 +248,7 @@ impl PusherStore {
         device_id: &str,
         last: &mut i64,
     ) -> Result<Vec<(i64, String)>> {
-        self.remove_where("user_id = $1 AND device_id = $2 AND $3 = $3", [user.as_str(), device_id, ""], last).await
+        self.remove_where("user_id = $1 AND device_id = $2", &[user.as_str(), device_id], last).await
     }
 
     /// Deletes every pusher of a user (deactivation, logout of all devices).
@@ -262,7 +256,7 @@ impl PusherStore {
     /// # Errors
     /// On database failure.
     pub async fn remove_for_user(&self, user: &UserId, last: &mut i64) -> Result<Vec<(i64, String)>> {
-        self.remove_where("user_id = $1 AND $2 = $2 AND $3 = $3", [user.as_str(), "", ""], last).await
+        self.remove_where("user_id = $1", &[user.as_str()], last).await
     }
 
     /// A user's pushers, by `app_id` and `pushkey`.

@@ -174,18 +174,26 @@ pub(crate) async fn get_filter(
     Ok(Json(serde_json::from_str(&json).map_err(MatrixError::internal)?))
 }
 
-/// The user's push rules: the stored ones with the server defaults brought up to date, or the
-/// defaults.
-pub(crate) async fn push_rules_content(data: &UserData, user: &UserId) -> Result<Value, MatrixError> {
-    let saved: Option<Value> = match data.store.get(user, "", "m.push_rules").await? {
-        Some(c) => Some(serde_json::from_str(&c).map_err(MatrixError::internal)?),
-        None => None,
+/// The user's push rules: the stored ones with the server defaults brought up to date (or the
+/// defaults), and the room or sender rules kept beside them whose IDs ruma cannot type
+/// (`ganglion_core::push_rules::split_loose`).
+pub(crate) async fn user_push_rules(
+    data: &UserData,
+    user: &UserId,
+) -> Result<(ruma::push::Ruleset, Vec<(String, Value)>), MatrixError> {
+    let Some(saved) = data.store.get(user, "", "m.push_rules").await? else {
+        return Ok((ganglion_core::push_rules::server_default(user), Vec::new()));
     };
-    let rules = ganglion_core::push_rules::effective(saved.as_ref().map(|s| &s["global"]), user);
+    let saved: Value = serde_json::from_str(&saved).map_err(MatrixError::internal)?;
+    let (typed, loose) = ganglion_core::push_rules::split_loose(&saved["global"]);
+    Ok((ganglion_core::push_rules::effective(Some(&typed), user), loose))
+}
+
+/// The user's push rules as `GET /pushrules/` answers them.
+pub(crate) async fn push_rules_content(data: &UserData, user: &UserId) -> Result<Value, MatrixError> {
+    let (rules, loose) = user_push_rules(data, user).await?;
     let mut global = serde_json::to_value(rules).map_err(MatrixError::internal)?;
-    if let Some(s) = &saved {
-        ganglion_core::push_rules::merge_loose(&mut global, &ganglion_core::push_rules::split_loose(&s["global"]).1);
-    }
+    ganglion_core::push_rules::merge_loose(&mut global, &loose);
     Ok(json!({ "global": global }))
 }
 

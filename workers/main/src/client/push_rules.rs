@@ -14,7 +14,7 @@ use ruma::{OwnedRoomId, OwnedUserId};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::account_data::push_rules_content;
+use super::account_data::user_push_rules;
 use crate::UserData;
 
 fn scope(scope: &str) -> Result<(), MatrixError> {
@@ -49,9 +49,8 @@ impl Stored {
 }
 
 async fn load(data: &UserData, user: &AuthUser) -> Result<Stored, MatrixError> {
-    let content = push_rules_content(data, &user.user_id).await?;
-    let (typed, loose) = ganglion_core::push_rules::split_loose(&content["global"]);
-    Ok(Stored { rules: serde_json::from_value(typed).map_err(MatrixError::internal)?, loose })
+    let (rules, loose) = user_push_rules(data, &user.user_id).await?;
+    Ok(Stored { rules, loose })
 }
 
 async fn save(data: &UserData, user: &AuthUser, stored: &Stored) -> Result<(), MatrixError> {

@@ -268,15 +268,14 @@ pub(crate) async fn copy_user_state(
         let tags: Value = serde_json::from_str(&tags).map_err(MatrixError::internal)?;
         data.writer.put(user, new_s, "m.tag", &tags).await?;
     }
-    if let Some(saved) = data.store.get(user, "", "m.push_rules").await? {
-        let saved: Value = serde_json::from_str(&saved).map_err(MatrixError::internal)?;
-        let mut global = serde_json::to_value(ganglion_core::push_rules::effective(Some(&saved["global"]), user))
-            .map_err(MatrixError::internal)?;
-        if copy_push_rules(&mut global, old_s, new_s) {
-            // Back through ruma's type, so only a valid ruleset is stored.
-            let rules: ruma::push::Ruleset = serde_json::from_value(global).map_err(MatrixError::internal)?;
-            data.writer.put(user, "", "m.push_rules", &json!({ "global": rules })).await?;
-        }
+    let (rules, loose) = super::account_data::user_push_rules(data, user).await?;
+    let mut global = serde_json::to_value(rules).map_err(MatrixError::internal)?;
+    if copy_push_rules(&mut global, old_s, new_s) {
+        // Back through ruma's type, so only a valid ruleset is stored; the loose rules stay.
+        let rules: ruma::push::Ruleset = serde_json::from_value(global).map_err(MatrixError::internal)?;
+        let mut global = serde_json::to_value(rules).map_err(MatrixError::internal)?;
+        ganglion_core::push_rules::merge_loose(&mut global, &loose);
+        data.writer.put(user, "", "m.push_rules", &json!({ "global": global })).await?;
     }
     if let Some(direct) = data.store.get(user, "", "m.direct").await? {
         let mut direct: Value = serde_json::from_str(&direct).map_err(MatrixError::internal)?;
