@@ -376,6 +376,15 @@ pub(crate) const KEYS: &[KeyDoc] = &[
         "\"matrix.example.org:443\"",
         "answer 404, so other servers fall back to SRV and port 8448",
     ),
+    KeyDoc {
+        example: Some("[\"/etc/ganglion/appservices/irc.yaml\"]"),
+        default_note: Some("none"),
+        ..key(
+            "app_service_config_files",
+            Kind::StrList,
+            "Application service registration files (Synapse's YAML format), one per bridge or bot; every process must list the same files. See docs/appservices.md.",
+        )
+    },
     key("media", Kind::Section, "The media repository (the `media` role)."),
     optional(
         "media.path",

@@ -83,6 +83,9 @@ pub struct Config {
     /// Outgoing email over SMTP: validating addresses and email notifications. Default: unset
     /// (no email).
     pub email: Option<EmailConfig>,
+    /// Application service registration files (Synapse's YAML format), one per bridge or bot.
+    /// Every process must list the same files. Default: none.
+    pub app_service_config_files: Vec<PathBuf>,
 }
 
 /// One HTTP listener.
@@ -589,6 +592,7 @@ impl Default for Config {
             media: MediaConfig::default(),
             push: PushConfig::default(),
             email: None,
+            app_service_config_files: Vec::new(),
         }
     }
 }

@@ -84,10 +84,18 @@ enum RouteFormat {
 }
 
 fn load_config(path: Option<&std::path::Path>) -> Result<Config, ExitCode> {
-    ganglion_config::load_from_process_env(path).map_err(|e| {
+    let cfg = ganglion_config::load_from_process_env(path).map_err(|e| {
         eprintln!("{e}");
         ExitCode::from(e.exit_code() as u8)
-    })
+    })?;
+    // Registration files are checked before anything starts, one line per mistake.
+    if let Err(e) = ganglion_appservice::load(&cfg.app_service_config_files, &cfg.server_name) {
+        for p in &e.problems {
+            eprintln!("config: app_service_config_files: {p}");
+        }
+        return Err(ExitCode::from(2));
+    }
+    Ok(cfg)
 }
 
 fn runtime() -> tokio::runtime::Runtime {
