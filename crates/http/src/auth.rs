@@ -4,23 +4,33 @@
 use axum::extract::{FromRef, FromRequestParts};
 use base64::Engine as _;
 use http::request::Parts;
+use std::sync::Arc;
+
 use ruma::{OwnedDeviceId, OwnedUserId};
 use sha2::{Digest, Sha256};
 
+use ganglion_appservice::{Appservices, Registration};
 use ganglion_storage::UserStore;
 
 use crate::MatrixError;
 
-/// Resolves access tokens; the substate handlers' extractors need.
+/// Resolves access tokens (users' and application services'); the substate handlers' extractors
+/// need.
 #[derive(Debug, Clone)]
 pub struct Authenticator {
     users: UserStore,
+    appservices: Appservices,
 }
 
 impl Authenticator {
-    /// Looks tokens up in `users`.
-    pub fn new(users: UserStore) -> Self {
-        Self { users }
+    /// Looks user tokens up in `users`, application service tokens in `appservices`.
+    pub fn new(users: UserStore, appservices: Appservices) -> Self {
+        Self { users, appservices }
+    }
+
+    /// The registered application services.
+    pub fn appservices(&self) -> &Appservices {
+        &self.appservices
     }
 }
 
@@ -58,16 +68,20 @@ impl<S: Send + Sync> FromRequestParts<S> for AccessToken {
                 _ => Err(MatrixError::missing_token("Missing access token")),
             };
         }
-        let query = parts.uri.query().unwrap_or_default();
-        for pair in query.split('&') {
-            if let Some(v) = pair.strip_prefix("access_token=")
-                && !v.is_empty()
-            {
-                return Ok(Self(percent_decode(v)));
-            }
+        match query_param(&parts.uri, "access_token") {
+            Some(t) if !t.is_empty() => Ok(Self(t)),
+            _ => Err(MatrixError::missing_token("Missing access token")),
         }
-        Err(MatrixError::missing_token("Missing access token"))
     }
+}
+
+/// A query parameter of the request, percent-decoded.
+pub fn query_param(uri: &http::Uri, name: &str) -> Option<String> {
+    let query = uri.query().unwrap_or_default();
+    query.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (percent_decode(k) == name).then(|| percent_decode(v))
+    })
 }
 
 fn percent_decode(s: &str) -> String {
@@ -96,14 +110,44 @@ fn percent_decode(s: &str) -> String {
 pub struct AuthUser {
     /// The user.
     pub user_id: OwnedUserId,
-    /// The device the token belongs to.
-    pub device_id: OwnedDeviceId,
+    /// The device the token belongs to; `None` for an application service acting without
+    /// device masquerading.
+    pub device_id: Option<OwnedDeviceId>,
     /// Whether the user is a server admin.
     pub is_admin: bool,
     /// Whether this is a guest account, limited to [`guest_may_use`] endpoints.
     pub is_guest: bool,
     /// The hash of the token used, for logout.
     pub token_hash: String,
+    /// The application service whose `as_token` this was.
+    pub appservice: Option<Arc<Registration>>,
+    /// The `?ts=` an application service gave: the `origin_server_ts` of the event it sends
+    /// (bridged messages keep their original time).
+    pub ts: Option<u64>,
+}
+
+impl AuthUser {
+    /// The device, or `M_MISSING_PARAM` for an application service acting without one, on
+    /// endpoints that need a device (keys, to-device).
+    pub fn device(&self) -> Result<&ruma::DeviceId, MatrixError> {
+        self.device_id.as_deref().ok_or_else(|| {
+            MatrixError::missing_param(
+                "This endpoint needs a device: pass device_id when acting as an application service",
+            )
+        })
+    }
+
+    /// The device ID, or `""` for an application service acting without one (transaction-ID
+    /// scopes, stored pushers).
+    pub fn device_str(&self) -> &str {
+        self.device_id.as_ref().map_or("", |d| d.as_str())
+    }
+
+    /// Whether rate limits apply: not to an application service registered with
+    /// `rate_limited: false`.
+    pub fn rate_limited(&self) -> bool {
+        self.appservice.as_ref().is_none_or(|a| a.rate_limited)
+    }
 }
 
 /// Endpoints the spec's Guest Access module lets guests use (method, path after
@@ -181,6 +225,9 @@ where
         let AccessToken(token) = AccessToken::from_request_parts(parts, state).await?;
         let auth = Authenticator::from_ref(state);
         let token_hash = hash_token(&token);
+        if let Some(reg) = auth.appservices.by_as_token(&token) {
+            return appservice_user(&auth, parts, reg.clone(), token_hash).await;
+        }
         let who = auth.users.whoami(&token_hash).await?;
         let who = who.ok_or_else(|| MatrixError::unknown_token("Unknown access token"))?;
         if who.expires_ts.is_some_and(|t| t <= now_ms()) {
@@ -192,12 +239,65 @@ where
         tracing::Span::current().record("user_id", who.user_id.as_str());
         Ok(Self {
             user_id: who.user_id,
-            device_id: who.device_id,
+            device_id: Some(who.device_id),
             is_admin: who.is_admin,
             is_guest: who.is_guest,
             token_hash,
+            appservice: None,
+            ts: None,
         })
     }
+}
+
+/// An application service's request: as its sender, or as `?user_id=` inside its user
+/// namespace, optionally on one of that user's devices (`org.matrix.msc3202.device_id`, or
+/// MSC4326's `device_id`).
+async fn appservice_user(
+    auth: &Authenticator,
+    parts: &Parts,
+    reg: Arc<Registration>,
+    token_hash: String,
+) -> Result<AuthUser, MatrixError> {
+    let user_id = match query_param(&parts.uri, "user_id").filter(|u| !u.is_empty()) {
+        None => reg.sender.clone(),
+        Some(u) => {
+            let user_id = OwnedUserId::try_from(u.as_str())
+                .map_err(|e| MatrixError::invalid_param(format!("Invalid user_id {u}: {e}")))?;
+            if !reg.is_interested_in_user(user_id.as_str()) {
+                return Err(MatrixError::forbidden(
+                    "Application service cannot masquerade as this user (not in its namespace)",
+                ));
+            }
+            user_id
+        }
+    };
+    // The service may act as its users only once they exist; registering them is how they
+    // come to. The sender exists from start-up.
+    let exists = auth.users.user_exists(&user_id).await?;
+    let registering = parts.uri.path().ends_with("/register");
+    if !exists && !registering {
+        return Err(MatrixError::forbidden("Application service has not registered this user"));
+    }
+    let device = query_param(&parts.uri, "org.matrix.msc3202.device_id")
+        .or_else(|| query_param(&parts.uri, "device_id"))
+        .filter(|d| !d.is_empty());
+    let device_id = match device {
+        Some(d) => {
+            if auth.users.device(&user_id, &d).await?.is_none() {
+                return Err(MatrixError::forbidden("Application service has not registered this device"));
+            }
+            Some(OwnedDeviceId::from(d))
+        }
+        None => None,
+    };
+    tracing::Span::current().record("user_id", user_id.as_str());
+    let ts = match query_param(&parts.uri, "ts") {
+        Some(t) => {
+            Some(t.parse::<u64>().map_err(|_| MatrixError::invalid_param("ts must be a timestamp in milliseconds"))?)
+        }
+        None => None,
+    };
+    Ok(AuthUser { user_id, device_id, is_admin: false, is_guest: false, token_hash, appservice: Some(reg), ts })
 }
 
 #[cfg(test)]

@@ -63,6 +63,16 @@ constructors! {
     invalid_room_state => BAD_REQUEST, "M_INVALID_ROOM_STATE";
     /// 403 `M_GUEST_ACCESS_FORBIDDEN`: guests may not do this.
     guest_access_forbidden => FORBIDDEN, "M_GUEST_ACCESS_FORBIDDEN";
+    /// 400 `M_EXCLUSIVE`: an application service claims this user or alias alone.
+    exclusive => BAD_REQUEST, "M_EXCLUSIVE";
+    /// 400 `M_URL_NOT_SET`: the application service has no URL (ping).
+    url_not_set => BAD_REQUEST, "M_URL_NOT_SET";
+    /// 502 `M_CONNECTION_FAILED`: the application service could not be reached (ping).
+    connection_failed => BAD_GATEWAY, "M_CONNECTION_FAILED";
+    /// 504 `M_CONNECTION_TIMEOUT`: the application service did not answer in time (ping).
+    connection_timeout => GATEWAY_TIMEOUT, "M_CONNECTION_TIMEOUT";
+    /// 502 `M_BAD_STATUS`: the application service answered with an error (ping).
+    bad_status => BAD_GATEWAY, "M_BAD_STATUS";
     /// 403 `M_USER_DEACTIVATED`.
     user_deactivated => FORBIDDEN, "M_USER_DEACTIVATED";
     /// 400 `M_UNKNOWN_POS`-style invalid tokens are `M_INVALID_PARAM`; this is `M_UNKNOWN` 404 for gone things.

@@ -11,7 +11,9 @@ mod json;
 mod layers;
 mod rate_limit;
 
-pub use auth::{AccessToken, AuthUser, Authenticator, guest_may_use, hash_token, new_access_token, now_ms};
+pub use auth::{
+    AccessToken, AuthUser, Authenticator, guest_may_use, hash_token, new_access_token, now_ms, query_param,
+};
 pub use error::MatrixError;
 pub use json::MatrixJson;
 pub use layers::{RequestId, common_layers, matrix_fallbacks};

@@ -156,7 +156,9 @@ async fn start_role(
         Role::Main => unreachable!("main is started by start_main"),
         Role::Sync => {
             let max = Duration::from_millis(cfg.limits.max_sync_timeout_ms);
-            let state = ganglion_sync::SyncState::start(db, bus, main.clone(), max).await.map_err(&db_err)?;
+            let apps = ganglion_appservice::load(&cfg.app_service_config_files, &cfg.server_name)
+                .map_err(|e| Fatal::Config(e.to_string()))?;
+            let state = ganglion_sync::SyncState::start(db, bus, main.clone(), max, apps).await.map_err(&db_err)?;
             watch_replication(health, state.position());
             routers.client.push(ganglion_sync::router(state));
         }
@@ -190,7 +192,9 @@ async fn start_role(
             let ring = shard_ring(cfg, "pusher").await?;
             let settings = ganglion_pusher::PushSettings::new(&cfg.push, cfg.email.as_ref())
                 .map_err(|e| Fatal::Config(e.to_string()))?;
-            let r = ganglion_pusher::Pusher::start(db, bus, ring, main.clone(), settings, metrics)
+            let apps = ganglion_appservice::load(&cfg.app_service_config_files, &cfg.server_name)
+                .map_err(|e| Fatal::Config(e.to_string()))?;
+            let r = ganglion_pusher::Pusher::start(db, bus, ring, main.clone(), settings, apps, metrics)
                 .await
                 .map_err(|e| Fatal::Runtime(format!("pusher: {e}")))?;
             watch_replication(health, r.position());

@@ -3,6 +3,7 @@
 mod account;
 mod account_admin;
 mod account_data;
+mod appservice;
 mod dehydrated;
 mod devices;
 mod directory;
@@ -49,7 +50,30 @@ pub(crate) async fn resolve_room_id_or_alias(rooms: &Rooms, target: &str) -> Res
     }
     let alias = ruma::OwnedRoomAliasId::try_from(target)
         .map_err(|e| MatrixError::invalid_param(format!("Invalid alias: {e}")))?;
-    rooms.events.alias_room(alias.as_str()).await?.ok_or_else(|| MatrixError::not_found("Room alias not found"))
+    lookup_alias(rooms, &alias).await?.ok_or_else(|| MatrixError::not_found("Room alias not found"))
+}
+
+/// The room a local alias points at; when none does, each application service whose alias
+/// namespace holds it is asked (`GET /_matrix/app/v1/rooms/{alias}`), and one that answers 200
+/// has created it (and its room) meanwhile.
+pub(crate) async fn lookup_alias(rooms: &Rooms, alias: &ruma::RoomAliasId) -> Result<Option<OwnedRoomId>, MatrixError> {
+    if let Some(room) = rooms.events.alias_room(alias.as_str()).await? {
+        return Ok(Some(room));
+    }
+    for reg in rooms.appservices.interested_in_alias(alias.as_str()) {
+        match rooms.appservice_client.query_alias(reg, alias.as_str()).await {
+            Ok(true) => {
+                if let Some(room) = rooms.events.alias_room(alias.as_str()).await? {
+                    return Ok(Some(room));
+                }
+            }
+            Ok(false) => {}
+            Err(e) => {
+                tracing::warn!(appservice = %reg.id, %alias, error = %e, "alias query to the application service failed")
+            }
+        }
+    }
+    Ok(None)
 }
 
 /// How far into a room's history a user may see: members everything up to now, former members up
@@ -85,6 +109,7 @@ pub(crate) fn routes() -> Router<MainState> {
             get(relations::get_relations),
         )
         .route("/_matrix/client/v1/rooms/{room_id}/threads", get(relations::get_threads))
+        .route("/_matrix/client/v1/appservice/{appservice_id}/ping", post(appservice::ping))
         .route("/_matrix/client/v1/rooms/{room_id}/timestamp_to_event", get(relations::timestamp_to_event));
     for v in ["r0", "v3"] {
         r = r
@@ -240,7 +265,13 @@ pub(crate) fn routes() -> Router<MainState> {
             .route(&format!("/_matrix/client/{v}/notifications"), get(notifications::notifications))
             .route(&format!("/_matrix/client/{v}/pushers"), get(pushers::list))
             .route(&format!("/_matrix/client/{v}/pushers/set"), post(pushers::set))
-            .route(&format!("/_matrix/client/{v}/thirdparty/protocols"), get(notifications::protocols))
+            .route(&format!("/_matrix/client/{v}/thirdparty/protocols"), get(appservice::protocols))
+            .route(&format!("/_matrix/client/{v}/thirdparty/protocol/{{protocol}}"), get(appservice::protocol))
+            .route(
+                &format!("/_matrix/client/{v}/thirdparty/{{kind}}/{{protocol}}"),
+                get(appservice::lookup_by_protocol),
+            )
+            .route(&format!("/_matrix/client/{v}/thirdparty/{{kind}}"), get(appservice::reverse_lookup))
             .route(&format!("/_matrix/client/{v}/devices"), get(devices::list))
             .route(
                 &format!("/_matrix/client/{v}/devices/{{device_id}}"),

@@ -67,7 +67,7 @@ impl WriteApi for WriteApiService {
             return Err(Status::invalid_argument("content_json must be an object"));
         }
         let txn = (!r.txn_id.is_empty()).then(|| (r.device_id.clone(), r.txn_id.clone()));
-        let origin = WriteOrigin { txn, request_id: request_id.clone() };
+        let origin = WriteOrigin { txn, request_id: request_id.clone(), ts: None };
         let template = EventTemplate { event_type: r.event_type, state_key: r.state_key, content };
         let written = self
             .state

@@ -64,6 +64,8 @@ pub(crate) struct Accounts {
     login_token_lifetime_ms: i64,
     /// Logging out removes the device's pushers.
     pushers: Arc<pusher_writer::PusherWriter>,
+    /// Registration and login of application services' users.
+    appservices: ganglion_appservice::Appservices,
 }
 
 /// What discovery endpoints need.
@@ -84,6 +86,9 @@ pub(crate) struct Rooms {
     limits: Arc<Limits>,
     writer: Arc<EventWriter>,
     default_version: ruma::RoomVersionId,
+    /// Alias queries to application services, and their exclusive alias namespaces.
+    appservices: ganglion_appservice::Appservices,
+    appservice_client: ganglion_appservice::AppserviceClient,
 }
 
 /// What account-data, filter, push-rule and profile endpoints need.
@@ -227,6 +232,17 @@ impl MainState {
         let server_name = OwnedServerName::try_from(config.server_name.as_str())
             .map_err(|e| StartError::Config(format!("server_name: {e}")))?;
         let users = UserStore::new(db.clone());
+        let appservices = ganglion_appservice::load(&config.app_service_config_files, server_name.as_str())
+            .map_err(|e| StartError::Config(e.to_string()))?;
+        for reg in appservices.all() {
+            // The service acts as its sender from the first request; it never registers it.
+            if !users.user_exists(&reg.sender).await? {
+                users.create_user(&reg.sender, None, false).await?;
+                tracing::info!(appservice = %reg.id, sender = %reg.sender, "created the application service's user");
+            }
+        }
+        let appservice_client = ganglion_appservice::AppserviceClient::new(std::time::Duration::from_secs(30))
+            .map_err(|e| StartError::Config(e.to_string()))?;
         let events = EventStore::new(db.clone());
         let mended = events.backfill_redacted_because().await?;
         if mended > 0 {
@@ -297,7 +313,7 @@ impl MainState {
         };
         Ok(Self {
             threepids,
-            auth: Authenticator::new(users.clone()),
+            auth: Authenticator::new(users.clone(), appservices.clone()),
             accounts: Accounts {
                 users: users.clone(),
                 limits: limits.clone(),
@@ -309,6 +325,7 @@ impl MainState {
                 access_token_lifetime_ms: secs_to_ms(config.sessions.refreshable_access_token_lifetime_secs),
                 login_token_lifetime_ms: secs_to_ms(config.sessions.login_token_lifetime_secs),
                 pushers,
+                appservices: appservices.clone(),
             },
             discovery: Discovery {
                 server_name,
@@ -316,7 +333,15 @@ impl MainState {
                 well_known_server: config.well_known.server.clone(),
                 default_room_version: config.rooms.default_version.clone(),
             },
-            rooms: Rooms { events: events.clone(), users: users.clone(), limits, writer, default_version },
+            rooms: Rooms {
+                events: events.clone(),
+                users: users.clone(),
+                limits,
+                writer,
+                default_version,
+                appservices: appservices.clone(),
+                appservice_client: appservice_client.clone(),
+            },
             user_data,
             keys,
             ephemeral: Ephemeral {

@@ -76,6 +76,8 @@ pub(crate) struct WriteOrigin {
     pub(crate) txn: Option<(String, String)>,
     /// The client request's id.
     pub(crate) request_id: String,
+    /// `origin_server_ts` an application service asked for (`?ts=`), instead of now.
+    pub(crate) ts: Option<u64>,
 }
 
 /// What is written in the same transaction as an event, beside it.
@@ -463,7 +465,8 @@ impl EventWriter {
         // bounded events.
         let prev_events: Vec<OwnedEventId> = extremities.into_iter().take(10).map(|(id, _)| id).collect();
         let ctx = RoomContext { room_id: Some(room_id), version: &version, state: &state, prev_events, max_prev_depth };
-        let (pdu, room_id) = build_event(&template, sender, &ctx, &self.server_name, &self.key, now_ms())?;
+        let (pdu, room_id) =
+            build_event(&template, sender, &ctx, &self.server_name, &self.key, origin.ts.unwrap_or_else(now_ms))?;
         let rules = version.rules().ok_or_else(|| WriteError::UnsupportedVersion(version.to_string()))?;
         let push_actions =
             crate::push::push_actions(&self.account_data, &self.server_name, &state, &pdu, &room_id, &rules).await;

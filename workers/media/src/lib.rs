@@ -166,6 +166,8 @@ impl Media {
     pub async fn start(cfg: &Config, db: Db, bus: Arc<dyn Bus>) -> Result<Self, StartError> {
         let server_name = OwnedServerName::try_from(cfg.server_name.as_str())
             .map_err(|e| StartError::Config(format!("server_name: {e}")))?;
+        let appservices = ganglion_appservice::load(&cfg.app_service_config_files, server_name.as_str())
+            .map_err(|e| StartError::Config(e.to_string()))?;
         let backend: Arc<dyn MediaBackend> = match &cfg.media.s3 {
             Some(s3) => {
                 let b = S3Backend::open(s3, cfg.media_path().join("tmp")).await.map_err(StartError::Backend)?;
@@ -200,8 +202,9 @@ impl Media {
                 }
             }
         });
-        let mut state = MediaState::new(Authenticator::new(UserStore::new(db.clone())), repo, EventStore::new(db))
-            .with_federation(inbound);
+        let mut state =
+            MediaState::new(Authenticator::new(UserStore::new(db.clone()), appservices), repo, EventStore::new(db))
+                .with_federation(inbound);
         if cfg.media.url_preview.enabled {
             state = state.with_previews(Previewer::new(&cfg.media.url_preview).map_err(StartError::Config)?);
         }

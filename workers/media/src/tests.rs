@@ -49,7 +49,8 @@ async fn env_with(cfg: MediaConfig) -> Env {
         Arc::new(NoRemoteMedia),
         cfg,
     );
-    let mut state = MediaState::new(Authenticator::new(users), repo.clone(), EventStore::new(db.db.clone()));
+    let mut state =
+        MediaState::new(Authenticator::new(users, Default::default()), repo.clone(), EventStore::new(db.db.clone()));
     if let Some(p) = previews {
         state = state.with_previews(p);
     }
@@ -341,7 +342,11 @@ async fn legacy_endpoints_serve_media_uploaded_before_the_freeze() {
         MediaConfig::default(),
     );
     let users = UserStore::new(serve._db.db.clone());
-    let app = router(MediaState::new(Authenticator::new(users), frozen, EventStore::new(serve._db.db.clone())));
+    let app = router(MediaState::new(
+        Authenticator::new(users, Default::default()),
+        frozen,
+        EventStore::new(serve._db.db.clone()),
+    ));
     let frozen = Env { app, repo: serve.repo.clone(), _db: serve._db, _dir: serve._dir };
     let old = frozen.get(&format!("/_matrix/media/v3/download/example.org/{id}"), None).await;
     assert_eq!(old.status(), StatusCode::OK);
@@ -792,7 +797,11 @@ async fn remote_media_is_served_through_the_remote_media_seam() {
     let remote = FakeRemote { store: store.clone(), backend: backend.clone() };
     let repo =
         MediaRepo::new(owned_server_name!("example.org"), store, backend, Arc::new(remote), MediaConfig::default());
-    let app = router(MediaState::new(Authenticator::new(users), repo.clone(), EventStore::new(db.db.clone())));
+    let app = router(MediaState::new(
+        Authenticator::new(users, Default::default()),
+        repo.clone(),
+        EventStore::new(db.db.clone()),
+    ));
     let e = Env { app, repo, _db: db, _dir: dir };
 
     let resp = e.get("/_matrix/client/v1/media/download/remote.example/known", Some(ALICE)).await;

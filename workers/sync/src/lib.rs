@@ -186,6 +186,7 @@ impl SyncState {
         bus: Arc<dyn Bus>,
         main: MainClient,
         max_timeout: Duration,
+        appservices: ganglion_appservice::Appservices,
     ) -> Result<Self, ganglion_storage::Error> {
         let events = EventStore::new(db.clone());
         let mut followers = Vec::new();
@@ -230,7 +231,7 @@ impl SyncState {
         };
         let users = UserStore::new(db.clone());
         Ok(Self {
-            auth: Authenticator::new(users.clone()),
+            auth: Authenticator::new(users.clone(), appservices),
             sync: SyncContext {
                 events,
                 account_data: AccountDataStore::new(db.clone()),

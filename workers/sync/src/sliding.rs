@@ -79,7 +79,7 @@ pub(crate) async fn sliding_sync(
         None | Some("online" | "offline" | "unavailable") => {}
         Some(_) => return Err(MatrixError::invalid_param("set_presence must be online, offline or unavailable")),
     }
-    let who = fnv1a(&[user.user_id.as_str(), user.device_id.as_str(), body.conn_id.as_deref().unwrap_or("")]);
+    let who = fnv1a(&[user.user_id.as_str(), user.device_str(), body.conn_id.as_deref().unwrap_or("")]);
     let prev = q.pos.as_deref().map(|p| Pos::decode(p, who)).transpose()?;
     let to_device_since = body.extensions.to_device_since()?;
 

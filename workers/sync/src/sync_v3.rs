@@ -460,7 +460,7 @@ pub(crate) fn acknowledge_to_device(ctx: &SyncContext, user: &AuthUser, upto: u6
     let main = ctx.main.clone();
     let req = ganglion_rpc::v1::AckToDeviceRequest {
         user_id: user.user_id.to_string(),
-        device_id: user.device_id.to_string(),
+        device_id: user.device_str().to_owned(),
         upto,
     };
     tokio::spawn(async move {
@@ -494,7 +494,7 @@ async fn e2ee_sections(
     work: DeviceListsWork,
     has_data: &mut bool,
 ) -> Result<Value, MatrixError> {
-    let device = user.device_id.as_str();
+    let device = user.device_str();
     // With no new to-device row anywhere since the token, every message up to it was acknowledged
     // by this very request: there is nothing to send.
     let messages = match since {
@@ -534,7 +534,7 @@ async fn e2ee_sections(
 /// The device's one-time key counts and unused fallback key types, which every response carries
 /// (read once, when the response is ready).
 async fn key_counts(ctx: &SyncContext, user: &AuthUser, e2ee: &mut Value) -> Result<(), MatrixError> {
-    let (counts, fallback) = ctx.e2ee.key_counts(&user.user_id, user.device_id.as_str()).await?;
+    let (counts, fallback) = ctx.e2ee.key_counts(&user.user_id, user.device_str()).await?;
     let counts: serde_json::Map<String, Value> = counts.into_iter().map(|(a, n)| (a, json!(n))).collect();
     e2ee["device_one_time_keys_count"] = Value::Object(counts);
     e2ee["device_unused_fallback_key_types"] = json!(fallback);

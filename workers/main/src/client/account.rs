@@ -5,7 +5,10 @@ use axum::Json;
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use ganglion_http::{AuthUser, ClientIp, MatrixError, MatrixJson, hash_token, new_access_token, now_ms};
+use std::sync::Arc;
+
+use ganglion_appservice::Registration;
+use ganglion_http::{AuthUser, ClientIp, MatrixError, MatrixJson, hash_token, new_access_token, now_ms, query_param};
 use ganglion_storage::NewRefresh;
 use ruma::{OwnedUserId, UserId};
 use serde::Deserialize;
@@ -45,6 +48,61 @@ pub(crate) struct RegisterBody {
     refresh_token: bool,
     /// A guest upgrading their account (Guest Access module): their access token.
     guest_access_token: Option<String>,
+    /// `m.login.application_service`: an application service registering a user of its
+    /// namespace, authenticated by its `as_token` instead of User-Interactive Auth.
+    #[serde(rename = "type")]
+    kind: Option<String>,
+}
+
+const APPSERVICE_LOGIN: &str = "m.login.application_service";
+
+/// The application service whose `as_token` authenticates the request, if one does.
+/// `Err(M_UNKNOWN_TOKEN)` for a token that is not an application service's.
+async fn appservice_of(
+    accounts: &Accounts,
+    headers: &axum::http::HeaderMap,
+    uri: &axum::http::Uri,
+) -> Result<Option<Arc<Registration>>, MatrixError> {
+    let bearer = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|h| h.to_str().ok())
+        .and_then(|h| h.strip_prefix("Bearer "))
+        .map(|t| t.trim().to_owned());
+    let token = bearer.or_else(|| query_param(uri, "access_token"));
+    let Some(token) = token.filter(|t| !t.is_empty()) else { return Ok(None) };
+    match accounts.appservices.by_as_token(&token) {
+        Some(reg) => Ok(Some(reg.clone())),
+        None => Err(MatrixError::unknown_token("Unknown application service token")),
+    }
+}
+
+/// `register` with `type: m.login.application_service`: no UIA, no rate limit, open even when
+/// registration is closed; only users of the service's namespace.
+async fn register_for_appservice(
+    accounts: &Accounts,
+    reg: &Registration,
+    body: RegisterBody,
+) -> Result<Response, MatrixError> {
+    let name = body.username.as_deref().ok_or_else(|| MatrixError::missing_param("Missing username"))?;
+    let user_id = if name.starts_with('@') {
+        OwnedUserId::try_from(name).map_err(|e| MatrixError::invalid_username(format!("Invalid user ID: {e}")))?
+    } else {
+        user_id_for(name, accounts)?
+    };
+    if user_id.server_name() != accounts.server_name {
+        return Err(MatrixError::invalid_username("User ID must be on this server"));
+    }
+    if !reg.is_interested_in_user(user_id.as_str()) {
+        return Err(MatrixError::exclusive("User ID is not in the application service's namespace"));
+    }
+    match accounts.users.create_user(&user_id, None, false).await {
+        Ok(()) => {}
+        Err(ganglion_storage::Error::Conflict(_)) => return Err(MatrixError::user_in_use("User ID already taken.")),
+        Err(e) => return Err(e.into()),
+    }
+    accounts.users.set_profile_field(&user_id, "displayname", Some(user_id.localpart())).await?;
+    tracing::info!(user_id = %user_id, appservice = %reg.id, "application service registered user");
+    registered(accounts, &user_id, body).await
 }
 
 /// Checks a requested localpart and builds the user ID (`M_INVALID_USERNAME` otherwise).
@@ -128,8 +186,24 @@ pub(crate) async fn register(
     State(accounts): State<Accounts>,
     ClientIp(ip): ClientIp,
     Query(q): Query<RegisterQuery>,
-    MatrixJson(body): MatrixJson<RegisterBody>,
+    headers: axum::http::HeaderMap,
+    uri: axum::http::Uri,
+    MatrixJson(mut body): MatrixJson<RegisterBody>,
 ) -> Result<Response, MatrixError> {
+    let as_type = body.kind.as_deref() == Some(APPSERVICE_LOGIN)
+        || body.auth.as_ref().and_then(|a| a.kind.as_deref()) == Some(APPSERVICE_LOGIN);
+    match appservice_of(&accounts, &headers, &uri).await? {
+        Some(reg) => {
+            if !as_type && body.kind.is_some() {
+                return Err(MatrixError::bad_request(
+                    "An application service registers with type m.login.application_service",
+                ));
+            }
+            return register_for_appservice(&accounts, &reg, body).await;
+        }
+        None if as_type => return Err(MatrixError::missing_token("m.login.application_service needs the as_token")),
+        None => {}
+    }
     accounts.limits.registration.check(&ip)?;
     match q.kind.as_deref() {
         None | Some("user") => {}
@@ -161,6 +235,9 @@ pub(crate) async fn register(
             }
             if !upgrading && accounts.users.user_exists(&id).await? {
                 return Err(MatrixError::user_in_use("User ID already taken."));
+            }
+            if accounts.appservices.exclusive_user_owner(id.as_str()).is_some() {
+                return Err(MatrixError::exclusive("This user ID is reserved by an application service"));
             }
             Some(id)
         }
@@ -243,7 +320,7 @@ pub(crate) async fn register(
             }
         },
     };
-    let hash = match body.password {
+    let hash = match body.password.take() {
         Some(p) => Some(accounts.hasher.hash(p).await.map_err(MatrixError::internal)?),
         None => None,
     };
@@ -268,17 +345,17 @@ pub(crate) async fn register(
     }
     accounts.users.delete_uia_session(&completed).await?;
     tracing::info!(user_id = %user_id, "registered user");
+    registered(&accounts, &user_id, body).await
+}
+
+/// The answer to a registration: the user ID alone with `inhibit_login`, else a new session.
+async fn registered(accounts: &Accounts, user_id: &UserId, body: RegisterBody) -> Result<Response, MatrixError> {
     if body.inhibit_login {
         return Ok(Json(json!({ "user_id": user_id })).into_response());
     }
-    let session = issue_token(
-        &accounts,
-        &user_id,
-        body.device_id,
-        body.initial_device_display_name.as_deref(),
-        body.refresh_token,
-    )
-    .await?;
+    let session =
+        issue_token(accounts, user_id, body.device_id, body.initial_device_display_name.as_deref(), body.refresh_token)
+            .await?;
     let mut out = json!({ "user_id": user_id, "home_server": accounts.server_name });
     session.fill(&mut out);
     Ok(Json(out).into_response())
@@ -317,6 +394,9 @@ pub(crate) async fn register_available(
     if accounts.users.user_exists(&id).await? {
         return Err(MatrixError::user_in_use("User ID already taken."));
     }
+    if accounts.appservices.exclusive_user_owner(id.as_str()).is_some() {
+        return Err(MatrixError::exclusive("This user ID is reserved by an application service"));
+    }
     Ok(Json(json!({ "available": true })))
 }
 
@@ -326,6 +406,7 @@ pub(crate) async fn login_flows() -> Json<Value> {
     Json(json!({ "flows": [
         { "type": "m.login.password" },
         { "type": "m.login.token", "get_login_token": true },
+        { "type": APPSERVICE_LOGIN },
     ] }))
 }
 
@@ -357,10 +438,37 @@ pub(crate) struct LoginBody {
 pub(crate) async fn login(
     State(accounts): State<Accounts>,
     ClientIp(ip): ClientIp,
+    headers: axum::http::HeaderMap,
+    uri: axum::http::Uri,
     MatrixJson(body): MatrixJson<LoginBody>,
 ) -> Result<Json<Value>, MatrixError> {
-    accounts.limits.login.check(&ip)?;
+    let appservice = if body.kind == APPSERVICE_LOGIN { appservice_of(&accounts, &headers, &uri).await? } else { None };
+    if appservice.as_ref().is_none_or(|a| a.rate_limited) {
+        accounts.limits.login.check(&ip)?;
+    }
     let user_id = match body.kind.as_str() {
+        APPSERVICE_LOGIN => {
+            let reg = appservice
+                .ok_or_else(|| MatrixError::missing_token("m.login.application_service needs the as_token"))?;
+            let user = match (&body.identifier, &body.user) {
+                (Some(Identifier { kind, user: Some(u) }), _) if kind == "m.id.user" => u.clone(),
+                (_, Some(u)) => u.clone(),
+                _ => return Err(MatrixError::missing_param("Missing user identifier")),
+            };
+            let user_id = if user.starts_with('@') {
+                OwnedUserId::try_from(user.as_str())
+                    .map_err(|e| MatrixError::invalid_param(format!("Invalid user ID: {e}")))?
+            } else {
+                user_id_for(&user, &accounts)?
+            };
+            if !reg.is_interested_in_user(user_id.as_str()) {
+                return Err(MatrixError::forbidden("User is not in the application service's namespace"));
+            }
+            if !accounts.users.user_exists(&user_id).await? {
+                return Err(MatrixError::forbidden("Application service has not registered this user"));
+            }
+            user_id
+        }
         "m.login.password" => password_login(&accounts, &body).await?,
         "m.login.token" => {
             let token = body.token.as_deref().ok_or_else(|| MatrixError::missing_param("Missing token"))?;
@@ -482,7 +590,7 @@ pub(crate) async fn get_login_token(
 /// `POST /_matrix/client/v3/logout`: invalidates the token used.
 pub(crate) async fn logout(State(accounts): State<Accounts>, user: AuthUser) -> Result<Json<Value>, MatrixError> {
     accounts.users.delete_access_token(&user.token_hash).await?;
-    accounts.pushers.remove_for_device(&user.user_id, user.device_id.as_str()).await?;
+    accounts.pushers.remove_for_device(&user.user_id, user.device_str()).await?;
     Ok(Json(json!({})))
 }
 
@@ -495,7 +603,12 @@ pub(crate) async fn logout_all(State(accounts): State<Accounts>, user: AuthUser)
 
 /// `GET /_matrix/client/v3/account/whoami`: who the token belongs to.
 pub(crate) async fn whoami(user: AuthUser) -> Json<Value> {
-    Json(json!({ "user_id": user.user_id, "device_id": user.device_id, "is_guest": user.is_guest }))
+    let mut body = json!({ "user_id": user.user_id, "is_guest": user.is_guest });
+    // An application service acting without a device has none to name.
+    if let Some(d) = &user.device_id {
+        body["device_id"] = json!(d);
+    }
+    Json(body)
 }
 
 #[derive(Debug, Deserialize)]

@@ -42,7 +42,7 @@ pub(crate) async fn change_password(
     let hash = keys.hasher.hash(new).await.map_err(MatrixError::internal)?;
     keys.users.set_password_hash(&user.user_id, &hash).await?;
     if body.logout_devices.unwrap_or(true) {
-        let removed = keys.users.delete_other_devices(&user.user_id, user.device_id.as_str()).await?;
+        let removed = keys.users.delete_other_devices(&user.user_id, user.device_str()).await?;
         for d in &removed {
             keys.e2ee.delete_device(&user.user_id, d).await?;
             keys.pushers.remove_for_device(&user.user_id, d).await?;

@@ -25,9 +25,7 @@ pub(crate) async fn get_alias(
         // Remote aliases are resolved over federation once it exists.
         return Err(MatrixError::not_found(format!("Room alias {alias} not found")));
     }
-    let room_id = rooms
-        .events
-        .alias_room(alias.as_str())
+    let room_id = super::lookup_alias(&rooms, &alias)
         .await?
         .ok_or_else(|| MatrixError::not_found(format!("Room alias {alias} not found")))?;
     Ok(Json(json!({ "room_id": room_id, "servers": [rooms.writer.server_name()] })))
@@ -50,6 +48,11 @@ pub(crate) async fn create_alias(
     let room_id = parse_room_id(&body.room_id)?;
     if alias.server_name() != rooms.writer.server_name() {
         return Err(MatrixError::invalid_param("Room alias must be on this server"));
+    }
+    if let Some(owner) = rooms.appservices.exclusive_alias_owner(alias.as_str())
+        && user.appservice.as_ref().is_none_or(|a| a.id != owner.id)
+    {
+        return Err(MatrixError::exclusive("This alias is reserved by an application service"));
     }
     if rooms.events.room_version(&room_id).await?.is_none() {
         return Err(MatrixError::not_found(format!("Unknown room {room_id}")));

@@ -135,7 +135,7 @@ pub(crate) async fn upload(
     user: AuthUser,
     MatrixJson(body): MatrixJson<UploadBody>,
 ) -> Result<Json<Value>, MatrixError> {
-    let device = user.device_id.as_str();
+    let device = user.device()?.as_str();
     check_uploaded_keys(&body, &user.user_id, device)?;
     store_uploaded_keys(&keys, &user.user_id, device, &body).await?;
     let counts: Map<String, Value> =
@@ -559,7 +559,7 @@ pub(crate) async fn send_to_device(
             }
         }
     }
-    if keys.e2ee.record_to_device_txn(&user.user_id, user.device_id.as_str(), &txn_id).await? {
+    if keys.e2ee.record_to_device_txn(&user.user_id, user.device_str(), &txn_id).await? {
         keys.writer.send_to_device(out).await?;
     }
     Ok(Json(json!({})))

@@ -26,7 +26,7 @@ pub(crate) struct ReasonBody {
 }
 
 fn origin(req: &Option<Extension<RequestId>>) -> WriteOrigin {
-    WriteOrigin { txn: None, request_id: req.as_ref().map(|r| r.0.0.clone()).unwrap_or_default() }
+    WriteOrigin { txn: None, request_id: req.as_ref().map(|r| r.0.0.clone()).unwrap_or_default(), ts: None }
 }
 
 fn target_user(s: &str) -> Result<OwnedUserId, MatrixError> {
@@ -45,9 +45,6 @@ async fn set_membership(
 ) -> Result<(), MatrixError> {
     if rooms.events.room_version(room_id).await?.is_none() {
         return Err(MatrixError::not_found(format!("Unknown room {room_id}")));
-    }
-    if matches!(membership, "invite" | "knock") {
-        rooms.limits.rooms.check(sender.as_str())?;
     }
     let mut content = json!({ "membership": membership });
     if let Some(r) = reason.filter(|r| !r.is_empty()) {
@@ -86,6 +83,9 @@ pub(crate) async fn invite(
     if rooms.events.membership(&room_id, &target).await?.as_deref() == Some("invite") {
         // Inviting someone already invited changes nothing.
         return Ok(Json(json!({})));
+    }
+    if user.rate_limited() {
+        rooms.limits.rooms.check(user.user_id.as_str())?;
     }
     set_membership(&rooms, &room_id, &user.user_id, &target, "invite", body.reason, &origin(&req)).await?;
     Ok(Json(json!({})))
@@ -169,6 +169,9 @@ pub(crate) async fn knock(
     MatrixJson(body): MatrixJson<ReasonBody>,
 ) -> Result<Json<Value>, MatrixError> {
     let room_id = super::resolve_room_id_or_alias(&rooms, &target).await?;
+    if user.rate_limited() {
+        rooms.limits.rooms.check(user.user_id.as_str())?;
+    }
     set_membership(&rooms, &room_id, &user.user_id, &user.user_id, "knock", body.reason, &origin(&req)).await?;
     Ok(Json(json!({ "room_id": room_id })))
 }

@@ -1,5 +1,4 @@
-//! `GET /notifications` (the events that notified the user, newest first) and
-//! `GET /thirdparty/protocols` (no bridges are registered, so there are none).
+//! `GET /notifications`: the events that notified the user, newest first.
 
 use axum::Json;
 use axum::extract::{Query, State};
@@ -65,9 +64,4 @@ pub(crate) async fn notifications(
         body["next_token"] = json!(last.event.stream_ordering.to_string());
     }
     Ok(Json(body))
-}
-
-/// `GET /_matrix/client/v3/thirdparty/protocols`.
-pub(crate) async fn protocols(_user: AuthUser) -> Json<Value> {
-    Json(json!({}))
 }

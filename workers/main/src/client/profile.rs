@@ -185,7 +185,7 @@ async fn propagate(rooms: Rooms, data: UserData, user: OwnedUserId, request_id: 
     let _turn = data.propagation.lock().await;
     let result: Result<(), MatrixError> = async {
         let (name, avatar) = data.users.profile(&user).await?.unwrap_or_default();
-        let origin = WriteOrigin { txn: None, request_id };
+        let origin = WriteOrigin { txn: None, request_id, ts: None };
         for m in rooms.events.rooms_for_user(&user).await? {
             if m.membership != "join" {
                 continue;

@@ -173,7 +173,7 @@ pub(crate) async fn set(
         } else {
             pushkey.to_owned()
         },
-        device_id: user.device_id.to_string(),
+        device_id: user.device_str().to_owned(),
         kind: kind.to_owned(),
         app_display_name: app_display_name.to_owned(),
         device_display_name: device_display_name.to_owned(),

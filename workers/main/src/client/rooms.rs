@@ -15,7 +15,7 @@ use crate::Rooms;
 use crate::writer::{WriteOrigin, Written};
 
 fn origin(req: &Option<Extension<RequestId>>, txn: Option<(String, String)>) -> WriteOrigin {
-    WriteOrigin { txn, request_id: req.as_ref().map(|r| r.0.0.clone()).unwrap_or_default() }
+    WriteOrigin { txn, request_id: req.as_ref().map(|r| r.0.0.clone()).unwrap_or_default(), ts: None }
 }
 
 #[derive(Debug, Deserialize)]
@@ -57,7 +57,9 @@ pub(crate) async fn create_room(
     req: Option<Extension<RequestId>>,
     MatrixJson(body): MatrixJson<CreateRoomBody>,
 ) -> Result<Json<Value>, MatrixError> {
-    rooms.limits.rooms.check(user.user_id.as_str())?;
+    if user.rate_limited() {
+        rooms.limits.rooms.check(user.user_id.as_str())?;
+    }
     let version = match &body.room_version {
         Some(v) => RoomVersionId::try_from(v.as_str())
             .ok()
@@ -92,6 +94,11 @@ pub(crate) async fn create_room(
                 .map_err(|e| MatrixError::invalid_param(format!("Invalid alias: {e}")))?;
             if rooms.events.alias_room(alias.as_str()).await?.is_some() {
                 return Err(MatrixError::room_in_use("Room alias already taken"));
+            }
+            if let Some(owner) = rooms.appservices.exclusive_alias_owner(alias.as_str())
+                && user.appservice.as_ref().is_none_or(|a| a.id != owner.id)
+            {
+                return Err(MatrixError::exclusive("This alias is reserved by an application service"));
             }
             Some(alias)
         }
@@ -241,7 +248,9 @@ async fn join(
     origin: &WriteOrigin,
 ) -> Result<Json<Value>, MatrixError> {
     let user_id = &user.user_id;
-    rooms.limits.rooms.check(user_id.as_str())?;
+    if user.rate_limited() {
+        rooms.limits.rooms.check(user_id.as_str())?;
+    }
     if rooms.events.room_version(room_id).await?.is_none() {
         return Err(MatrixError::not_found("No known servers for this room"));
     }
@@ -382,7 +391,9 @@ pub(crate) async fn send_message(
 ) -> Result<Json<Value>, MatrixError> {
     let room_id =
         OwnedRoomId::try_from(room_id).map_err(|e| MatrixError::invalid_param(format!("Invalid room ID: {e}")))?;
-    rooms.limits.messages.check(user.user_id.as_str())?;
+    if user.rate_limited() {
+        rooms.limits.messages.check(user.user_id.as_str())?;
+    }
     if event_type.is_empty() || event_type.len() > 255 {
         return Err(MatrixError::invalid_param("Invalid event type"));
     }
@@ -393,7 +404,7 @@ pub(crate) async fn send_message(
     // so the same ID in another room or for another type is another request.
     let scoped_txn = format!("send:{room_id}/{event_type}/{txn_id}");
     let template = EventTemplate { event_type, state_key: None, content: Value::Object(content) };
-    let origin = origin(&req, Some((user.device_id.to_string(), scoped_txn)));
+    let origin = WriteOrigin { ts: user.ts, ..origin(&req, Some((user.device_str().to_owned(), scoped_txn))) };
     let Written { event_id, .. } = rooms.writer.send(&room_id, &user.user_id, template, &origin).await?;
     Ok(Json(json!({ "event_id": event_id })))
 }

@@ -100,7 +100,7 @@ pub(crate) async fn build(
         let since = req.to_device_since()?.unwrap_or(0);
         let limit = req.to_device.limit.unwrap_or(TO_DEVICE_LIMIT).clamp(1, TO_DEVICE_LIMIT) as i64;
         let messages =
-            ctx.e2ee.to_device_for(&user.user_id, user.device_id.as_str(), scope.upto.to_device as i64, limit).await?;
+            ctx.e2ee.to_device_for(&user.user_id, user.device_str(), scope.upto.to_device as i64, limit).await?;
         // A full page may stop short of `upto`: the next batch starts after its last message.
         let next = match messages.last() {
             Some(last) if messages.len() as i64 >= limit => last.position as u64,
@@ -127,7 +127,7 @@ pub(crate) async fn build(
             None => (Vec::new(), Vec::new()),
         };
         news |= !changed.is_empty() || !left.is_empty();
-        let (counts, fallback) = ctx.e2ee.key_counts(&user.user_id, user.device_id.as_str()).await?;
+        let (counts, fallback) = ctx.e2ee.key_counts(&user.user_id, user.device_str()).await?;
         let counts: Map<String, Value> = counts.into_iter().map(|(a, n)| (a, json!(n))).collect();
         out.insert(
             "e2ee".into(),
