@@ -9,6 +9,7 @@
 //! a worker crate or on `ganglion-http`.
 
 mod account_data;
+mod appservices;
 mod bundled;
 mod catch_up;
 mod device_lists;
@@ -35,6 +36,7 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, ConnectOptions};
 
 pub use account_data::{AccountDataEntry, AccountDataStore};
+pub use appservices::{AppservicePositions, AppserviceState, AppserviceStore};
 pub use bundled::client_events_with_relations;
 pub use catch_up::{
     DbCatchUp, account_data_row, event_row, follow_events, follow_stream, follow_stream_with, user_row,

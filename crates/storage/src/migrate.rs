@@ -126,10 +126,16 @@ const MIGRATIONS: &[Migration] = &[
         postgres: include_str!("../../../migrations/postgres/0019_email.sql"),
         sqlite: include_str!("../../../migrations/sqlite/0019_email.sql"),
     },
+    Migration {
+        version: 20,
+        name: "appservices",
+        postgres: include_str!("../../../migrations/postgres/0020_appservices.sql"),
+        sqlite: include_str!("../../../migrations/sqlite/0020_appservices.sql"),
+    },
 ];
 
 /// The schema version this build reads and writes: the highest migration's version.
-pub const SCHEMA_VERSION: i64 = 19;
+pub const SCHEMA_VERSION: i64 = 20;
 
 /// How the database's schema compares with this build's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

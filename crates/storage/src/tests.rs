@@ -18,6 +18,7 @@ macro_rules! on_both_backends {
 }
 
 on_both_backends!(
+    appservice_transactions_are_staged_then_acknowledged,
     migrations_are_idempotent_and_current,
     users_tokens_and_devices,
     refresh_login_tokens_guests_and_profile_fields,
@@ -1178,4 +1179,34 @@ async fn threepids_sessions_and_email_throttle(t: &TestDb) {
     store.set_email_throttle("@alice:x", "a@x", "!r:x", 10, 3).await.unwrap();
     store.set_email_throttle("@alice:x", "a@x", "!r:x", 20, 7).await.unwrap();
     assert_eq!(store.email_throttle("@alice:x", "a@x").await.unwrap(), vec![("!r:x".to_owned(), 20, 7)]);
+}
+
+async fn appservice_transactions_are_staged_then_acknowledged(t: &TestDb) {
+    let store = crate::AppserviceStore::new(t.db.clone());
+    let start = crate::AppservicePositions { events: 5, receipts: 1, typing: 2, presence: 3 };
+    let first = store.state_or_start("irc", start).await.unwrap();
+    assert_eq!((first.events_pos, first.next_txn_id, first.pending.clone()), (5, 1, None));
+    // A second start (another instance at a hand-over) keeps the stored row.
+    let again = store.state_or_start("irc", crate::AppservicePositions { events: 99, ..start }).await.unwrap();
+    assert_eq!(again, first);
+
+    let to = crate::AppservicePositions { events: 9, receipts: 4, typing: 2, presence: 3 };
+    assert!(store.stage("irc", 1, r#"{"events":[]}"#, to).await.unwrap());
+    // Nothing else is staged while one is pending, nor with a stale ID.
+    assert!(!store.stage("irc", 2, "{}", to).await.unwrap());
+    let staged = store.state_or_start("irc", start).await.unwrap();
+    assert_eq!(staged.pending, Some((1, r#"{"events":[]}"#.to_owned())));
+    assert_eq!((staged.events_pos, staged.receipts_pos, staged.next_txn_id), (9, 4, 2));
+    store.skip_to("irc", crate::AppservicePositions { events: 50, ..to }).await.unwrap();
+    assert_eq!(store.state_or_start("irc", start).await.unwrap().events_pos, 9, "no skipping past a staged one");
+
+    store.set_failing("irc", Some(123)).await.unwrap();
+    store.acknowledged("irc", 7).await.unwrap();
+    assert!(store.state_or_start("irc", start).await.unwrap().pending.is_some(), "only its own ID clears it");
+    store.acknowledged("irc", 1).await.unwrap();
+    let done = store.state_or_start("irc", start).await.unwrap();
+    assert_eq!((done.pending, done.failing_since), (None, None));
+    assert!(!store.stage("irc", 1, "{}", to).await.unwrap(), "a used ID is never staged again");
+    store.skip_to("irc", crate::AppservicePositions { events: 50, ..to }).await.unwrap();
+    assert_eq!(store.state_or_start("irc", start).await.unwrap().events_pos, 50);
 }

@@ -10,6 +10,7 @@
 //!
 //! Depends on the shared crates; never on another worker crate.
 
+mod appservice;
 mod deliver;
 mod dispatch;
 mod email;
@@ -103,12 +104,13 @@ pub enum StartError {
 pub struct Pusher {
     _followers: Vec<Follower>,
     _dispatch: dispatch::Dispatcher,
+    _appservices: appservice::Delivery,
     position: watch::Receiver<StreamPosition>,
 }
 
 impl Pusher {
     /// Starts pushing for the users `ring` assigns to this instance, catching up every pusher from
-    /// its stored position.
+    /// its stored position, and sending transactions to the application services it assigns.
     ///
     /// # Errors
     /// When the database cannot be read.
@@ -118,12 +120,21 @@ impl Pusher {
         ring: ShardRing,
         main: MainClient,
         settings: PushSettings,
+        appservices: ganglion_appservice::Appservices,
         metrics: &ganglion_telemetry::Metrics,
     ) -> Result<Self, StartError> {
         let metrics = metrics::PusherMetrics::register(metrics);
+        let appservices = appservice::Delivery::start(
+            db.clone(),
+            bus.clone(),
+            ring.clone(),
+            appservices,
+            settings.max_retry_interval,
+        )
+        .await?;
         let (dispatch, followers, position) =
             dispatch::Dispatcher::start(db, bus, ring, main, settings, metrics).await?;
-        Ok(Self { _followers: followers, _dispatch: dispatch, position })
+        Ok(Self { _followers: followers, _dispatch: dispatch, _appservices: appservices, position })
     }
 
     /// The position reached on the `events` stream.
