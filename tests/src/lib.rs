@@ -4,10 +4,12 @@
 //! The binary is found beside the test executable (`target/<profile>/ganglion`), or at
 //! `TEST_GANGLION_BIN`. Build it first: `cargo build -p ganglion`.
 
+pub mod appservice;
 pub mod conformance;
 pub mod push_gateway;
 pub mod sdk;
 pub mod smtp;
+mod stub_http;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -319,6 +321,15 @@ impl Split {
     /// # Errors
     /// When anything fails to start.
     pub async fn start_with_media(n_sync: usize, n_media: usize, media: Value) -> Result<Self> {
+        Self::start_with_config(n_sync, n_media, json!({ "media": media })).await
+    }
+
+    /// Like [`Split::start`], plus `n_media` media workers, with `extra`'s top-level keys set in
+    /// the configuration of every process (e.g. `{"app_service_config_files": […]}`).
+    ///
+    /// # Errors
+    /// When anything fails to start.
+    pub async fn start_with_config(n_sync: usize, n_media: usize, extra: Value) -> Result<Self> {
         let nginx = nginx_bin().context("nginx is not installed (apt-get install nginx-light); .ci/run installs it")?;
         let dir = tempfile::tempdir()?;
         let db = ScratchPostgres::create().await?;
@@ -332,7 +343,11 @@ impl Split {
             cfg["redis"] = json!({ "url": redis_url, "key_prefix": prefix });
             cfg["rpc"] = json!({ "listen": format!("127.0.0.1:{rpc_port}"), "main_url": format!("http://127.0.0.1:{rpc_port}") });
             cfg["listeners"] = listener(port);
-            cfg["media"] = media.clone();
+            if let Value::Object(extra) = &extra {
+                for (k, v) in extra {
+                    cfg[k] = v.clone();
+                }
+            }
             cfg
         };
         let bin = ganglion_bin();

@@ -8,9 +8,11 @@ use std::time::Duration;
 
 use anyhow::Result;
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::BufReader;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
+
+use crate::stub_http::{read_request, write_json};
 
 #[derive(Default)]
 struct State {
@@ -99,40 +101,20 @@ impl RecordingGateway {
     }
 }
 
-/// One HTTP/1.1 connection (keep-alive), enough of the protocol for reqwest's requests.
+/// One HTTP/1.1 connection (keep-alive).
 async fn serve(stream: tokio::net::TcpStream, state: Arc<Mutex<State>>) -> Result<()> {
     let (read, mut write) = stream.into_split();
     let mut reader = BufReader::new(read);
-    loop {
-        let mut request_line = String::new();
-        if reader.read_line(&mut request_line).await? == 0 {
-            return Ok(());
-        }
-        let mut length = 0usize;
-        loop {
-            let mut line = String::new();
-            reader.read_line(&mut line).await?;
-            let line = line.trim_end();
-            if line.is_empty() {
-                break;
-            }
-            if let Some((name, value)) = line.split_once(':')
-                && name.eq_ignore_ascii_case("content-length")
-            {
-                length = value.trim().parse().unwrap_or(0);
-            }
-        }
-        let mut body = vec![0; length];
-        reader.read_exact(&mut body).await?;
+    while let Some(req) = read_request(&mut reader).await? {
         let (status, answer) = {
             let mut s = state.lock().unwrap();
-            if !request_line.starts_with("POST /_matrix/push/v1/notify ") {
+            if req.method != "POST" || req.target != "/_matrix/push/v1/notify" {
                 ("404 Not Found", json!({ "errcode": "M_UNRECOGNIZED" }))
             } else if s.failing {
                 s.refused_while_failing += 1;
                 ("500 Internal Server Error", json!({}))
             } else {
-                let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                let v: Value = serde_json::from_slice(&req.body).unwrap_or(Value::Null);
                 let n = v["notification"].clone();
                 let rejected: Vec<Value> = n["devices"]
                     .as_array()
@@ -148,15 +130,7 @@ async fn serve(stream: tokio::net::TcpStream, state: Arc<Mutex<State>>) -> Resul
                 ("200 OK", json!({ "rejected": rejected }))
             }
         };
-        let body = answer.to_string();
-        write
-            .write_all(
-                format!(
-                    "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
-                    body.len()
-                )
-                .as_bytes(),
-            )
-            .await?;
+        write_json(&mut write, status, &answer).await?;
     }
+    Ok(())
 }

@@ -34,23 +34,7 @@ impl Drop for RecordingSmtp {
 
 /// Undoes quoted-printable: soft line breaks and `=XX` escapes.
 fn decode_qp(s: &str) -> String {
-    let joined = s.replace("=\r\n", "").replace("=\n", "");
-    let bytes = joined.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'='
-            && i + 2 < bytes.len()
-            && let Ok(b) = u8::from_str_radix(&joined[i + 1..i + 3], 16)
-        {
-            out.push(b);
-            i += 3;
-            continue;
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    crate::stub_http::unescape(&s.replace("=\r\n", "").replace("=\n", ""), b'=')
 }
 
 impl RecordingSmtp {

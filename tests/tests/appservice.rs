@@ -1,0 +1,328 @@
+//! Application services, black-box: a recording application service registered through a
+//! Synapse-style YAML file, driving `ganglion serve` through the Client-Server API as its users
+//! and receiving transactions (events and ephemeral events), across an outage.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Result;
+use ganglion_e2e::appservice::{AS_TOKEN, RecordingAppservice};
+use ganglion_e2e::{OneProcess, RawClient};
+use serde_json::{Value, json};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+fn as_client(url: &str) -> RawClient {
+    let mut c = RawClient::new(url);
+    c.token = AS_TOKEN.to_owned();
+    c
+}
+
+async fn ok(c: &RawClient, method: &str, path: &str, body: Value) -> Result<Value> {
+    let r = c.call(method, path, Some(&body)).await?;
+    anyhow::ensure!(r.status == 200, "{method} {path}: {r:?}");
+    Ok(r.body)
+}
+
+fn body_of(ev: &Value) -> &str {
+    ev["content"]["body"].as_str().unwrap_or_default()
+}
+
+#[tokio::test]
+async fn a_bridge_registers_puppets_and_receives_what_it_should() -> Result<()> {
+    let homeserver = Arc::new(Mutex::new(String::new()));
+    let bridge = RecordingAppservice::start(homeserver.clone()).await?;
+    let dir = tempfile::tempdir()?;
+    let reg = bridge.write_registration(dir.path(), "localhost")?;
+    let server = OneProcess::start_with(json!({ "app_service_config_files": [reg] })).await?;
+    let url = server.url.clone();
+    *homeserver.lock().unwrap() = url.clone();
+    let bot = as_client(&url);
+
+    // The sender exists from the start; the service acts as it with its token alone.
+    let who = ok(&bot, "GET", "/_matrix/client/v3/account/whoami", json!(null)).await;
+    let who = match who {
+        Ok(w) => w,
+        Err(_) => bot.call("GET", "/_matrix/client/v3/account/whoami", None).await?.body,
+    };
+    assert_eq!(who["user_id"], "@ircbot:localhost", "{who}");
+    assert!(who.get("device_id").is_none(), "{who}");
+
+    // Puppets: registered without UIA, inside the namespace only.
+    let puppet = ok(
+        &bot,
+        "POST",
+        "/_matrix/client/v3/register",
+        json!({ "type": "m.login.application_service", "username": "irc_alice", "inhibit_login": true }),
+    )
+    .await?;
+    assert_eq!(puppet["user_id"], "@irc_alice:localhost");
+    assert!(puppet.get("access_token").is_none());
+    let outside = bot
+        .call(
+            "POST",
+            "/_matrix/client/v3/register",
+            Some(&json!({ "type": "m.login.application_service", "username": "carol" })),
+        )
+        .await?;
+    assert_eq!((outside.status, outside.body["errcode"].as_str()), (400, Some("M_EXCLUSIVE")), "{outside:?}");
+    let mut stranger = RawClient::new(&url);
+    stranger.token = "nope".into();
+    let bad_token = stranger
+        .call(
+            "POST",
+            "/_matrix/client/v3/register",
+            Some(&json!({ "type": "m.login.application_service", "username": "irc_x" })),
+        )
+        .await?;
+    assert_eq!((bad_token.status, bad_token.body["errcode"].as_str()), (401, Some("M_UNKNOWN_TOKEN")));
+    let no_token = RawClient::new(&url)
+        .call(
+            "POST",
+            "/_matrix/client/v3/register",
+            Some(&json!({ "type": "m.login.application_service", "username": "irc_x" })),
+        )
+        .await?;
+    assert_eq!((no_token.status, no_token.body["errcode"].as_str()), (401, Some("M_MISSING_TOKEN")));
+
+    // Ordinary users may not take the namespace.
+    let alice = RawClient::register(&url, "alice").await?;
+    let taken =
+        RawClient::new(&url).call("GET", "/_matrix/client/v3/register/available?username=irc_bob", None).await?;
+    assert_eq!(taken.body["errcode"], "M_EXCLUSIVE", "{taken:?}");
+    let login = ok(
+        &bot,
+        "POST",
+        "/_matrix/client/v3/login",
+        json!({ "type": "m.login.application_service", "identifier": { "type": "m.id.user", "user": "irc_alice" } }),
+    )
+    .await?;
+    assert_eq!(login["user_id"], "@irc_alice:localhost");
+    let flows = RawClient::new(&url).call("GET", "/_matrix/client/v3/login", None).await?.body;
+    assert!(flows["flows"].as_array().unwrap().iter().any(|f| f["type"] == "m.login.application_service"), "{flows}");
+
+    // Masquerading: as a puppet, never as someone outside the namespace.
+    let as_puppet = bot.call("GET", "/_matrix/client/v3/account/whoami?user_id=%40irc_alice%3Alocalhost", None).await?;
+    assert_eq!(as_puppet.body["user_id"], "@irc_alice:localhost", "{as_puppet:?}");
+    let as_alice =
+        bot.call("GET", &format!("/_matrix/client/v3/account/whoami?user_id={}", "%40alice%3Alocalhost"), None).await?;
+    assert_eq!((as_alice.status, as_alice.body["errcode"].as_str()), (403, Some("M_FORBIDDEN")), "{as_alice:?}");
+    let unregistered =
+        bot.call("GET", "/_matrix/client/v3/account/whoami?user_id=%40irc_nobody%3Alocalhost", None).await?;
+    assert_eq!(unregistered.status, 403, "{unregistered:?}");
+
+    // A room with a puppet in it: the service receives the room's events.
+    let room = ok(&alice, "POST", "/_matrix/client/v3/createRoom", json!({ "invite": ["@irc_alice:localhost"] }))
+        .await?["room_id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let q = "user_id=%40irc_alice%3Alocalhost";
+    ok(&bot, "POST", &format!("/_matrix/client/v3/rooms/{room}/join?{q}"), json!({})).await?;
+    ok(
+        &alice,
+        "PUT",
+        &format!("/_matrix/client/v3/rooms/{room}/send/m.room.message/t1"),
+        json!({ "msgtype": "m.text", "body": "hello bridge" }),
+    )
+    .await?;
+    let got = bridge.wait_for(WAIT, |evs| evs.iter().any(|e| body_of(e) == "hello bridge")).await?;
+    let hello = got.iter().find(|e| body_of(e) == "hello bridge").unwrap();
+    assert_eq!(hello["room_id"], room.as_str());
+    assert_eq!(hello["sender"], alice.user_id.as_str());
+    assert!(got.iter().any(|e| e["type"] == "m.room.member" && e["state_key"] == "@irc_alice:localhost"));
+    assert_eq!(bridge.bad_auth(), 0, "the homeserver always presents the hs_token");
+
+    // A puppet sends with its original timestamp (`ts`), past the rate limits.
+    let ts = 1_600_000_000_000u64;
+    for i in 0..15 {
+        ok(
+            &bot,
+            "PUT",
+            &format!("/_matrix/client/v3/rooms/{room}/send/m.room.message/p{i}?{q}&ts={ts}"),
+            json!({ "msgtype": "m.text", "body": format!("from irc {i}") }),
+        )
+        .await?;
+    }
+    let msgs = ok(&alice, "GET", &format!("/_matrix/client/v3/rooms/{room}/messages?dir=b&limit=1"), json!(null)).await;
+    let msgs = match msgs {
+        Ok(m) => m,
+        Err(_) => {
+            alice.call("GET", &format!("/_matrix/client/v3/rooms/{room}/messages?dir=b&limit=1"), None).await?.body
+        }
+    };
+    assert_eq!(msgs["chunk"][0]["sender"], "@irc_alice:localhost", "{msgs}");
+    assert_eq!(msgs["chunk"][0]["origin_server_ts"], ts, "{msgs}");
+
+    // Typing in the room reaches the service as an ephemeral event.
+    ok(
+        &alice,
+        "PUT",
+        &format!("/_matrix/client/v3/rooms/{room}/typing/{}", alice.user_id),
+        json!({ "typing": true, "timeout": 30000 }),
+    )
+    .await?;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !bridge.ephemeral().iter().any(|e| e["type"] == "m.typing" && e["room_id"] == room.as_str()) {
+        anyhow::ensure!(tokio::time::Instant::now() < deadline, "no typing: {:?}", bridge.ephemeral());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // An alias in the service's namespace that does not exist yet: the service is asked, creates
+    // the room, and the join goes through.
+    let joined = ok(&alice, "POST", "/_matrix/client/v3/join/%23irc_general%3Alocalhost", json!({})).await?;
+    assert!(joined["room_id"].as_str().is_some_and(|r| r.starts_with('!')), "{joined}");
+    let missing = alice.call("GET", "/_matrix/client/v3/directory/room/%23irc_missing%3Alocalhost", None).await?;
+    assert_eq!(missing.status, 404, "{missing:?}");
+    // Ordinary users may not take the service's aliases.
+    let reserved = alice
+        .call("PUT", "/_matrix/client/v3/directory/room/%23irc_mine%3Alocalhost", Some(&json!({ "room_id": room })))
+        .await?;
+    assert_eq!(reserved.body["errcode"], "M_EXCLUSIVE", "{reserved:?}");
+
+    // Third-party lookups go to the service that declares the protocol.
+    let protocols = alice.call("GET", "/_matrix/client/v3/thirdparty/protocols", None).await?.body;
+    assert_eq!(protocols["irc"]["user_fields"], json!(["nick"]), "{protocols}");
+    let users = alice.call("GET", "/_matrix/client/v3/thirdparty/user/irc?nick=alice", None).await?;
+    assert_eq!(users.body[0]["userid"], "@irc_alice:localhost", "{users:?}");
+
+    // Ping: only the service itself.
+    let ping = ok(&bot, "POST", "/_matrix/client/v1/appservice/irc/ping", json!({ "transaction_id": "p1" })).await?;
+    assert!(ping["duration_ms"].is_u64(), "{ping}");
+    assert_eq!(bridge.pings(), vec![json!({ "transaction_id": "p1" })]);
+    let other = alice.call("POST", "/_matrix/client/v1/appservice/irc/ping", Some(&json!({}))).await?;
+    assert_eq!(other.status, 403, "{other:?}");
+
+    // An outage: what happens meanwhile arrives afterwards, each event once.
+    bridge.set_failing(true);
+    for i in 0..5 {
+        ok(
+            &alice,
+            "PUT",
+            &format!("/_matrix/client/v3/rooms/{room}/send/m.room.message/o{i}"),
+            json!({ "msgtype": "m.text", "body": format!("during outage {i}") }),
+        )
+        .await?;
+    }
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while bridge.refused() == 0 {
+        anyhow::ensure!(tokio::time::Instant::now() < deadline, "nothing was tried during the outage");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    bridge.set_failing(false);
+    let got = bridge
+        .wait_for(Duration::from_secs(40), |evs| {
+            (0..5).all(|i| evs.iter().any(|e| body_of(e) == format!("during outage {i}")))
+        })
+        .await?;
+    for i in 0..5 {
+        let n = got.iter().filter(|e| body_of(e) == format!("during outage {i}")).count();
+        assert_eq!(n, 1, "event {i} delivered {n} times");
+    }
+    // A repeated transaction ID always carries the same body.
+    let txns = bridge.transactions();
+    for (id, body) in &txns {
+        assert!(txns.iter().filter(|(i, _)| i == id).all(|(_, b)| b == body), "txn {id} changed between attempts");
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn bad_registration_files_stop_the_server_with_one_line_each() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let reg = dir.path().join("bad.yaml");
+    std::fs::write(
+        &reg,
+        "id: bad\nurl: 12\nas_token: a\nhs_token: a\nnamespaces:\n  users:\n    - regex: \"([\"\n      exclusive: true\n",
+    )?;
+    let cfg = dir.path().join("ganglion.yaml");
+    std::fs::write(&cfg, format!("app_service_config_files: [{:?}]\ndata_dir: {:?}\n", reg, dir.path().join("data")))?;
+    let out = std::process::Command::new(ganglion_e2e::ganglion_bin())
+        .arg("--config")
+        .arg(&cfg)
+        .args(["config", "check"])
+        .output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    for needle in [
+        "url: must be a URL or null",
+        "sender_localpart: is required",
+        "namespaces.users[0].regex",
+        "hs_token: must differ from as_token",
+    ] {
+        assert!(stderr.lines().any(|l| l.contains(needle) && l.contains("bad.yaml")), "{needle:?} not in:\n{stderr}");
+    }
+    Ok(())
+}
+
+/// The split deployment: main and sync authenticate the bridge, two pusher instances share the
+/// delivery; the one that delivers is killed while messages are sent, and the other delivers
+/// them, each once.
+#[tokio::test]
+async fn split_deployment_delivers_across_a_pusher_dying() -> Result<()> {
+    let homeserver = Arc::new(Mutex::new(String::new()));
+    let bridge = RecordingAppservice::start(homeserver.clone()).await?;
+    let dir = tempfile::tempdir()?;
+    let reg = bridge.write_registration(dir.path(), "localhost")?;
+    let split = ganglion_e2e::Split::start_with_config(1, 0, json!({ "app_service_config_files": [reg] })).await?;
+    *homeserver.lock().unwrap() = split.url.clone();
+    let bot = as_client(&split.url);
+    ok(
+        &bot,
+        "POST",
+        "/_matrix/client/v3/register",
+        json!({ "type": "m.login.application_service", "username": "irc_dave" }),
+    )
+    .await?;
+    let alice = RawClient::register(&split.url, "alice").await?;
+    let room = ok(&alice, "POST", "/_matrix/client/v3/createRoom", json!({ "invite": ["@irc_dave:localhost"] }))
+        .await?["room_id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let q = "user_id=%40irc_dave%3Alocalhost";
+    ok(&bot, "POST", &format!("/_matrix/client/v3/rooms/{room}/join?{q}"), json!({})).await?;
+    // Sync (its own role) serves the puppet too.
+    let synced = bot.call("GET", &format!("/_matrix/client/v3/sync?{q}&timeout=0"), None).await?;
+    assert!(synced.body["rooms"]["join"][&room].is_object(), "{synced:?}");
+
+    let mut a = split.spawn_worker("pusher", "pusher-a", json!({})).await?;
+    let mut b = split.spawn_worker("pusher", "pusher-b", json!({})).await?;
+    ok(
+        &alice,
+        "PUT",
+        &format!("/_matrix/client/v3/rooms/{room}/send/m.room.message/s0"),
+        json!({ "msgtype": "m.text", "body": "split 0" }),
+    )
+    .await?;
+    bridge.wait_for(WAIT, |evs| evs.iter().any(|e| body_of(e) == "split 0")).await?;
+    // Whichever instance delivered holds the service; kill it and send more.
+    let a_delivers = a.log().contains("delivering transactions to the application service");
+    let survivor_name = if a_delivers { "pusher-b" } else { "pusher-a" };
+    if a_delivers {
+        a.kill().await
+    } else {
+        b.kill().await
+    }
+    for i in 1..6 {
+        ok(
+            &alice,
+            "PUT",
+            &format!("/_matrix/client/v3/rooms/{room}/send/m.room.message/s{i}"),
+            json!({ "msgtype": "m.text", "body": format!("split {i}") }),
+        )
+        .await?;
+    }
+    let got = bridge
+        .wait_for(Duration::from_secs(60), |evs| (0..6).all(|i| evs.iter().any(|e| body_of(e) == format!("split {i}"))))
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}\nsurvivor {survivor_name}\n{}\n{}\n{}", a.log(), b.log(), split.logs()))?;
+    for i in 0..6 {
+        let n = got.iter().filter(|e| body_of(e) == format!("split {i}")).count();
+        assert_eq!(n, 1, "event {i} delivered {n} times");
+    }
+    a.kill().await;
+    b.kill().await;
+    split.stop().await;
+    Ok(())
+}
