@@ -67,6 +67,15 @@ if [ ! -x "$synapse_venv/bin/python" ] || ! "$synapse_venv/bin/python" -c 'impor
 fi
 export TEST_SYNAPSE_PYTHON="$synapse_venv/bin/python"
 
+# mautrix-python, a real bridge framework, for the application service tests.
+mautrix_venv="${CARGO_TARGET_DIR:-$PWD/target}/mautrix-venv"
+if [ ! -x "$mautrix_venv/bin/python" ] || ! "$mautrix_venv/bin/python" -c 'import mautrix, aiohttp' >/dev/null 2>&1; then
+  log "installing mautrix into $mautrix_venv (the bridge framework of the application service tests)"
+  python3 -m venv "$mautrix_venv"
+  "$mautrix_venv/bin/pip" install --quiet --disable-pip-version-check mautrix aiohttp
+fi
+export TEST_MAUTRIX_PYTHON="$mautrix_venv/bin/python"
+
 # matrix-sdk's encryption tests are a workspace of their own (see tests/sdk-e2ee/Cargo.toml);
 # they share the target directory, so they find the ganglion binary built above.
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"

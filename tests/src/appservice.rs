@@ -74,19 +74,7 @@ impl RecordingAppservice {
     /// # Errors
     /// When the file cannot be written.
     pub fn write_registration(&self, dir: &Path, server_name: &str) -> Result<PathBuf> {
-        let path = dir.join("irc-registration.yaml");
-        let sn = server_name.replace('.', "\\\\.");
-        std::fs::write(
-            &path,
-            format!(
-                "id: irc\nurl: \"{url}\"\nas_token: {AS_TOKEN}\nhs_token: {HS_TOKEN}\nsender_localpart: ircbot\n\
-                 rate_limited: false\nreceive_ephemeral: true\nprotocols: [irc]\nnamespaces:\n  users:\n    \
-                 - exclusive: true\n      regex: \"@irc_.*:{sn}\"\n  aliases:\n    - exclusive: true\n      \
-                 regex: \"#irc_.*:{sn}\"\n  rooms: []\n",
-                url = self.url
-            ),
-        )?;
-        Ok(path)
+        write_registration(dir, &self.url, server_name)
     }
 
     /// Every transaction received, repeats included.
@@ -158,6 +146,26 @@ impl RecordingAppservice {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
+}
+
+/// Writes the test registration (`id: irc`, users `@irc_.*`, aliases `#irc_.*`, both exclusive,
+/// protocol `irc`, ephemeral events, not rate limited) for a service at `url` into `dir`.
+///
+/// # Errors
+/// When the file cannot be written.
+pub fn write_registration(dir: &Path, url: &str, server_name: &str) -> Result<PathBuf> {
+    let path = dir.join("irc-registration.yaml");
+    let sn = server_name.replace('.', "\\\\.");
+    std::fs::write(
+        &path,
+        format!(
+            "id: irc\nurl: \"{url}\"\nas_token: {AS_TOKEN}\nhs_token: {HS_TOKEN}\nsender_localpart: ircbot\n\
+             rate_limited: false\nreceive_ephemeral: true\nprotocols: [irc]\nnamespaces:\n  users:\n    \
+             - exclusive: true\n      regex: \"@irc_.*:{sn}\"\n  aliases:\n    - exclusive: true\n      \
+             regex: \"#irc_.*:{sn}\"\n  rooms: []\n"
+        ),
+    )?;
+    Ok(path)
 }
 
 /// Creates `#{localpart}` as the service's sender, then says it exists.

@@ -54,23 +54,19 @@ pub(crate) async fn resolve_room_id_or_alias(rooms: &Rooms, target: &str) -> Res
 }
 
 /// The room a local alias points at; when none does, each application service whose alias
-/// namespace holds it is asked (`GET /_matrix/app/v1/rooms/{alias}`), and one that answers 200
-/// has created it (and its room) meanwhile.
+/// namespace holds it is asked (`GET /_matrix/app/v1/rooms/{alias}`) and may create it (and its
+/// room) meanwhile. The alias is looked up again whatever the service answered: some
+/// frameworks (mautrix-python for an empty answer) say 404 after creating it.
 pub(crate) async fn lookup_alias(rooms: &Rooms, alias: &ruma::RoomAliasId) -> Result<Option<OwnedRoomId>, MatrixError> {
     if let Some(room) = rooms.events.alias_room(alias.as_str()).await? {
         return Ok(Some(room));
     }
     for reg in rooms.appservices.interested_in_alias(alias.as_str()) {
-        match rooms.appservice_client.query_alias(reg, alias.as_str()).await {
-            Ok(true) => {
-                if let Some(room) = rooms.events.alias_room(alias.as_str()).await? {
-                    return Ok(Some(room));
-                }
-            }
-            Ok(false) => {}
-            Err(e) => {
-                tracing::warn!(appservice = %reg.id, %alias, error = %e, "alias query to the application service failed")
-            }
+        if let Err(e) = rooms.appservice_client.query_alias(reg, alias.as_str()).await {
+            tracing::warn!(appservice = %reg.id, %alias, error = %e, "alias query to the application service failed");
+        }
+        if let Some(room) = rooms.events.alias_room(alias.as_str()).await? {
+            return Ok(Some(room));
         }
     }
     Ok(None)
