@@ -149,7 +149,7 @@ impl RecordingAppservice {
 }
 
 /// Writes the test registration (`id: irc`, users `@irc_.*`, aliases `#irc_.*`, both exclusive,
-/// protocol `irc`, ephemeral events, not rate limited) for a service at `url` into `dir`.
+/// protocol `irc`, ephemeral events, MSC4190 device management, not rate limited) for a service at `url` into `dir`.
 ///
 /// # Errors
 /// When the file cannot be written.
@@ -160,12 +160,24 @@ pub fn write_registration(dir: &Path, url: &str, server_name: &str) -> Result<Pa
         &path,
         format!(
             "id: irc\nurl: \"{url}\"\nas_token: {AS_TOKEN}\nhs_token: {HS_TOKEN}\nsender_localpart: ircbot\n\
-             rate_limited: false\nreceive_ephemeral: true\nprotocols: [irc]\nnamespaces:\n  users:\n    \
+             rate_limited: false\nreceive_ephemeral: true\nio.element.msc4190: true\nprotocols: [irc]\nnamespaces:\n  users:\n    \
              - exclusive: true\n      regex: \"@irc_.*:{sn}\"\n  aliases:\n    - exclusive: true\n      \
              regex: \"#irc_.*:{sn}\"\n  rooms: []\n"
         ),
     )?;
     Ok(path)
+}
+
+/// Registers the puppet `user` through `m.login.application_service`.
+async fn register_puppet(homeserver: &str, user: &str) -> bool {
+    let Some(local) = user.strip_prefix('@').and_then(|u| u.split(':').next()) else { return false };
+    let resp = reqwest::Client::new()
+        .post(format!("{homeserver}/_matrix/client/v3/register"))
+        .bearer_auth(AS_TOKEN)
+        .json(&json!({ "type": "m.login.application_service", "username": local, "inhibit_login": true }))
+        .send()
+        .await;
+    resp.is_ok_and(|r| r.status().is_success())
 }
 
 /// Creates `#{localpart}` as the service's sender, then says it exists.
@@ -211,8 +223,14 @@ async fn serve(stream: tokio::net::TcpStream, state: Arc<Mutex<State>>, homeserv
             } else {
                 ("404 Not Found", json!({ "errcode": "M_NOT_FOUND" }))
             }
-        } else if path.starts_with("/_matrix/app/v1/users/") {
-            ("404 Not Found", json!({ "errcode": "M_NOT_FOUND" }))
+        } else if let Some(user) = path.strip_prefix("/_matrix/app/v1/users/") {
+            // Users named `irc_known…` exist on the IRC side: the puppet is made on demand.
+            let hs = homeserver.lock().unwrap().clone();
+            if user.starts_with("@irc_known") && register_puppet(&hs, user).await {
+                ("200 OK", json!({}))
+            } else {
+                ("404 Not Found", json!({ "errcode": "M_NOT_FOUND" }))
+            }
         } else if path == "/_matrix/app/v1/thirdparty/protocol/irc" {
             (
                 "200 OK",

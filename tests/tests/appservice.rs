@@ -186,6 +186,56 @@ async fn a_bridge_registers_puppets_and_receives_what_it_should() -> Result<()> 
     let users = alice.call("GET", "/_matrix/client/v3/thirdparty/user/irc?nick=alice", None).await?;
     assert_eq!(users.body[0]["userid"], "@irc_alice:localhost", "{users:?}");
 
+    // A profile look-up of a namespace user that does not exist yet asks the service, which
+    // makes the puppet; one it does not know stays 404.
+    let known = alice.call("GET", "/_matrix/client/v3/profile/%40irc_known_carol%3Alocalhost", None).await?;
+    assert_eq!((known.status, known.body["displayname"].as_str()), (200, Some("irc_known_carol")), "{known:?}");
+    let unknown = alice.call("GET", "/_matrix/client/v3/profile/%40irc_ghost%3Alocalhost", None).await?;
+    assert_eq!(unknown.status, 404, "{unknown:?}");
+
+    // MSC4190: the service creates and deletes its puppets' devices itself, without UIA.
+    let created = bot
+        .call("PUT", &format!("/_matrix/client/v3/devices/BRIDGEDEV?{q}"), Some(&json!({ "display_name": "IRC" })))
+        .await?;
+    assert_eq!(created.status, 201, "{created:?}");
+    let on_device = bot
+        .call("GET", &format!("/_matrix/client/v3/account/whoami?{q}&org.matrix.msc3202.device_id=BRIDGEDEV"), None)
+        .await?;
+    assert_eq!(on_device.body["device_id"], "BRIDGEDEV", "{on_device:?}");
+    let keys =
+        bot.call("POST", &format!("/_matrix/client/v3/keys/upload?{q}"), Some(&json!({ "one_time_keys": {} }))).await?;
+    assert_eq!(keys.body["errcode"], "M_MISSING_PARAM", "keys need a device: {keys:?}");
+    let deleted = bot.call("DELETE", &format!("/_matrix/client/v3/devices/BRIDGEDEV?{q}"), Some(&json!({}))).await?;
+    assert_eq!(deleted.status, 200, "{deleted:?}");
+    let gone = bot
+        .call("GET", &format!("/_matrix/client/v3/account/whoami?{q}&org.matrix.msc3202.device_id=BRIDGEDEV"), None)
+        .await?;
+    assert_eq!(gone.status, 403, "{gone:?}");
+    // Ordinary users still need UIA to delete a device, and cannot create one by PUT.
+    let missing_dev =
+        alice.call("PUT", "/_matrix/client/v3/devices/NOPE", Some(&json!({ "display_name": "x" }))).await?;
+    assert_eq!(missing_dev.status, 404, "{missing_dev:?}");
+
+    // The service publishes a bridged room in the directory.
+    let listed = bot
+        .call(
+            "PUT",
+            &format!("/_matrix/client/v3/directory/list/appservice/irc/{room}"),
+            Some(&json!({ "visibility": "public" })),
+        )
+        .await?;
+    assert_eq!(listed.status, 200, "{listed:?}");
+    let public = alice.call("GET", "/_matrix/client/v3/publicRooms", None).await?.body;
+    assert!(public["chunk"].as_array().unwrap().iter().any(|r| r["room_id"] == room.as_str()), "{public}");
+    let not_as = alice
+        .call(
+            "PUT",
+            &format!("/_matrix/client/v3/directory/list/appservice/irc/{room}"),
+            Some(&json!({ "visibility": "private" })),
+        )
+        .await?;
+    assert_eq!(not_as.status, 403, "{not_as:?}");
+
     // Ping: only the service itself.
     let ping = ok(&bot, "POST", "/_matrix/client/v1/appservice/irc/ping", json!({ "transaction_id": "p1" })).await?;
     assert!(ping["duration_ms"].is_u64(), "{ping}");

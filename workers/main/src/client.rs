@@ -238,6 +238,10 @@ pub(crate) fn routes() -> Router<MainState> {
                 get(public_rooms::get_visibility).put(public_rooms::set_visibility),
             )
             .route(
+                &format!("/_matrix/client/{v}/directory/list/appservice/{{network_id}}/{{room_id}}"),
+                put(public_rooms::set_appservice_visibility),
+            )
+            .route(
                 &format!("/_matrix/client/{v}/publicRooms"),
                 get(public_rooms::get_public_rooms).post(public_rooms::search_public_rooms),
             )

@@ -104,6 +104,9 @@ pub(crate) struct UserData {
     server_name: OwnedServerName,
     /// `user_directory.search_all_users`.
     search_all_users: bool,
+    /// User queries to application services for users of their namespaces not created yet.
+    appservices: ganglion_appservice::Appservices,
+    appservice_client: ganglion_appservice::AppserviceClient,
 }
 
 /// What device, key and to-device endpoints need.
@@ -272,6 +275,8 @@ impl MainState {
             propagation: Arc::new(tokio::sync::Mutex::new(())),
             server_name: server_name.clone(),
             search_all_users: config.user_directory.search_all_users,
+            appservices: appservices.clone(),
+            appservice_client: appservice_client.clone(),
         };
         let e2ee = ganglion_storage::E2eeStore::new(db.clone());
         let keys = Keys {

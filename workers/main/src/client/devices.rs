@@ -1,5 +1,7 @@
 //! Devices: list, get, rename, and delete behind User-Interactive Auth (password). Deleting a
-//! device logs it out and removes its keys and to-device inbox.
+//! device logs it out and removes its keys and to-device inbox. An application service with
+//! `io.element.msc4190` manages its users' devices itself (MSC4190): `PUT` creates a missing
+//! device, and deleting needs no UIA.
 
 use axum::Json;
 use axum::extract::{Path, State};
@@ -56,15 +58,28 @@ pub(crate) async fn rename(
     user: AuthUser,
     Path(device_id): Path<String>,
     MatrixJson(body): MatrixJson<RenameBody>,
-) -> Result<Json<Value>, MatrixError> {
+) -> Result<Response, MatrixError> {
     if body.display_name.as_deref().is_some_and(|n| n.len() > 100) {
         return Err(MatrixError::invalid_param("display_name is too long"));
     }
     if !keys.users.rename_device(&user.user_id, &device_id, body.display_name.as_deref()).await? {
-        return Err(MatrixError::not_found("Device not found"));
+        if !manages_devices(&user) {
+            return Err(MatrixError::not_found("Device not found"));
+        }
+        if device_id.is_empty() || device_id.len() > 255 {
+            return Err(MatrixError::invalid_param("Invalid device ID"));
+        }
+        keys.users.upsert_device(&user.user_id, &device_id, body.display_name.as_deref()).await?;
+        keys.writer.device_list_changed(&user.user_id).await?;
+        return Ok((StatusCode::CREATED, Json(json!({}))).into_response());
     }
     keys.writer.device_list_changed(&user.user_id).await?;
-    Ok(Json(json!({})))
+    Ok(Json(json!({})).into_response())
+}
+
+/// Whether the request is an application service managing its users' devices (MSC4190).
+fn manages_devices(user: &AuthUser) -> bool {
+    user.appservice.as_ref().is_some_and(|a| a.msc4190)
 }
 
 #[derive(Debug, Deserialize)]
@@ -148,7 +163,9 @@ pub(crate) async fn delete(
     if keys.users.device(&user.user_id, &device_id).await?.is_none() {
         return Err(MatrixError::not_found("Device not found"));
     }
-    if let Some(challenge) = password_uia(&keys, &user, body.auth.as_ref()).await? {
+    if !manages_devices(&user)
+        && let Some(challenge) = password_uia(&keys, &user, body.auth.as_ref()).await?
+    {
         return Ok(challenge);
     }
     delete_all(&keys, &user, &[device_id]).await?;
@@ -161,7 +178,9 @@ pub(crate) async fn delete_many(
     user: AuthUser,
     MatrixJson(body): MatrixJson<DeleteBody>,
 ) -> Result<Response, MatrixError> {
-    if let Some(challenge) = password_uia(&keys, &user, body.auth.as_ref()).await? {
+    if !manages_devices(&user)
+        && let Some(challenge) = password_uia(&keys, &user, body.auth.as_ref()).await?
+    {
         return Ok(challenge);
     }
     delete_all(&keys, &user, &body.devices).await?;

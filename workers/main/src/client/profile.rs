@@ -68,7 +68,20 @@ async fn load(data: &UserData, user_id: &OwnedUserId) -> Result<(Option<String>,
         // Remote profiles come over federation once it exists.
         return Err(MatrixError::not_found("Profile not found"));
     }
-    data.users.profile(user_id).await?.ok_or_else(|| MatrixError::not_found("Profile not found"))
+    if let Some(profile) = data.users.profile(user_id).await? {
+        return Ok(profile);
+    }
+    // A user of an application service's namespace may come into existence when the service is
+    // asked about it (`GET /_matrix/app/v1/users/{userId}`), as a bridge creates its puppets.
+    for reg in data.appservices.interested_in_user(user_id.as_str()) {
+        if let Err(e) = data.appservice_client.query_user(reg, user_id.as_str()).await {
+            tracing::warn!(appservice = %reg.id, %user_id, error = %e, "user query to the application service failed");
+        }
+        if let Some(profile) = data.users.profile(user_id).await? {
+            return Ok(profile);
+        }
+    }
+    Err(MatrixError::not_found("Profile not found"))
 }
 
 /// `GET /_matrix/client/v3/profile/{userId}`: every field.

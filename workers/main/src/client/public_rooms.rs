@@ -39,11 +39,7 @@ pub(crate) async fn set_visibility(
 ) -> Result<Json<Value>, MatrixError> {
     let room_id = parse_room_id(&room_id)?;
     let version = rooms.events.room_version(&room_id).await?.ok_or_else(|| MatrixError::not_found("Room not found"))?;
-    let publish = match body.visibility.as_deref() {
-        Some("public") => true,
-        Some("private") | None => false,
-        Some(other) => return Err(MatrixError::invalid_param(format!("Unknown visibility {other}"))),
-    };
+    let publish = publishes(&body)?;
     if !user.is_admin {
         if rooms.events.membership(&room_id, &user.user_id).await?.as_deref() != Some("join") {
             return Err(MatrixError::forbidden("You are not in this room"));
@@ -58,6 +54,36 @@ pub(crate) async fn set_visibility(
             return Err(MatrixError::forbidden("You may not change this room's directory visibility"));
         }
     }
+    rooms.events.set_room_published(&room_id, publish).await?;
+    Ok(Json(json!({})))
+}
+
+/// `visibility`: `public` publishes, `private` (or none) withdraws.
+fn publishes(body: &VisibilityBody) -> Result<bool, MatrixError> {
+    match body.visibility.as_deref() {
+        Some("public") => Ok(true),
+        Some("private") | None => Ok(false),
+        Some(other) => Err(MatrixError::invalid_param(format!("Unknown visibility {other}"))),
+    }
+}
+
+/// `PUT /_matrix/client/v3/directory/list/appservice/{networkId}/{roomId}`: an application
+/// service publishes (or withdraws) a bridged room in the room directory. Only the service may;
+/// the network ID is accepted but rooms are not yet listed per network.
+pub(crate) async fn set_appservice_visibility(
+    State(rooms): State<Rooms>,
+    user: AuthUser,
+    Path((_network_id, room_id)): Path<(String, String)>,
+    MatrixJson(body): MatrixJson<VisibilityBody>,
+) -> Result<Json<Value>, MatrixError> {
+    if user.appservice.is_none() {
+        return Err(MatrixError::forbidden("Only an application service may use this endpoint"));
+    }
+    let room_id = parse_room_id(&room_id)?;
+    if rooms.events.room_version(&room_id).await?.is_none() {
+        return Err(MatrixError::not_found("Room not found"));
+    }
+    let publish = publishes(&body)?;
     rooms.events.set_room_published(&room_id, publish).await?;
     Ok(Json(json!({})))
 }
