@@ -192,6 +192,16 @@ async fn a_bridge_registers_puppets_and_receives_what_it_should() -> Result<()> 
     assert_eq!((known.status, known.body["displayname"].as_str()), (200, Some("irc_known_carol")), "{known:?}");
     let unknown = alice.call("GET", "/_matrix/client/v3/profile/%40irc_ghost%3Alocalhost", None).await?;
     assert_eq!(unknown.status, 404, "{unknown:?}");
+    // So does inviting one: the puppet exists by the time the invite is sent.
+    ok(
+        &alice,
+        "POST",
+        &format!("/_matrix/client/v3/rooms/{room}/invite"),
+        json!({ "user_id": "@irc_known_dan:localhost" }),
+    )
+    .await?;
+    let dan = bot.call("GET", "/_matrix/client/v3/account/whoami?user_id=%40irc_known_dan%3Alocalhost", None).await?;
+    assert_eq!(dan.body["user_id"], "@irc_known_dan:localhost", "{dan:?}");
 
     // MSC4190: the service creates and deletes its puppets' devices itself, without UIA.
     let created = bot

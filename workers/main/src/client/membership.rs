@@ -87,6 +87,17 @@ pub(crate) async fn invite(
     if user.rate_limited() {
         rooms.limits.rooms.check(user.user_id.as_str())?;
     }
+    // Inviting a bridged user not created yet: the service may make the puppet first.
+    if target.server_name() == rooms.writer.server_name() && !rooms.users.user_exists(&target).await? {
+        for reg in rooms.appservices.interested_in_user(target.as_str()) {
+            if let Err(e) = rooms.appservice_client.query_user(reg, target.as_str()).await {
+                tracing::warn!(appservice = %reg.id, user_id = %target, error = %e, "user query to the application service failed");
+            }
+            if rooms.users.user_exists(&target).await? {
+                break;
+            }
+        }
+    }
     set_membership(&rooms, &room_id, &user.user_id, &target, "invite", body.reason, &origin(&req)).await?;
     Ok(Json(json!({})))
 }
