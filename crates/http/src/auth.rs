@@ -75,13 +75,36 @@ impl<S: Send + Sync> FromRequestParts<S> for AccessToken {
     }
 }
 
+/// `Option<AccessToken>`: `None` when the request carries no token at all (an endpoint open to
+/// anyone that also accepts one); a malformed `Authorization` header is still an error.
+impl<S: Send + Sync> axum::extract::OptionalFromRequestParts<S> for AccessToken {
+    type Rejection = MatrixError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Option<Self>, Self::Rejection> {
+        match <Self as FromRequestParts<S>>::from_request_parts(parts, state).await {
+            Ok(t) => Ok(Some(t)),
+            Err(e) if e.errcode == "M_MISSING_TOKEN" => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// Every query parameter of the request, percent-decoded, in order.
+pub fn query_pairs(uri: &http::Uri) -> Vec<(String, String)> {
+    let query = uri.query().unwrap_or_default();
+    query
+        .split('&')
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            (percent_decode(k), percent_decode(v))
+        })
+        .collect()
+}
+
 /// A query parameter of the request, percent-decoded.
 pub fn query_param(uri: &http::Uri, name: &str) -> Option<String> {
-    let query = uri.query().unwrap_or_default();
-    query.split('&').find_map(|pair| {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        (percent_decode(k) == name).then(|| percent_decode(v))
-    })
+    query_pairs(uri).into_iter().find_map(|(k, v)| (k == name).then_some(v))
 }
 
 fn percent_decode(s: &str) -> String {

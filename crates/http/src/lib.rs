@@ -12,7 +12,7 @@ mod layers;
 mod rate_limit;
 
 pub use auth::{
-    AccessToken, AuthUser, Authenticator, guest_may_use, hash_token, new_access_token, now_ms, query_param,
+    AccessToken, AuthUser, Authenticator, guest_may_use, hash_token, new_access_token, now_ms, query_pairs, query_param,
 };
 pub use error::MatrixError;
 pub use json::MatrixJson;

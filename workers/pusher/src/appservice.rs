@@ -171,8 +171,9 @@ impl ServiceTask {
     async fn deliver(&self, lease: &ganglion_replication::Lease, key: &str) -> Result<(), ganglion_storage::Error> {
         let id = self.reg.id.as_str();
         let mut backoff = Duration::from_secs(1);
+        // Where a service seen for the first time starts; read once per lease, not per wake.
+        let start = self.current_positions().await?;
         while lease.held() && self.ring.owns(key) {
-            let start = self.current_positions().await?;
             let state = self.stores.state.state_or_start(id, start).await?;
             if let Some((txn_id, body)) = state.pending {
                 let body: Value = serde_json::from_str(&body).unwrap_or_else(|_| json!({ "events": [] }));

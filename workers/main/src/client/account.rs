@@ -8,7 +8,7 @@ use axum::response::{IntoResponse, Response};
 use std::sync::Arc;
 
 use ganglion_appservice::Registration;
-use ganglion_http::{AuthUser, ClientIp, MatrixError, MatrixJson, hash_token, new_access_token, now_ms, query_param};
+use ganglion_http::{AccessToken, AuthUser, ClientIp, MatrixError, MatrixJson, hash_token, new_access_token, now_ms};
 use ganglion_storage::NewRefresh;
 use ruma::{OwnedUserId, UserId};
 use serde::Deserialize;
@@ -58,19 +58,9 @@ const APPSERVICE_LOGIN: &str = "m.login.application_service";
 
 /// The application service whose `as_token` authenticates the request, if one does.
 /// `Err(M_UNKNOWN_TOKEN)` for a token that is not an application service's.
-async fn appservice_of(
-    accounts: &Accounts,
-    headers: &axum::http::HeaderMap,
-    uri: &axum::http::Uri,
-) -> Result<Option<Arc<Registration>>, MatrixError> {
-    let bearer = headers
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|h| h.to_str().ok())
-        .and_then(|h| h.strip_prefix("Bearer "))
-        .map(|t| t.trim().to_owned());
-    let token = bearer.or_else(|| query_param(uri, "access_token"));
-    let Some(token) = token.filter(|t| !t.is_empty()) else { return Ok(None) };
-    match accounts.appservices.by_as_token(&token) {
+fn appservice_of(accounts: &Accounts, token: Option<&AccessToken>) -> Result<Option<Arc<Registration>>, MatrixError> {
+    let Some(AccessToken(token)) = token else { return Ok(None) };
+    match accounts.appservices.by_as_token(token) {
         Some(reg) => Ok(Some(reg.clone())),
         None => Err(MatrixError::unknown_token("Unknown application service token")),
     }
@@ -186,13 +176,12 @@ pub(crate) async fn register(
     State(accounts): State<Accounts>,
     ClientIp(ip): ClientIp,
     Query(q): Query<RegisterQuery>,
-    headers: axum::http::HeaderMap,
-    uri: axum::http::Uri,
+    token: Option<AccessToken>,
     MatrixJson(mut body): MatrixJson<RegisterBody>,
 ) -> Result<Response, MatrixError> {
     let as_type = body.kind.as_deref() == Some(APPSERVICE_LOGIN)
         || body.auth.as_ref().and_then(|a| a.kind.as_deref()) == Some(APPSERVICE_LOGIN);
-    match appservice_of(&accounts, &headers, &uri).await? {
+    match appservice_of(&accounts, token.as_ref())? {
         Some(reg) => {
             if !as_type && body.kind.is_some() {
                 return Err(MatrixError::bad_request(
@@ -438,11 +427,10 @@ pub(crate) struct LoginBody {
 pub(crate) async fn login(
     State(accounts): State<Accounts>,
     ClientIp(ip): ClientIp,
-    headers: axum::http::HeaderMap,
-    uri: axum::http::Uri,
+    token: Option<AccessToken>,
     MatrixJson(body): MatrixJson<LoginBody>,
 ) -> Result<Json<Value>, MatrixError> {
-    let appservice = if body.kind == APPSERVICE_LOGIN { appservice_of(&accounts, &headers, &uri).await? } else { None };
+    let appservice = if body.kind == APPSERVICE_LOGIN { appservice_of(&accounts, token.as_ref())? } else { None };
     if appservice.as_ref().is_none_or(|a| a.rate_limited) {
         accounts.limits.login.check(&ip)?;
     }

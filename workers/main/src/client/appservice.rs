@@ -5,7 +5,7 @@
 use std::time::Instant;
 
 use axum::Json;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{Path, State};
 use ganglion_appservice::CallError;
 use ganglion_http::{AuthUser, MatrixError, MatrixJson};
 use serde::Deserialize;
@@ -48,14 +48,9 @@ pub(crate) async fn ping(
     }
 }
 
-fn query_pairs(raw: Option<&str>) -> Vec<(String, String)> {
-    let uri: axum::http::Uri = format!("/?{}", raw.unwrap_or_default()).parse().unwrap_or_default();
-    raw.unwrap_or_default()
-        .split('&')
-        .filter_map(|pair| pair.split_once('=').map(|(k, _)| k).or(Some(pair)))
-        .filter(|k| !k.is_empty() && *k != "access_token")
-        .filter_map(|k| ganglion_http::query_param(&uri, k).map(|v| (k.to_owned(), v)))
-        .collect()
+/// The lookup's fields, passed on to the service (never our own token).
+fn lookup_fields(uri: &axum::http::Uri) -> Vec<(String, String)> {
+    ganglion_http::query_pairs(uri).into_iter().filter(|(k, _)| k != "access_token").collect()
 }
 
 /// `GET /_matrix/client/v3/thirdparty/protocols`: each protocol an application service
@@ -119,12 +114,12 @@ pub(crate) async fn lookup_by_protocol(
     State(rooms): State<Rooms>,
     _user: AuthUser,
     Path((kind, protocol)): Path<(String, String)>,
-    RawQuery(raw): RawQuery,
+    uri: axum::http::Uri,
 ) -> Result<Json<Value>, MatrixError> {
     if kind != "location" && kind != "user" {
         return Err(MatrixError::unrecognized("Unrecognized request"));
     }
-    let query = query_pairs(raw.as_deref());
+    let query = lookup_fields(&uri);
     if rooms.appservices.for_protocol(&protocol).next().is_none() {
         return Err(MatrixError::not_found(format!("No application service provides protocol {protocol}")));
     }
@@ -137,12 +132,12 @@ pub(crate) async fn reverse_lookup(
     State(rooms): State<Rooms>,
     _user: AuthUser,
     Path(kind): Path<String>,
-    RawQuery(raw): RawQuery,
+    uri: axum::http::Uri,
 ) -> Result<Json<Value>, MatrixError> {
     if kind != "location" && kind != "user" {
         return Err(MatrixError::unrecognized("Unrecognized request"));
     }
-    let query = query_pairs(raw.as_deref());
+    let query = lookup_fields(&uri);
     let needed = if kind == "location" { "alias" } else { "userid" };
     if !query.iter().any(|(k, _)| k == needed) {
         return Err(MatrixError::missing_param(format!("Missing {needed}")));
