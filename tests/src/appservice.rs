@@ -149,7 +149,8 @@ impl RecordingAppservice {
 }
 
 /// Writes the test registration (`id: irc`, users `@irc_.*`, aliases `#irc_.*`, both exclusive,
-/// protocol `irc`, ephemeral events, MSC4190 device management, not rate limited) for a service at `url` into `dir`.
+/// protocol `irc`, ephemeral events, MSC3202 transaction extensions, MSC4190 device management,
+/// not rate limited) for a service at `url` into `dir`.
 ///
 /// # Errors
 /// When the file cannot be written.
@@ -160,7 +161,7 @@ pub fn write_registration(dir: &Path, url: &str, server_name: &str) -> Result<Pa
         &path,
         format!(
             "id: irc\nurl: \"{url}\"\nas_token: {AS_TOKEN}\nhs_token: {HS_TOKEN}\nsender_localpart: ircbot\n\
-             rate_limited: false\nreceive_ephemeral: true\nio.element.msc4190: true\nprotocols: [irc]\nnamespaces:\n  users:\n    \
+             rate_limited: false\nreceive_ephemeral: true\norg.matrix.msc3202: true\nio.element.msc4190: true\nprotocols: [irc]\nnamespaces:\n  users:\n    \
              - exclusive: true\n      regex: \"@irc_.*:{sn}\"\n  aliases:\n    - exclusive: true\n      \
              regex: \"#irc_.*:{sn}\"\n  rooms: []\n"
         ),

@@ -24,19 +24,26 @@ async fn ok(c: &RawClient, method: &str, path: &str, body: Value) -> Result<Valu
     Ok(r.body)
 }
 
+/// A recording bridge and a one-process server that has it registered (the directory holds the
+/// registration file and must outlive the server).
+async fn bridged_server() -> Result<(RecordingAppservice, OneProcess, tempfile::TempDir)> {
+    let homeserver = Arc::new(Mutex::new(String::new()));
+    let bridge = RecordingAppservice::start(homeserver.clone()).await?;
+    let dir = tempfile::tempdir()?;
+    let reg = bridge.write_registration(dir.path(), "localhost")?;
+    let server = OneProcess::start_with(json!({ "app_service_config_files": [reg] })).await?;
+    *homeserver.lock().unwrap() = server.url.clone();
+    Ok((bridge, server, dir))
+}
+
 fn body_of(ev: &Value) -> &str {
     ev["content"]["body"].as_str().unwrap_or_default()
 }
 
 #[tokio::test]
 async fn a_bridge_registers_puppets_and_receives_what_it_should() -> Result<()> {
-    let homeserver = Arc::new(Mutex::new(String::new()));
-    let bridge = RecordingAppservice::start(homeserver.clone()).await?;
-    let dir = tempfile::tempdir()?;
-    let reg = bridge.write_registration(dir.path(), "localhost")?;
-    let server = OneProcess::start_with(json!({ "app_service_config_files": [reg] })).await?;
+    let (bridge, server, _dir) = bridged_server().await?;
     let url = server.url.clone();
-    *homeserver.lock().unwrap() = url.clone();
     let bot = as_client(&url);
 
     // The sender exists from the start; the service acts as it with its token alone.
@@ -284,6 +291,163 @@ async fn a_bridge_registers_puppets_and_receives_what_it_should() -> Result<()> 
     for (id, body) in &txns {
         assert!(txns.iter().filter(|(i, _)| i == id).all(|(_, b)| b == body), "txn {id} changed between attempts");
     }
+    Ok(())
+}
+
+/// The transactions (each ID once) whose body satisfies `done`, waited for up to `WAIT`.
+async fn wait_for_transaction(bridge: &RecordingAppservice, done: impl Fn(&Value) -> bool) -> Result<Value> {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        if let Some((_, body)) = bridge.transactions().into_iter().find(|(_, b)| done(b)) {
+            return Ok(body);
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "no such transaction; got {}",
+            serde_json::to_string_pretty(&bridge.transactions())?
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Encrypted bridging (MSC2409 to-device, MSC3202): the service keeps a puppet's device stocked
+/// with one-time keys from the counts in its transactions, receives the to-device messages sent
+/// to that device (which then leave the device's inbox), and hears of device-list changes of
+/// users it shares a room with. Messages to other users' devices never reach it.
+#[tokio::test]
+async fn an_encrypted_bridge_gets_to_device_messages_device_lists_and_key_counts() -> Result<()> {
+    let (bridge, server, _dir) = bridged_server().await?;
+    let url = server.url.clone();
+    let bot = as_client(&url);
+    let puppet = "@irc_bob:localhost";
+    let q = "user_id=%40irc_bob%3Alocalhost";
+    let qd = format!("{q}&org.matrix.msc3202.device_id=PUPDEV");
+
+    ok(
+        &bot,
+        "POST",
+        "/_matrix/client/v3/register",
+        json!({ "type": "m.login.application_service", "username": "irc_bob", "inhibit_login": true }),
+    )
+    .await?;
+    let made = bot.call("PUT", &format!("/_matrix/client/v3/devices/PUPDEV?{q}"), Some(&json!({}))).await?;
+    assert!(made.status == 200 || made.status == 201, "{made:?}");
+    let device_keys = json!({
+        "user_id": puppet, "device_id": "PUPDEV",
+        "algorithms": ["m.olm.v1.curve25519-aes-sha2", "m.megolm.v1.aes-sha2"],
+        "keys": { "curve25519:PUPDEV": "Y3VydmU", "ed25519:PUPDEV": "ZWQ" },
+    });
+    let otk = |id: &str| json!({ "key": format!("key{id}"), "signatures": {} });
+    ok(
+        &bot,
+        "POST",
+        &format!("/_matrix/client/v3/keys/upload?{qd}"),
+        json!({
+            "device_keys": device_keys,
+            "one_time_keys": { "signed_curve25519:A": otk("A"), "signed_curve25519:B": otk("B") },
+            "fallback_keys": { "signed_curve25519:F": otk("F") },
+        }),
+    )
+    .await?;
+
+    // The upload is a device-list change of a namespace user: the counts come with it.
+    let counts = |b: &Value| b["org.matrix.msc3202.device_one_time_keys_count"][puppet]["PUPDEV"].clone();
+    let first = wait_for_transaction(&bridge, |b| counts(b)["signed_curve25519"] == 2).await?;
+    let changed = first["org.matrix.msc3202.device_lists"]["changed"].as_array().cloned().unwrap_or_default();
+    assert!(changed.iter().any(|u| u == puppet), "{first}");
+    assert_eq!(
+        first["org.matrix.msc3202.device_unused_fallback_key_types"][puppet]["PUPDEV"],
+        json!(["signed_curve25519"])
+    );
+    assert_eq!(
+        first["org.matrix.msc3202.device_one_time_key_counts"],
+        first["org.matrix.msc3202.device_one_time_keys_count"]
+    );
+
+    // Alice shares a room with the puppet, claims one of its keys and sends it an olm message.
+    let alice = RawClient::register(&url, "alice").await?;
+    let room = ok(&alice, "POST", "/_matrix/client/v3/createRoom", json!({ "invite": [puppet] })).await?["room_id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    ok(&bot, "POST", &format!("/_matrix/client/v3/rooms/{room}/join?{q}"), json!({})).await?;
+    let claimed = ok(
+        &alice,
+        "POST",
+        "/_matrix/client/v3/keys/claim",
+        json!({ "one_time_keys": { puppet: { "PUPDEV": "signed_curve25519" } } }),
+    )
+    .await?;
+    assert_eq!(claimed["one_time_keys"][puppet]["PUPDEV"].as_object().map(|o| o.len()), Some(1), "{claimed}");
+    let alice_device = ok(&alice, "GET", "/_matrix/client/v3/account/whoami", json!(null)).await?["device_id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    ok(
+        &alice,
+        "PUT",
+        "/_matrix/client/v3/sendToDevice/m.room.encrypted/t1",
+        json!({ "messages": {
+            puppet: { "PUPDEV": { "algorithm": "m.olm.v1.curve25519-aes-sha2", "ciphertext": { "Y3VydmU": { "type": 0, "body": "olm" } } } },
+            "@alice:localhost": { alice_device.clone(): { "note": "for alice only" } },
+        } }),
+    )
+    .await?;
+    let with_message = wait_for_transaction(&bridge, |b| {
+        b["to_device"].as_array().is_some_and(|m| m.iter().any(|m| m["to_device_id"] == "PUPDEV"))
+    })
+    .await?;
+    let msgs = with_message["to_device"].as_array().cloned().unwrap_or_default();
+    let m = msgs.iter().find(|m| m["to_device_id"] == "PUPDEV").unwrap();
+    assert_eq!(
+        (&m["type"], &m["sender"], &m["to_user_id"], &m["content"]["ciphertext"]["Y3VydmU"]["body"]),
+        (&json!("m.room.encrypted"), &json!("@alice:localhost"), &json!(puppet), &json!("olm")),
+        "{with_message}"
+    );
+    assert_eq!(with_message["de.sorunome.msc2409.to_device"], with_message["to_device"]);
+    assert_eq!(counts(&with_message)["signed_curve25519"], 1, "the claim shows in the counts: {with_message}");
+    assert!(
+        bridge.transactions().iter().all(|(_, b)| b["to_device"]
+            .as_array()
+            .is_none_or(|m| m.iter().all(|m| m["to_user_id"] != "@alice:localhost"))),
+        "another user's to-device message reached the service"
+    );
+
+    // Acknowledged, the message is gone from the puppet device's inbox...
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let synced = ok(&bot, "GET", &format!("/_matrix/client/v3/sync?{qd}&timeout=0"), json!(null)).await?;
+        if synced["to_device"]["events"].as_array().is_none_or(Vec::is_empty) {
+            break;
+        }
+        anyhow::ensure!(tokio::time::Instant::now() < deadline, "still in the inbox: {}", synced["to_device"]);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // ...while alice's own message still waits for her device.
+    let mine = alice.sync(None, 0).await?;
+    assert!(
+        mine["to_device"]["events"]
+            .as_array()
+            .is_some_and(|e| e.iter().any(|e| e["content"]["note"] == "for alice only"))
+    );
+
+    // Alice's new keys are a change the service hears of: she shares a room with its puppet.
+    ok(
+        &alice,
+        "POST",
+        "/_matrix/client/v3/keys/upload",
+        json!({ "device_keys": {
+            "user_id": "@alice:localhost", "device_id": alice_device,
+            "algorithms": ["m.olm.v1.curve25519-aes-sha2"], "keys": { format!("ed25519:{alice_device}"): "QQ" },
+        } }),
+    )
+    .await?;
+    wait_for_transaction(&bridge, |b| {
+        b["org.matrix.msc3202.device_lists"]["changed"]
+            .as_array()
+            .is_some_and(|c| c.iter().any(|u| u == "@alice:localhost"))
+    })
+    .await?;
     Ok(())
 }
 

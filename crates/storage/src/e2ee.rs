@@ -1,6 +1,8 @@
 //! Device keys, one-time and fallback keys, cross-signing keys, the to-device inbox and the
 //! device-list change log.
 
+use std::collections::BTreeMap;
+
 use ruma::UserId;
 use sqlx::Row;
 
@@ -21,6 +23,15 @@ pub struct ToDeviceMessage {
     pub event_type: String,
     /// Content, JSON.
     pub content: String,
+}
+
+/// One device's key stock, as [`E2eeStore::key_counts_of_users`] reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceKeyCounts {
+    /// Unclaimed one-time keys per algorithm (`signed_curve25519` always present).
+    pub one_time_keys: BTreeMap<String, i64>,
+    /// Algorithms of the fallback keys not used yet.
+    pub unused_fallback: Vec<String>,
 }
 
 /// End-to-end encryption keys and the streams that go with them.
@@ -217,6 +228,58 @@ impl E2eeStore {
         counts.sort();
         fallback.sort();
         Ok((counts, fallback))
+    }
+
+    /// One-time key counts and unused fallback key algorithms of every device with identity
+    /// keys of each of `users`, keyed by user then device: what an application service needs
+    /// to keep its users' devices stocked (MSC3202). A device with no one-time keys left
+    /// reports `signed_curve25519: 0`, so the service knows to upload more.
+    ///
+    /// # Errors
+    /// On database failure.
+    pub async fn key_counts_of_users(
+        &self,
+        users: &[String],
+    ) -> Result<BTreeMap<String, BTreeMap<String, DeviceKeyCounts>>> {
+        let mut out: BTreeMap<String, BTreeMap<String, DeviceKeyCounts>> = BTreeMap::new();
+        // A few hundred users per statement keeps within every backend's parameter limit.
+        for chunk in users.chunks(200) {
+            let params = (1..=chunk.len()).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ");
+            let sql = format!(
+                "SELECT 'device', user_id, device_id, '', 0 FROM device_keys WHERE user_id IN ({params})
+                 UNION ALL
+                 SELECT 'otk', user_id, device_id, algorithm, COUNT(*) FROM one_time_keys WHERE user_id IN ({params})
+                 GROUP BY user_id, device_id, algorithm
+                 UNION ALL
+                 SELECT 'fallback', user_id, device_id, algorithm, 0 FROM fallback_keys
+                 WHERE user_id IN ({params}) AND used = 0"
+            );
+            let mut query = sqlx::query(&sql);
+            for u in chunk {
+                query = query.bind(u);
+            }
+            for r in &query.fetch_all(self.db.pool()).await? {
+                let kind: String = r.try_get(0)?;
+                let user_id: String = r.try_get(1)?;
+                let device_id: String = r.try_get(2)?;
+                let algorithm: String = r.try_get(3)?;
+                let entry = out.entry(user_id).or_default().entry(device_id).or_insert_with(|| DeviceKeyCounts {
+                    one_time_keys: BTreeMap::from([("signed_curve25519".to_owned(), 0)]),
+                    unused_fallback: Vec::new(),
+                });
+                match kind.as_str() {
+                    "otk" => {
+                        entry.one_time_keys.insert(algorithm, r.try_get(4)?);
+                    }
+                    "fallback" => entry.unused_fallback.push(algorithm),
+                    _ => {}
+                }
+            }
+        }
+        for devices in out.values_mut() {
+            devices.values_mut().for_each(|d| d.unused_fallback.sort());
+        }
+        Ok(out)
     }
 
     /// Removes everything a deleted device had: keys and its to-device inbox.

@@ -42,7 +42,7 @@ pub use catch_up::{
     DbCatchUp, account_data_row, event_row, follow_events, follow_stream, follow_stream_with, user_row,
 };
 pub use device_lists::{DeviceListWindow, device_list_changes};
-pub use e2ee::{E2eeStore, ToDeviceMessage};
+pub use e2ee::{DeviceKeyCounts, E2eeStore, ToDeviceMessage};
 pub use ephemeral::{EphemeralStore, Receipt};
 pub use events::{
     EventStatus, EventStore, NewEvent, NotificationEntry, PersistedEvent, ReadReceipts, RoomMembership, SearchHit,

@@ -132,10 +132,16 @@ const MIGRATIONS: &[Migration] = &[
         postgres: include_str!("../../../migrations/postgres/0020_appservices.sql"),
         sqlite: include_str!("../../../migrations/sqlite/0020_appservices.sql"),
     },
+    Migration {
+        version: 21,
+        name: "appservice_crypto",
+        postgres: include_str!("../../../migrations/postgres/0021_appservice_crypto.sql"),
+        sqlite: include_str!("../../../migrations/sqlite/0021_appservice_crypto.sql"),
+    },
 ];
 
 /// The schema version this build reads and writes: the highest migration's version.
-pub const SCHEMA_VERSION: i64 = 20;
+pub const SCHEMA_VERSION: i64 = 21;
 
 /// How the database's schema compares with this build's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

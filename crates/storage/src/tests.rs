@@ -1041,6 +1041,19 @@ async fn sync_hot_path_queries_match_their_parts(t: &TestDb) {
     assert_eq!(counts, e2ee.one_time_key_counts(&alice, "D").await.unwrap());
     assert_eq!(counts, vec![("curve".to_owned(), 2), ("ed".to_owned(), 1)]);
     assert_eq!(fallback, vec!["curve".to_owned()]);
+
+    // Per device for whole users: a device with identity keys and nothing left says 0.
+    e2ee.set_device_keys(&alice, "D", "{}").await.unwrap();
+    e2ee.set_device_keys(&alice, "EMPTY", "{}").await.unwrap();
+    let all = e2ee.key_counts_of_users(&[alice.to_string(), "@nobody:x".to_owned()]).await.unwrap();
+    assert_eq!(all.keys().collect::<Vec<_>>(), vec![alice.as_str()], "users without devices are left out");
+    let d = |id: &str| all[alice.as_str()][id].clone();
+    assert_eq!(all[alice.as_str()].len(), 2);
+    let counts: Vec<(&str, i64)> = vec![("curve", 2), ("ed", 1), ("signed_curve25519", 0)];
+    assert_eq!(d("D").one_time_keys, counts.into_iter().map(|(a, n)| (a.to_owned(), n)).collect());
+    assert_eq!(d("D").unused_fallback, vec!["curve".to_owned()]);
+    assert_eq!(d("EMPTY").one_time_keys, [("signed_curve25519".to_owned(), 0)].into_iter().collect());
+    assert!(d("EMPTY").unused_fallback.is_empty());
 }
 
 async fn pushers_their_log_and_pending_pushes(t: &TestDb) {
@@ -1183,30 +1196,47 @@ async fn threepids_sessions_and_email_throttle(t: &TestDb) {
 
 async fn appservice_transactions_are_staged_then_acknowledged(t: &TestDb) {
     let store = crate::AppserviceStore::new(t.db.clone());
-    let start = crate::AppservicePositions { events: 5, receipts: 1, typing: 2, presence: 3 };
+    let start =
+        crate::AppservicePositions { events: 5, receipts: 1, typing: 2, presence: 3, to_device: 4, device_lists: 6 };
     let first = store.state_or_start("irc", start).await.unwrap();
-    assert_eq!((first.events_pos, first.next_txn_id, first.pending.clone()), (5, 1, None));
+    assert_eq!((first.positions, first.next_txn_id, first.pending.clone()), (start, 1, None));
     // A second start (another instance at a hand-over) keeps the stored row.
     let again = store.state_or_start("irc", crate::AppservicePositions { events: 99, ..start }).await.unwrap();
     assert_eq!(again, first);
 
-    let to = crate::AppservicePositions { events: 9, receipts: 4, typing: 2, presence: 3 };
-    assert!(store.stage("irc", 1, r#"{"events":[]}"#, to).await.unwrap());
+    // Two messages in the inbox of the service's device; the staged transaction consumes one.
+    let alice = owned_user_id!("@_irc_alice:x");
+    let msg = |position| crate::ToDeviceMessage {
+        position,
+        user_id: alice.to_string(),
+        device_id: "D".into(),
+        sender: "@bob:x".into(),
+        event_type: "m.room_key".into(),
+        content: "{}".into(),
+    };
+    let e2ee = crate::E2eeStore::new(t.db.clone());
+    e2ee.queue_to_device(&[msg(7), msg(8)]).await.unwrap();
+
+    let to = crate::AppservicePositions { events: 9, receipts: 4, to_device: 7, ..start };
+    assert!(store.stage("irc", 1, r#"{"events":[]}"#, to, &[7]).await.unwrap());
     // Nothing else is staged while one is pending, nor with a stale ID.
-    assert!(!store.stage("irc", 2, "{}", to).await.unwrap());
+    assert!(!store.stage("irc", 2, "{}", to, &[]).await.unwrap());
     let staged = store.state_or_start("irc", start).await.unwrap();
     assert_eq!(staged.pending, Some((1, r#"{"events":[]}"#.to_owned())));
-    assert_eq!((staged.events_pos, staged.receipts_pos, staged.next_txn_id), (9, 4, 2));
+    assert_eq!((staged.positions, staged.next_txn_id), (to, 2));
     store.skip_to("irc", crate::AppservicePositions { events: 50, ..to }).await.unwrap();
-    assert_eq!(store.state_or_start("irc", start).await.unwrap().events_pos, 9, "no skipping past a staged one");
+    assert_eq!(store.state_or_start("irc", start).await.unwrap().positions.events, 9, "no skipping past a staged one");
 
     store.set_failing("irc", Some(123)).await.unwrap();
     store.acknowledged("irc", 7).await.unwrap();
     assert!(store.state_or_start("irc", start).await.unwrap().pending.is_some(), "only its own ID clears it");
+    assert_eq!(e2ee.to_device_for(&alice, "D", 100, 10).await.unwrap().len(), 2, "nothing consumed before the ack");
     store.acknowledged("irc", 1).await.unwrap();
     let done = store.state_or_start("irc", start).await.unwrap();
     assert_eq!((done.pending, done.failing_since), (None, None));
-    assert!(!store.stage("irc", 1, "{}", to).await.unwrap(), "a used ID is never staged again");
+    let left: Vec<i64> = e2ee.to_device_for(&alice, "D", 100, 10).await.unwrap().iter().map(|m| m.position).collect();
+    assert_eq!(left, vec![8], "the acknowledged message left the inbox, the other stayed");
+    assert!(!store.stage("irc", 1, "{}", to, &[]).await.unwrap(), "a used ID is never staged again");
     store.skip_to("irc", crate::AppservicePositions { events: 50, ..to }).await.unwrap();
-    assert_eq!(store.state_or_start("irc", start).await.unwrap().events_pos, 50);
+    assert_eq!(store.state_or_start("irc", start).await.unwrap().positions.events, 50);
 }

@@ -3,24 +3,28 @@
 //! Each registered service with a URL has one task. The shard ring over the pusher instances
 //! assigns the service to one of them, and a lease on `appservice:{id}` makes that exact at a
 //! hand-over. The owner builds a transaction from what the service is interested in after its
-//! stored positions (events; with `receive_ephemeral`, receipts, typing and presence), stages it
-//! in the database with the new positions, then sends it until the service answers 2xx. One
+//! stored positions (events; with `receive_ephemeral`, receipts, typing, presence and to-device
+//! messages for its users (MSC2409); with `org.matrix.msc3202`, device-list changes and the key
+//! counts of its users' devices), stages it in the database with the new positions, then sends
+//! it until the service answers 2xx. One
 //! transaction is in flight per service; a failing service is retried with backoff and never
 //! delays another. A staged transaction survives a crash and is sent again with the same ID.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
 use ganglion_appservice::{AppserviceClient, Appservices, Registration};
 use ganglion_replication::{Bus, Follower, ShardRing, StreamName};
 use ganglion_storage::{
-    AppservicePositions, AppserviceStore, Db, EphemeralStore, EventStore, PresenceStore, follow_events,
+    AppservicePositions, AppserviceStore, Db, E2eeStore, EphemeralStore, EventStore, PresenceStore, follow_events,
     follow_stream_with,
 };
 use serde_json::{Value, json};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
+
+use ganglion_storage::Error;
 
 use crate::StartError;
 
@@ -59,6 +63,7 @@ struct Stores {
     events: EventStore,
     ephemeral: EphemeralStore,
     presence: PresenceStore,
+    e2ee: E2eeStore,
 }
 
 impl Delivery {
@@ -79,7 +84,8 @@ impl Delivery {
             state: AppserviceStore::new(db.clone()),
             events: EventStore::new(db.clone()),
             ephemeral: EphemeralStore::new(db.clone()),
-            presence: PresenceStore::new(db),
+            presence: PresenceStore::new(db.clone()),
+            e2ee: E2eeStore::new(db),
         });
         let wakes: Arc<Vec<Arc<Notify>>> = Arc::new(regs.iter().map(|_| Arc::new(Notify::new())).collect());
         let wake_all = {
@@ -99,13 +105,17 @@ impl Delivery {
                 }
             }));
         }
+        let mut streams = Vec::new();
         if regs.iter().any(|r| r.receive_ephemeral) {
-            for stream in [StreamName::Receipts, StreamName::Typing, StreamName::Presence] {
-                let wake_all = wake_all.clone();
-                let (f, _) =
-                    follow_stream_with(&stores.events, bus.clone(), stream, move |_| wake_all(), |_| {}).await?;
-                followers.push(f);
-            }
+            streams.extend([StreamName::Receipts, StreamName::Typing, StreamName::Presence, StreamName::ToDevice]);
+        }
+        if regs.iter().any(|r| r.msc3202) {
+            streams.push(StreamName::DeviceLists);
+        }
+        for stream in streams {
+            let wake_all = wake_all.clone();
+            let (f, _) = follow_stream_with(&stores.events, bus.clone(), stream, move |_| wake_all(), |_| {}).await?;
+            followers.push(f);
         }
         for (reg, wake) in regs.into_iter().zip(wakes.iter().cloned()) {
             let worker = ServiceTask {
@@ -168,7 +178,7 @@ impl ServiceTask {
     }
 
     /// Delivers while this instance owns the service and holds the lease.
-    async fn deliver(&self, lease: &ganglion_replication::Lease, key: &str) -> Result<(), ganglion_storage::Error> {
+    async fn deliver(&self, lease: &ganglion_replication::Lease, key: &str) -> Result<(), Error> {
         let id = self.reg.id.as_str();
         let mut backoff = Duration::from_secs(1);
         // Where a service seen for the first time starts; read once per lease, not per wake.
@@ -195,13 +205,8 @@ impl ServiceTask {
                 }
                 continue;
             }
-            let from = AppservicePositions {
-                events: state.events_pos,
-                receipts: state.receipts_pos,
-                typing: state.typing_pos,
-                presence: state.presence_pos,
-            };
-            let (body, to) = self.build(from).await?;
+            let from = state.positions;
+            let (body, to, consumed) = self.build(from).await?;
             if to == from {
                 // Nothing new: wait for the streams (a timeout catches anything missed).
                 let _ = tokio::time::timeout(Duration::from_secs(10), self.wake.notified()).await;
@@ -210,7 +215,7 @@ impl ServiceTask {
             match body {
                 Some(body) => {
                     let text = body.to_string();
-                    self.stores.state.stage(id, state.next_txn_id, &text, to).await?;
+                    self.stores.state.stage(id, state.next_txn_id, &text, to, &consumed).await?;
                 }
                 None => self.stores.state.skip_to(id, to).await?,
             }
@@ -218,24 +223,24 @@ impl ServiceTask {
         Ok(())
     }
 
-    async fn current_positions(&self) -> Result<AppservicePositions, ganglion_storage::Error> {
+    async fn current_positions(&self) -> Result<AppservicePositions, Error> {
         Ok(AppservicePositions {
             events: self.stores.events.max_stream_ordering().await?,
             receipts: self.stores.ephemeral.max_receipt_position().await?,
             typing: self.stores.ephemeral.max_typing_position().await?,
             presence: self.stores.presence.max_position().await?,
+            to_device: self.stores.e2ee.max_to_device_position().await?,
+            device_lists: self.stores.e2ee.max_device_list_position().await?,
         })
     }
 
     /// The next transaction after `from`: its body (`None` when nothing in the range interests
-    /// the service) and the positions it covers.
-    async fn build(
-        &self,
-        from: AppservicePositions,
-    ) -> Result<(Option<Value>, AppservicePositions), ganglion_storage::Error> {
+    /// the service), the positions it covers and the to-device messages it consumes.
+    async fn build(&self, from: AppservicePositions) -> Result<(Option<Value>, AppservicePositions, Vec<i64>), Error> {
         let mut to = from;
         let mut interest = RoomInterest::default();
         let mut events = Vec::new();
+        let mut rooms = BTreeSet::new();
         for ev in self.stores.events.events_after(from.events, MAX_EVENTS).await? {
             to.events = to.events.max(ev.stream_ordering);
             let by_user = self.reg.is_interested_in_user(ev.sender.as_str())
@@ -244,25 +249,127 @@ impl ServiceTask {
                     .as_deref()
                     .is_some_and(|k| ev.event_type == "m.room.member" && self.reg.is_interested_in_user(k));
             if by_user || interest.room(&self.reg, &self.stores.events, ev.room_id.as_str()).await? {
+                rooms.insert(ev.room_id.to_string());
                 events.push(ganglion_core::client_event(&ev.json, ev.event_id.as_str(), ev.room_id.as_str(), None));
             }
         }
         let mut ephemeral = Vec::new();
+        let mut to_device = Vec::new();
+        let mut consumed = Vec::new();
         if self.reg.receive_ephemeral {
             self.receipts(from, &mut to, &mut interest, &mut ephemeral).await?;
             self.typing(from, &mut to, &mut interest, &mut ephemeral).await?;
             self.presence(from, &mut to, &mut interest, &mut ephemeral).await?;
+            self.to_device(from, &mut to, &mut to_device, &mut consumed).await?;
         }
-        if events.is_empty() && ephemeral.is_empty() {
-            return Ok((None, to));
+        let mut changed = Vec::new();
+        if self.reg.msc3202 {
+            changed = self.device_lists(from, &mut to, &mut interest).await?;
+        }
+        if events.is_empty() && ephemeral.is_empty() && to_device.is_empty() && changed.is_empty() {
+            return Ok((None, to, consumed));
         }
         let mut body = json!({ "events": events });
         if !ephemeral.is_empty() {
+            rooms.extend(ephemeral.iter().filter_map(|e| e["room_id"].as_str().map(str::to_owned)));
             // The stable name, and MSC2409's, which older bridge frameworks read.
             body["ephemeral"] = json!(ephemeral);
             body["de.sorunome.msc2409.ephemeral"] = json!(ephemeral);
         }
-        Ok((Some(body), to))
+        let mut key_users: BTreeSet<String> = BTreeSet::from([self.reg.sender.to_string()]);
+        if !to_device.is_empty() {
+            key_users.extend(to_device.iter().filter_map(|m| m["to_user_id"].as_str().map(str::to_owned)));
+            // MSC4203's name and MSC2409's.
+            body["to_device"] = json!(to_device);
+            body["de.sorunome.msc2409.to_device"] = json!(to_device);
+        }
+        if self.reg.msc3202 {
+            if !changed.is_empty() {
+                key_users.extend(changed.iter().filter(|u| self.reg.is_interested_in_user(u)).cloned());
+                body["org.matrix.msc3202.device_lists"] = json!({ "changed": changed, "left": [] });
+            }
+            // The key stock of the service's users this transaction touches: its own user,
+            // its users in the rooms it names, the recipients of its to-device messages and
+            // its users whose devices changed (so an upload is answered with the new counts).
+            for room in &rooms {
+                let Ok(room_id) = ruma::OwnedRoomId::try_from(room.as_str()) else { continue };
+                let members = self.stores.events.members_with(&room_id, "join").await?;
+                key_users.extend(members.into_iter().filter(|u| self.reg.is_interested_in_user(u)));
+            }
+            self.key_counts(&key_users.into_iter().collect::<Vec<_>>(), &mut body).await?;
+        }
+        Ok((Some(body), to, consumed))
+    }
+
+    /// To-device messages for the service's users, with their recipient named (MSC2409).
+    /// Those for its exclusive users are consumed: they leave the inbox once acknowledged.
+    async fn to_device(
+        &self,
+        from: AppservicePositions,
+        to: &mut AppservicePositions,
+        out: &mut Vec<Value>,
+        consumed: &mut Vec<i64>,
+    ) -> Result<(), Error> {
+        for m in self.stores.e2ee.to_device_after(from.to_device, MAX_EPHEMERAL).await? {
+            to.to_device = to.to_device.max(m.position);
+            if !self.reg.is_interested_in_user(&m.user_id) {
+                continue;
+            }
+            if self.reg.is_exclusive_user(&m.user_id) {
+                consumed.push(m.position);
+            }
+            let content: Value = serde_json::from_str(&m.content).unwrap_or_else(|_| json!({}));
+            out.push(json!({
+                "type": m.event_type,
+                "sender": m.sender,
+                "content": content,
+                "to_user_id": m.user_id,
+                "to_device_id": m.device_id,
+            }));
+        }
+        Ok(())
+    }
+
+    /// Users whose devices changed and whom the service is interested in: in its namespace,
+    /// or in a room it watches (MSC3202).
+    async fn device_lists(
+        &self,
+        from: AppservicePositions,
+        to: &mut AppservicePositions,
+        interest: &mut RoomInterest,
+    ) -> Result<Vec<String>, Error> {
+        let mut changed = BTreeSet::new();
+        for (position, user) in self.stores.e2ee.device_changes_after(from.device_lists, MAX_EPHEMERAL).await? {
+            to.device_lists = to.device_lists.max(position);
+            if changed.contains(&user) {
+                continue;
+            }
+            if self.reg.is_interested_in_user(&user) || interest.user(&self.reg, &self.stores.events, &user).await? {
+                changed.insert(user);
+            }
+        }
+        Ok(changed.into_iter().collect())
+    }
+
+    /// One-time key counts and unused fallback key types of `users`' devices (MSC3202), under
+    /// the current name and the one Synapse sent before 1.73, which some frameworks still read.
+    async fn key_counts(&self, users: &[String], body: &mut Value) -> Result<(), Error> {
+        let stock = self.stores.e2ee.key_counts_of_users(users).await?;
+        if stock.is_empty() {
+            return Ok(());
+        }
+        let mut counts = BTreeMap::new();
+        let mut fallback = BTreeMap::new();
+        for (user, devices) in stock {
+            let c: BTreeMap<_, _> = devices.iter().map(|(d, k)| (d.clone(), json!(k.one_time_keys))).collect();
+            let f: BTreeMap<_, _> = devices.iter().map(|(d, k)| (d.clone(), json!(k.unused_fallback))).collect();
+            counts.insert(user.clone(), c);
+            fallback.insert(user, f);
+        }
+        body["org.matrix.msc3202.device_one_time_keys_count"] = json!(counts);
+        body["org.matrix.msc3202.device_one_time_key_counts"] = json!(counts);
+        body["org.matrix.msc3202.device_unused_fallback_key_types"] = json!(fallback);
+        Ok(())
     }
 
     async fn receipts(
@@ -271,7 +378,7 @@ impl ServiceTask {
         to: &mut AppservicePositions,
         interest: &mut RoomInterest,
         out: &mut Vec<Value>,
-    ) -> Result<(), ganglion_storage::Error> {
+    ) -> Result<(), Error> {
         let mut by_room: HashMap<String, serde_json::Map<String, Value>> = HashMap::new();
         for r in self.stores.ephemeral.receipts_after(from.receipts, MAX_EPHEMERAL).await? {
             to.receipts = to.receipts.max(r.position);
@@ -302,7 +409,7 @@ impl ServiceTask {
         to: &mut AppservicePositions,
         interest: &mut RoomInterest,
         out: &mut Vec<Value>,
-    ) -> Result<(), ganglion_storage::Error> {
+    ) -> Result<(), Error> {
         let rows = self.stores.ephemeral.typing_after(from.typing, MAX_EPHEMERAL).await?;
         let Some(last) = rows.iter().map(|(p, _)| *p).max() else { return Ok(()) };
         to.typing = to.typing.max(last);
@@ -327,7 +434,7 @@ impl ServiceTask {
         to: &mut AppservicePositions,
         interest: &mut RoomInterest,
         out: &mut Vec<Value>,
-    ) -> Result<(), ganglion_storage::Error> {
+    ) -> Result<(), Error> {
         let rows = self.stores.presence.log_after(from.presence, MAX_EPHEMERAL).await?;
         let Some(last) = rows.iter().map(|(p, _)| *p).max() else { return Ok(()) };
         to.presence = to.presence.max(last);
@@ -367,12 +474,7 @@ struct RoomInterest {
 }
 
 impl RoomInterest {
-    async fn room(
-        &mut self,
-        reg: &Registration,
-        events: &EventStore,
-        room: &str,
-    ) -> Result<bool, ganglion_storage::Error> {
+    async fn room(&mut self, reg: &Registration, events: &EventStore, room: &str) -> Result<bool, Error> {
         if let Some(&known) = self.rooms.get(room) {
             return Ok(known);
         }
@@ -393,12 +495,7 @@ impl RoomInterest {
         Ok(yes)
     }
 
-    async fn user(
-        &mut self,
-        reg: &Registration,
-        events: &EventStore,
-        user: &str,
-    ) -> Result<bool, ganglion_storage::Error> {
+    async fn user(&mut self, reg: &Registration, events: &EventStore, user: &str) -> Result<bool, Error> {
         let Ok(user_id) = ruma::OwnedUserId::try_from(user) else { return Ok(false) };
         for m in events.rooms_for_user(&user_id).await? {
             if m.membership == "join" && self.room(reg, events, m.room_id.as_str()).await? {

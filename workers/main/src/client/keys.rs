@@ -115,16 +115,20 @@ pub(crate) async fn store_uploaded_keys(
     device: &str,
     body: &UploadBody,
 ) -> Result<(), MatrixError> {
+    let mut changed = false;
     if let Some(dk) = &body.device_keys {
         let json = Value::Object(dk.clone()).to_string();
-        if keys.e2ee.set_device_keys(user, device, &json).await? {
-            keys.writer.device_list_changed(user).await?;
-        }
+        changed = keys.e2ee.set_device_keys(user, device, &json).await?;
     }
     let otks: Vec<(String, String)> = body.one_time_keys.iter().map(|(id, k)| (id.clone(), k.to_string())).collect();
     keys.e2ee.add_one_time_keys(user, device, &otks).await?;
     for (id, k) in &body.fallback_keys {
         keys.e2ee.set_fallback_key(user, device, id, &k.to_string()).await?;
+    }
+    // Announced once everything is stored: whoever reacts to the change (a peer's key query,
+    // an application service's key counts) sees the whole upload.
+    if changed {
+        keys.writer.device_list_changed(user).await?;
     }
     Ok(())
 }
