@@ -150,25 +150,101 @@ pub async fn errcode(resp: reqwest::Response) -> (u16, String) {
     (status, v["errcode"].as_str().unwrap_or_default().to_owned())
 }
 
-/// A self-signed certificate and key for `127.0.0.1`, made with the `openssl` CLI, in `dir`.
+/// The test certificate authority of this test process, made once with `openssl`: a
+/// directory holding `ca.pem` and `ca.key`. Servers trust it through
+/// `federation.extra_ca_paths`, as a private federation would trust its own CA.
 ///
 /// # Errors
 /// When `openssl` is missing or fails.
-pub async fn self_signed_cert(dir: &Path) -> Result<(PathBuf, PathBuf)> {
-    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
-    let out = Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "1"])
-        .args(["-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .output()
-        .await
-        .context("running openssl")?;
+pub async fn test_ca() -> Result<&'static Path> {
+    static CA: tokio::sync::OnceCell<tempfile::TempDir> = tokio::sync::OnceCell::const_new();
+    let dir = CA
+        .get_or_try_init(|| async {
+            let dir = tempfile::tempdir()?;
+            openssl(&[
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+                "-nodes",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=Ganglion test CA",
+                "-addext",
+                "basicConstraints=critical,CA:TRUE",
+                "-addext",
+                "keyUsage=critical,keyCertSign,cRLSign",
+                "-keyout",
+                &dir.path().join("ca.key").to_string_lossy(),
+                "-out",
+                &dir.path().join("ca.pem").to_string_lossy(),
+            ])
+            .await?;
+            anyhow::Ok(dir)
+        })
+        .await?;
+    Ok(dir.path())
+}
+
+async fn openssl(args: &[&str]) -> Result<()> {
+    let out = Command::new("openssl").args(args).output().await.context("running openssl")?;
     if !out.status.success() {
-        bail!("openssl: {}", String::from_utf8_lossy(&out.stderr));
+        bail!("openssl {}: {}", args.first().unwrap_or(&""), String::from_utf8_lossy(&out.stderr));
     }
+    Ok(())
+}
+
+/// A TLS certificate for `127.0.0.1` (and `localhost`) signed by [`test_ca`], written into
+/// `dir`: `(certificate, key)`.
+///
+/// # Errors
+/// When `openssl` is missing or fails.
+pub async fn ca_signed_cert(dir: &Path) -> Result<(PathBuf, PathBuf)> {
+    let ca = test_ca().await?;
+    let (cert, key, csr, ext) = (dir.join("cert.pem"), dir.join("key.pem"), dir.join("cert.csr"), dir.join("ext.cnf"));
+    std::fs::write(
+        &ext,
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n",
+    )?;
+    let p = |p: &Path| p.to_string_lossy().into_owned();
+    openssl(&[
+        "req",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-subj",
+        "/CN=127.0.0.1",
+        "-keyout",
+        &p(&key),
+        "-out",
+        &p(&csr),
+    ])
+    .await?;
+    let serial = format!("{}", rand::random::<u32>());
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        &p(&csr),
+        "-CA",
+        &p(&ca.join("ca.pem")),
+        "-CAkey",
+        &p(&ca.join("ca.key")),
+        "-set_serial",
+        &serial,
+        "-days",
+        "1",
+        "-extfile",
+        &p(&ext),
+        "-out",
+        &p(&cert),
+    ])
+    .await?;
     Ok((cert, key))
 }
 
@@ -211,18 +287,24 @@ impl OneProcess {
     }
 
     /// Starts `ganglion serve` able to federate on loopback: its server name is
-    /// `127.0.0.1:<port>` of a TLS listener serving the `federation` resource (self-signed, so
-    /// `federation.verify_tls` is off); clients use [`OneProcess::url`], plain HTTP.
+    /// `127.0.0.1:<port>` of a TLS listener serving the `federation` resource, with a
+    /// certificate from [`test_ca`], which it trusts for other servers (`extra_ca_paths`), and
+    /// loopback allowed for outbound requests; clients use [`OneProcess::url`], plain HTTP.
     ///
     /// # Errors
     /// When `openssl` is missing or the server does not become ready.
     pub async fn start_federating() -> Result<Self> {
         let dir = tempfile::tempdir()?;
-        let (cert, key) = self_signed_cert(dir.path()).await?;
+        let (cert, key) = ca_signed_cert(dir.path()).await?;
+        let ca = test_ca().await?.join("ca.pem");
         let (port, fed_port) = (free_port(), free_port());
         let server_name = format!("127.0.0.1:{fed_port}");
         let mut cfg = base_config(&server_name);
-        cfg["federation"] = json!({ "verify_tls": false, "request_timeout_ms": 10_000 });
+        cfg["federation"] = json!({
+            "request_timeout_ms": 10_000,
+            "extra_ca_paths": [ca],
+            "ip_range_allowlist": ["127.0.0.0/8"],
+        });
         cfg["listeners"] = json!([
             { "bind": "127.0.0.1", "port": port, "resources": ["client", "media", "health", "metrics"] },
             { "bind": "127.0.0.1", "port": fed_port, "resources": ["federation"],

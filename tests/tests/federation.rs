@@ -13,6 +13,11 @@ fn insecure() -> reqwest::Client {
     reqwest::Client::builder().danger_accept_invalid_certs(true).build().unwrap()
 }
 
+/// `GET url` as a stranger, the body as JSON.
+async fn get_json(url: &str) -> Value {
+    insecure().get(url).send().await.unwrap().json().await.unwrap()
+}
+
 async fn get(http: &reqwest::Client, url: &str, token: &str) -> reqwest::Response {
     http.get(url).bearer_auth(token).send().await.unwrap()
 }
@@ -23,14 +28,7 @@ async fn media_is_fetched_over_federation_with_signed_requests_and_cached() {
     let b = OneProcess::start_federating().await.expect("server B");
 
     // Each server publishes its key, signed by itself.
-    let keys: Value = insecure()
-        .get(format!("https://{}/_matrix/key/v2/server", a.server_name))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let keys = get_json(&format!("https://{}/_matrix/key/v2/server", a.server_name)).await;
     assert_eq!(keys["server_name"], a.server_name.as_str(), "{keys}");
     let key_id = keys["verify_keys"].as_object().unwrap().keys().next().unwrap().clone();
     assert!(keys["signatures"][&a.server_name][&key_id].is_string(), "{keys}");
@@ -89,4 +87,65 @@ async fn media_is_fetched_over_federation_with_signed_requests_and_cached() {
     let resp = get(&http, &format!("{}/_matrix/client/v1/media/download/{mxc}", b.url), &bob.token).await;
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.bytes().await.unwrap().to_vec(), image, "served from B's cache");
+}
+
+/// The key notary, the version, and profiles asked across servers: B signs its query with
+/// its key, A fetches that key from B (over TLS from the test CA, loopback allow-listed) to
+/// check it. A stranger asking A as a notary gets B's keys signed by B and by A.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_are_vouched_for_and_profiles_are_asked_of_the_users_server() {
+    let a = OneProcess::start_federating().await.expect("server A");
+    let b = OneProcess::start_federating().await.expect("server B");
+    let fed = |s: &OneProcess, path: &str| format!("https://{}{path}", s.server_name);
+
+    let version = get_json(&fed(&a, "/_matrix/federation/v1/version")).await;
+    assert_eq!(version["server"]["name"], "Ganglion", "{version}");
+
+    // A as a notary for B.
+    let body = serde_json::json!({ "server_keys": { b.server_name.as_str(): {} } });
+    let resp = insecure().post(fed(&a, "/_matrix/key/v2/query")).json(&body).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let answer: Value = resp.json().await.unwrap();
+    let docs = answer["server_keys"].as_array().expect("server_keys");
+    assert_eq!(docs.len(), 1, "{answer}");
+    assert_eq!(docs[0]["server_name"], b.server_name.as_str());
+    let signers: Vec<&String> = docs[0]["signatures"].as_object().unwrap().keys().collect();
+    assert!(signers.contains(&&b.server_name) && signers.contains(&&a.server_name), "{answer}");
+    // The same through GET, from A's store now.
+    let again = get_json(&fed(&a, &format!("/_matrix/key/v2/query/{}", b.server_name))).await;
+    assert_eq!(again["server_keys"][0]["verify_keys"], docs[0]["verify_keys"], "{again}");
+    // A server nobody answers for: no keys, no error.
+    let nobody = get_json(&fed(&a, "/_matrix/key/v2/query/127.0.0.1:9")).await;
+    assert_eq!(nobody["server_keys"], serde_json::json!([]), "{nobody}");
+
+    // Profiles: Bob on B reads Alice's on A.
+    let alice = RawClient::register(&a.url, "alice").await.unwrap();
+    let alice_id = format!("@alice:{}", a.server_name);
+    let r = alice
+        .call(
+            "PUT",
+            &format!("/_matrix/client/v3/profile/{alice_id}/displayname"),
+            Some(&serde_json::json!({ "displayname": "Alice of A" })),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{r:?}");
+    let bob = RawClient::register(&b.url, "bob").await.unwrap();
+    let r = bob.call("GET", &format!("/_matrix/client/v3/profile/{alice_id}"), None).await.unwrap();
+    assert_eq!((r.status, r.body["displayname"].as_str()), (200, Some("Alice of A")), "{r:?}");
+    let r = bob.call("GET", &format!("/_matrix/client/v3/profile/{alice_id}/displayname"), None).await.unwrap();
+    assert_eq!(r.body["displayname"], "Alice of A", "{r:?}");
+    let r = bob.call("GET", &format!("/_matrix/client/v3/profile/@nobody:{}", a.server_name), None).await.unwrap();
+    assert_eq!((r.status, r.body["errcode"].as_str()), (404, Some("M_NOT_FOUND")), "{r:?}");
+
+    // Unsigned queries are refused.
+    let url = fed(&a, &format!("/_matrix/federation/v1/query/profile?user_id=%40alice%3A{}", a.server_name));
+    let (status, code) = errcode(insecure().get(&url).send().await.unwrap()).await;
+    assert_eq!((status, code.as_str()), (401, "M_UNAUTHORIZED"));
+
+    // A server that is gone: a clear 502, not a hang.
+    let mut a = a;
+    a.proc.kill().await;
+    let r = bob.call("GET", &format!("/_matrix/client/v3/profile/@carol:{}", a.server_name), None).await.unwrap();
+    assert_eq!(r.status, 502, "{r:?}");
 }

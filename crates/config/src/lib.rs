@@ -18,6 +18,7 @@
 
 #![warn(missing_docs)]
 
+use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 
@@ -315,12 +316,40 @@ pub struct FederationConfig {
     pub verify_tls: bool,
     /// Longest one outbound federation request may take, in milliseconds. Default: 30000.
     pub request_timeout_ms: u64,
+    /// PEM files of certificate authorities trusted for other servers' TLS certificates, beside
+    /// the system's roots (a private federation, or tests with their own CA). Default: none.
+    pub extra_ca_paths: Vec<PathBuf>,
+    /// CIDR ranges other servers may be reached at although private, loopback or reserved
+    /// (`127.0.0.0/8` for servers on this machine). Outside them only public addresses are
+    /// contacted. Default: none.
+    pub ip_range_allowlist: Vec<String>,
+    /// Notaries asked for a server's keys when the server itself cannot be asked (Synapse's
+    /// `trusted_key_servers`). Default: none.
+    pub trusted_key_servers: Vec<TrustedKeyServer>,
 }
 
 impl Default for FederationConfig {
     fn default() -> Self {
-        Self { verify_tls: true, request_timeout_ms: 30_000 }
+        Self {
+            verify_tls: true,
+            request_timeout_ms: 30_000,
+            extra_ca_paths: Vec::new(),
+            ip_range_allowlist: Vec::new(),
+            trusted_key_servers: Vec::new(),
+        }
     }
+}
+
+/// A key notary: a server trusted to vouch for other servers' keys.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TrustedKeyServer {
+    /// The notary's server name, e.g. `matrix.org`.
+    pub server_name: String,
+    /// Its signing keys (`ed25519:auto` → unpadded base64). Unset, they are fetched from the
+    /// notary itself. Default: none.
+    #[serde(default)]
+    pub verify_keys: BTreeMap<String, String>,
 }
 
 /// Pushes to push gateways (the `pusher` role).

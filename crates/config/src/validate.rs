@@ -91,6 +91,20 @@ impl Config {
             problem("redis.stream_max_len", "must be at least 1".to_owned());
         }
 
+        for (i, range) in self.federation.ip_range_allowlist.iter().enumerate() {
+            if !is_cidr(range) {
+                problem(&format!("federation.ip_range_allowlist[{i}]"), format!("{range:?} is not a CIDR range"));
+            }
+        }
+        for (i, notary) in self.federation.trusted_key_servers.iter().enumerate() {
+            if <&ServerName>::try_from(notary.server_name.as_str()).is_err() {
+                problem(
+                    &format!("federation.trusted_key_servers[{i}].server_name"),
+                    format!("{:?} is not a valid server name", notary.server_name),
+                );
+            }
+        }
+
         if !has_scheme(&self.rpc.main_url, &["http://", "https://"]) {
             problem("rpc.main_url", format!("{:?} must start with http:// or https://", self.rpc.main_url));
         }
@@ -188,4 +202,12 @@ fn has_scheme(url: &str, schemes: &[&str]) -> bool {
     schemes.iter().any(|scheme| {
         url.len() > scheme.len() && url.get(..scheme.len()).is_some_and(|start| start.eq_ignore_ascii_case(scheme))
     })
+}
+
+/// `addr` or `addr/prefix` with a prefix no longer than the address.
+fn is_cidr(s: &str) -> bool {
+    let (ip, prefix) = s.split_once('/').map_or((s, None), |(a, p)| (a, Some(p)));
+    let Ok(ip) = ip.parse::<std::net::IpAddr>() else { return false };
+    let max = if ip.is_ipv4() { 32 } else { 128 };
+    prefix.is_none_or(|p| p.parse::<u8>().is_ok_and(|p| p <= max))
 }

@@ -13,5 +13,5 @@ mod resolve;
 
 pub use auth::InboundAuth;
 pub use client::{FederationClient, FederationError};
-pub use keys::{KeyFetcher, load_expired_keys, load_signing_key, server_keys_document};
+pub use keys::{KeyFetcher, load_expired_keys, load_signing_key, notarise, server_keys_document};
 pub use resolve::{Destination, resolve_destination};

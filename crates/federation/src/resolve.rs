@@ -6,11 +6,32 @@ use std::time::Duration;
 use ruma::ServerName;
 use serde_json::Value;
 
-/// A resolved destination: the base URL requests go to.
+/// How long a resolution is reused: a `.well-known` answer without caching headers, and
+/// names that need no lookup.
+const DEFAULT_TTL: Duration = Duration::from_secs(24 * 3600);
+/// The longest a `.well-known` answer's `Cache-Control: max-age` is honoured.
+const MAX_TTL: Duration = Duration::from_secs(48 * 3600);
+/// How long a missing or broken `.well-known` is remembered as missing.
+const FAILURE_TTL: Duration = Duration::from_secs(3600);
+
+/// A resolved destination: the base URL requests go to, and for how long that holds.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Destination {
     /// `https://host:port`, without a trailing slash.
     pub base_url: String,
+    /// How long to reuse this answer.
+    pub ttl: Duration,
+}
+
+fn at(base_url: String) -> Destination {
+    Destination { base_url, ttl: DEFAULT_TTL }
+}
+
+/// `max-age` of a `Cache-Control` header, capped at [`MAX_TTL`].
+fn max_age(resp: &reqwest::Response) -> Option<Duration> {
+    let value = resp.headers().get(reqwest::header::CACHE_CONTROL)?.to_str().ok()?;
+    let secs = value.split(',').find_map(|d| d.trim().strip_prefix("max-age=")?.parse::<u64>().ok())?;
+    Some(Duration::from_secs(secs).min(MAX_TTL))
 }
 
 /// `host` and the port if one is given (IPv6 literals keep their brackets).
@@ -33,8 +54,8 @@ fn is_ip_literal(host: &str) -> bool {
 fn direct(name: &str) -> Option<Destination> {
     let (host, port) = split_port(name);
     match (port, is_ip_literal(host)) {
-        (Some(port), _) => Some(Destination { base_url: format!("https://{host}:{port}") }),
-        (None, true) => Some(Destination { base_url: format!("https://{host}:8448") }),
+        (Some(port), _) => Some(at(format!("https://{host}:{port}"))),
+        (None, true) => Some(at(format!("https://{host}:8448"))),
         (None, false) => None,
     }
 }
@@ -52,14 +73,16 @@ pub async fn resolve_destination(http: &reqwest::Client, server: &ServerName) ->
         if !resp.status().is_success() {
             return None;
         }
+        let ttl = max_age(&resp).unwrap_or(DEFAULT_TTL);
         let body: Value = resp.json().await.ok()?;
-        body.get("m.server")?.as_str().map(str::to_owned)
+        Some((body.get("m.server")?.as_str()?.to_owned(), ttl))
     }
     .await;
-    if let Some(to) = delegated.filter(|d| ServerName::parse(d).is_ok()) {
-        return direct(&to).unwrap_or_else(|| Destination { base_url: format!("https://{to}:8448") });
+    if let Some((to, ttl)) = delegated.filter(|(d, _)| ServerName::parse(d).is_ok()) {
+        let base_url = direct(&to).map_or_else(|| format!("https://{to}:8448"), |d| d.base_url);
+        return Destination { base_url, ttl };
     }
-    Destination { base_url: format!("https://{server}:8448") }
+    Destination { base_url: format!("https://{server}:8448"), ttl: FAILURE_TTL }
 }
 
 #[cfg(test)]

@@ -12,7 +12,7 @@ use crate::MatrixError;
 pub struct MatrixJson<T>(pub T);
 
 /// Largest body read by the extractor when no limit layer is set.
-const FALLBACK_LIMIT: usize = 1 << 20;
+pub(crate) const FALLBACK_LIMIT: usize = 1 << 20;
 
 impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for MatrixJson<T> {
     type Rejection = MatrixError;

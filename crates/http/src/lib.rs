@@ -10,6 +10,7 @@ mod error;
 mod json;
 mod layers;
 mod rate_limit;
+mod typed;
 
 pub use auth::{
     AccessToken, AuthUser, Authenticator, guest_may_use, hash_token, new_access_token, now_ms, query_pairs, query_param,
@@ -18,3 +19,4 @@ pub use error::MatrixError;
 pub use json::MatrixJson;
 pub use layers::{RequestId, common_layers, matrix_fallbacks};
 pub use rate_limit::{ClientIp, RateLimiter};
+pub use typed::{Ruma, RumaResponse, parse_request, read_request};

@@ -138,10 +138,16 @@ const MIGRATIONS: &[Migration] = &[
         postgres: include_str!("../../../migrations/postgres/0021_appservice_crypto.sql"),
         sqlite: include_str!("../../../migrations/sqlite/0021_appservice_crypto.sql"),
     },
+    Migration {
+        version: 22,
+        name: "remote_server_keys",
+        postgres: include_str!("../../../migrations/postgres/0022_remote_server_keys.sql"),
+        sqlite: include_str!("../../../migrations/sqlite/0022_remote_server_keys.sql"),
+    },
 ];
 
 /// The schema version this build reads and writes: the highest migration's version.
-pub const SCHEMA_VERSION: i64 = 21;
+pub const SCHEMA_VERSION: i64 = 22;
 
 /// How the database's schema compares with this build's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

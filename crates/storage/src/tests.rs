@@ -26,6 +26,7 @@ on_both_backends!(
     persist_tracks_state_extremities_and_txns,
     pagination_and_ranges,
     signing_keys_first_writer_wins,
+    remote_keys_keep_the_longest_validity_and_retirement,
     aliases_are_unique,
     state_at_a_position_and_redactions,
     user_directory_finds_room_mates_and_public_rooms,
@@ -520,6 +521,32 @@ async fn signing_keys_first_writer_wins(t: &TestDb) {
     assert!(expired[0].1 > 0, "with when it expired");
     assert!(keys.rotate_to(&newer).await.is_err(), "a version is never reused");
     assert_eq!(keys.active_key().await.unwrap().unwrap().version, "b_2", "a failed rotation changes nothing");
+}
+
+async fn remote_keys_keep_the_longest_validity_and_retirement(t: &TestDb) {
+    let store = crate::RemoteKeyStore::new(t.db.clone());
+    assert!(store.keys_of("other.org").await.unwrap().is_empty());
+    assert!(store.document("other.org").await.unwrap().is_none());
+    let key = |id: &str, until: i64, expired: Option<i64>| crate::RemoteKey {
+        key_id: id.into(),
+        public_key: format!("pub-{id}"),
+        valid_until_ts: until,
+        expired_ts: expired,
+    };
+    store.store("other.org", 2_000, "{\"v\":2}", &[key("ed25519:a", 2_000, None)]).await.unwrap();
+    // An older answer (a notary's stale copy) neither shortens the key nor replaces the document.
+    store.store("other.org", 1_000, "{\"v\":1}", &[key("ed25519:a", 1_000, None)]).await.unwrap();
+    assert_eq!(store.keys_of("other.org").await.unwrap(), vec![key("ed25519:a", 2_000, None)]);
+    assert_eq!(store.document("other.org").await.unwrap(), Some((2_000, "{\"v\":2}".to_owned())));
+    // The key is retired and a new one listed: both kept, the old one marked.
+    store
+        .store("other.org", 5_000, "{\"v\":5}", &[key("ed25519:b", 5_000, None), key("ed25519:a", 3_000, Some(3_000))])
+        .await
+        .unwrap();
+    let keys = store.keys_of("other.org").await.unwrap();
+    assert_eq!(keys, vec![key("ed25519:a", 3_000, Some(3_000)), key("ed25519:b", 5_000, None)]);
+    assert_eq!(store.document("other.org").await.unwrap().unwrap().0, 5_000);
+    assert!(store.keys_of("third.org").await.unwrap().is_empty(), "per server");
 }
 
 async fn aliases_are_unique(t: &TestDb) {

@@ -107,7 +107,15 @@ pub(crate) struct UserData {
     /// User queries to application services for users of their namespaces not created yet.
     appservices: ganglion_appservice::Appservices,
     appservice_client: ganglion_appservice::AppserviceClient,
+    /// Asks other servers for their users' profiles.
+    federation: ganglion_federation::FederationClient,
+    /// Remote profiles asked recently, with when.
+    remote_profiles: Arc<std::sync::Mutex<RemoteProfiles>>,
 }
+
+/// Remote users' profiles, with when they were asked.
+type RemoteProfiles =
+    std::collections::HashMap<ruma::OwnedUserId, (std::time::Instant, serde_json::Map<String, serde_json::Value>)>;
 
 /// What device, key and to-device endpoints need.
 #[derive(Debug, Clone)]
@@ -252,6 +260,9 @@ impl MainState {
             tracing::info!(mended, "kept the redaction of events redacted before upgrade in unsigned.redacted_because");
         }
         let key = Arc::new(signing_key(&KeyStore::new(db.clone())).await?);
+        let federation =
+            ganglion_federation::FederationClient::new(&config.federation, server_name.clone(), key.clone())
+                .map_err(|e| StartError::Config(format!("federation: {e}")))?;
         let writer = Arc::new(EventWriter::new(events.clone(), bus.clone(), key, server_name.clone()).await?);
         let hasher = PasswordHasherConfig::new(&config.password_hashing).map_err(StartError::Config)?;
         let limits = Arc::new(Limits::new(&config.rate_limits));
@@ -277,6 +288,8 @@ impl MainState {
             search_all_users: config.user_directory.search_all_users,
             appservices: appservices.clone(),
             appservice_client: appservice_client.clone(),
+            federation,
+            remote_profiles: Arc::default(),
         };
         let e2ee = ganglion_storage::E2eeStore::new(db.clone());
         let keys = Keys {

@@ -276,7 +276,7 @@ impl RemoteMedia for FederatedRemoteMedia {
         let (content, content_type, disposition) = match get("location") {
             // The remote may point at where the bytes are instead of sending them.
             Some(location) => {
-                let resp = self.client.http().get(&location).send().await.map_err(remote_err)?;
+                let resp = self.client.get_url(&location).await.map_err(|e| RemoteError(e.to_string()))?;
                 if !resp.status().is_success() {
                     return Err(RemoteError(format!("{location} answered {}", resp.status())));
                 }

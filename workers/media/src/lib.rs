@@ -47,7 +47,7 @@ use ganglion_config::Config;
 use ganglion_federation::{FederationClient, InboundAuth, KeyFetcher};
 use ganglion_http::Authenticator;
 use ganglion_replication::{Bus, Follower, StreamPosition};
-use ganglion_storage::{Db, EventStore, KeyStore, MediaStore, UserStore, follow_events};
+use ganglion_storage::{Db, EventStore, KeyStore, MediaStore, RemoteKeyStore, UserStore, follow_events};
 use ruma::OwnedServerName;
 use tokio::sync::watch;
 
@@ -56,7 +56,7 @@ pub use backend::{
 };
 pub use error::MediaError;
 pub use federation::FederatedRemoteMedia;
-pub use preview::{IpNet, PreviewError, Previewer, is_global, opengraph};
+pub use preview::{PreviewError, Previewer, opengraph};
 pub use remote::{NoRemoteMedia, RemoteError, RemoteMedia};
 pub use repo::{Access, MediaRepo, Served, UploadMeta};
 pub use response::{CONTENT_SECURITY_POLICY, add_safety_headers, content_disposition, is_inline_type};
@@ -186,7 +186,9 @@ impl Media {
             backend.clone(),
             cfg.media.max_upload_bytes,
         );
-        let inbound = InboundAuth::new(server_name.clone(), KeyFetcher::new(federation));
+        let fetcher =
+            KeyFetcher::new(federation, RemoteKeyStore::new(db.clone()), cfg.federation.trusted_key_servers.clone());
+        let inbound = InboundAuth::new(server_name.clone(), fetcher);
         let repo =
             MediaRepo::new(server_name, MediaStore::new(db.clone()), backend, Arc::new(remote), cfg.media.clone());
         let (follower, position) = follow_events(&EventStore::new(db.clone()), bus).await?;

@@ -9,12 +9,12 @@
 //! resolved) is fetched under the same rules and stored as media of the requesting user.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::TryStreamExt as _;
 use ganglion_config::UrlPreviewConfig;
+use ganglion_egress::AddressPolicy;
 use ruma::UserId;
 use serde_json::{Map, Value};
 
@@ -42,129 +42,11 @@ pub enum PreviewError {
     Fetch(String),
 }
 
-/// An IP network in CIDR notation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct IpNet {
-    addr: IpAddr,
-    prefix: u8,
-}
-
-impl std::str::FromStr for IpNet {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, String> {
-        let (ip, prefix) = s.trim().split_once('/').map_or((s.trim(), None), |(a, p)| (a, Some(p)));
-        let addr: IpAddr = ip.parse().map_err(|_| format!("{s:?} is not an IP range"))?;
-        let max = if addr.is_ipv4() { 32 } else { 128 };
-        let prefix = match prefix {
-            None => max,
-            Some(p) => p.parse::<u8>().ok().filter(|p| *p <= max).ok_or_else(|| format!("{s:?} has a bad prefix"))?,
-        };
-        Ok(Self { addr, prefix })
-    }
-}
-
-impl IpNet {
-    /// Whether `ip` is inside.
-    pub fn contains(&self, ip: IpAddr) -> bool {
-        match (self.addr, ip) {
-            (IpAddr::V4(net), IpAddr::V4(ip)) => {
-                let mask = u32::MAX.checked_shl(32 - u32::from(self.prefix)).unwrap_or(0);
-                u32::from(net) & mask == u32::from(ip) & mask
-            }
-            (IpAddr::V6(net), IpAddr::V6(ip)) => {
-                let mask = u128::MAX.checked_shl(128 - u32::from(self.prefix)).unwrap_or(0);
-                u128::from(net) & mask == u128::from(ip) & mask
-            }
-            _ => false,
-        }
-    }
-}
-
-fn v4_is_global(ip: Ipv4Addr) -> bool {
-    let [a, b, c, _] = ip.octets();
-    !(ip.is_unspecified()
-        || ip.is_loopback()
-        || ip.is_private()
-        || ip.is_link_local()
-        || ip.is_broadcast()
-        || ip.is_documentation()
-        || ip.is_multicast()
-        || a == 0
-        || (a == 100 && (b & 0xc0) == 64) // 100.64.0.0/10 shared address space (CGNAT)
-        || (a == 192 && b == 0 && c == 0) // 192.0.0.0/24 IETF protocol assignments
-        || (a == 198 && (b & 0xfe) == 18) // 198.18.0.0/15 benchmarking
-        || a >= 240) // reserved
-}
-
-/// Whether `ip` is a global unicast address: neither loopback, private, link-local, CGNAT,
-/// reserved, documentation nor multicast, also when an IPv4 address hides inside IPv6.
-pub fn is_global(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v4) => v4_is_global(v4),
-        IpAddr::V6(v6) => {
-            if let Some(v4) = v6.to_ipv4_mapped() {
-                return v4_is_global(v4);
-            }
-            let seg = v6.segments();
-            // NAT64 (64:ff9b::/96) reaches the embedded IPv4 address.
-            if seg[0] == 0x64 && seg[1] == 0xff9b && seg[2..6] == [0, 0, 0, 0] {
-                let [a, b] = seg[6].to_be_bytes();
-                let [c, d] = seg[7].to_be_bytes();
-                return v4_is_global(Ipv4Addr::new(a, b, c, d));
-            }
-            !(v6.is_unspecified()
-                || v6.is_loopback()
-                || v6.is_multicast()
-                || (seg[0] & 0xfe00) == 0xfc00 // unique local
-                || (seg[0] & 0xffc0) == 0xfe80 // link-local
-                || (seg[0] == 0x2001 && seg[1] == 0x0db8) // documentation
-                || seg[0] == 0x2002 // 6to4 can reach any IPv4 address
-                || v6 == Ipv6Addr::from(1u128) // ::1
-                || seg[..6] == [0, 0, 0, 0, 0, 0]) // IPv4-compatible and the rest of ::/96
-        }
-    }
-}
-
-#[derive(Debug, Clone)]
-struct Policy {
-    allow: Arc<Vec<IpNet>>,
-}
-
-impl Policy {
-    fn allowed(&self, ip: IpAddr) -> bool {
-        is_global(ip) || self.allow.iter().any(|n| n.contains(ip))
-    }
-}
-
-/// The marker error the resolver returns, found again in reqwest's error chain.
-#[derive(Debug, thiserror::Error)]
-#[error("{0} resolves only to addresses that are not allowed")]
-struct BlockedName(String);
-
-/// Resolves names and drops every address the policy refuses.
-struct SafeResolver(Policy);
-
-impl reqwest::dns::Resolve for SafeResolver {
-    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
-        let policy = self.0.clone();
-        Box::pin(async move {
-            let host = name.as_str().to_owned();
-            let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
-            let allowed: Vec<SocketAddr> = addrs.into_iter().filter(|a| policy.allowed(a.ip())).collect();
-            if allowed.is_empty() {
-                return Err(Box::new(BlockedName(host)) as Box<dyn std::error::Error + Send + Sync>);
-            }
-            Ok(Box::new(allowed.into_iter()) as reqwest::dns::Addrs)
-        })
-    }
-}
-
 /// Fetches and parses previews. Cheap to clone.
 #[derive(Clone)]
 pub struct Previewer {
     http: reqwest::Client,
-    policy: Policy,
+    policy: AddressPolicy,
     cfg: UrlPreviewConfig,
     cache: Arc<Mutex<HashMap<String, (Instant, Value)>>>,
 }
@@ -181,16 +63,11 @@ impl Previewer {
     /// # Errors
     /// When an allow-list entry is not a CIDR range, or the HTTP client cannot be built.
     pub fn new(cfg: &UrlPreviewConfig) -> Result<Self, String> {
-        let allow = cfg
-            .ip_range_allowlist
-            .iter()
-            .map(|s| s.parse::<IpNet>().map_err(|e| format!("media.url_preview.ip_range_allowlist: {e}")))
-            .collect::<Result<Vec<_>, _>>()?;
-        let policy = Policy { allow: Arc::new(allow) };
+        let policy = AddressPolicy::new(&cfg.ip_range_allowlist, "media.url_preview.ip_range_allowlist")?;
         let http = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .no_proxy()
-            .dns_resolver(Arc::new(SafeResolver(policy.clone())))
+            .dns_resolver(policy.resolver())
             .connect_timeout(Duration::from_secs(5))
             .user_agent("Ganglion URL preview (Matrix homeserver)")
             .build()
@@ -238,16 +115,10 @@ impl Previewer {
         if !matches!(url.scheme(), "http" | "https") {
             return Err(PreviewError::InvalidUrl("only http and https URLs can be previewed".into()));
         }
-        let ip = match url.host() {
-            Some(url::Host::Ipv4(ip)) => Some(IpAddr::V4(ip)),
-            Some(url::Host::Ipv6(ip)) => Some(IpAddr::V6(ip)),
-            Some(url::Host::Domain(_)) => None,
-            None => return Err(PreviewError::InvalidUrl("URL has no host".into())),
-        };
-        match ip {
-            Some(ip) if !self.policy.allowed(ip) => Err(PreviewError::Blocked(format!("{ip} is not a public address"))),
-            _ => Ok(()),
+        if url.host().is_none() {
+            return Err(PreviewError::InvalidUrl("URL has no host".into()));
         }
+        self.policy.check_url(url).map_err(|b| PreviewError::Blocked(b.0))
     }
 
     /// GETs `url`, following at most `max_redirects` redirects, checking every hop.
@@ -347,14 +218,10 @@ async fn store_image(repo: &MediaRepo, user: &UserId, resp: reqwest::Response, c
 
 /// Finds our resolver's refusal in a reqwest error chain.
 fn classify(e: &reqwest::Error) -> PreviewError {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(s) = source {
-        if let Some(b) = s.downcast_ref::<BlockedName>() {
-            return PreviewError::Blocked(b.to_string());
-        }
-        source = s.source();
+    match ganglion_egress::blocked_in(e) {
+        Some(b) => PreviewError::Blocked(b.to_string()),
+        None => PreviewError::Fetch(e.to_string()),
     }
-    PreviewError::Fetch(e.to_string())
 }
 
 /// Decodes the HTML character references pages use in attribute values and titles.
@@ -495,54 +362,6 @@ pub fn opengraph(html: &str, page: &reqwest::Url) -> (Map<String, Value>, Option
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn only_global_addresses_pass() {
-        for bad in [
-            "127.0.0.1",
-            "10.1.2.3",
-            "172.16.0.1",
-            "192.168.1.1",
-            "169.254.169.254",
-            "100.64.0.1",
-            "0.0.0.0",
-            "255.255.255.255",
-            "224.0.0.1",
-            "198.18.0.1",
-            "192.0.0.8",
-            "240.0.0.1",
-            "::1",
-            "::",
-            "fc00::1",
-            "fe80::1",
-            "::ffff:127.0.0.1",
-            "::ffff:10.0.0.1",
-            "64:ff9b::a00:1",
-            "2001:db8::1",
-            "2002:7f00:1::",
-            "::127.0.0.1",
-            "ff02::1",
-        ] {
-            assert!(!is_global(bad.parse().unwrap()), "{bad}");
-        }
-        for good in ["1.1.1.1", "93.184.216.34", "2606:4700::1111", "::ffff:8.8.8.8", "64:ff9b::808:808"] {
-            assert!(is_global(good.parse().unwrap()), "{good}");
-        }
-    }
-
-    #[test]
-    fn cidr_ranges() {
-        let net: IpNet = "192.168.1.0/24".parse().unwrap();
-        assert!(net.contains("192.168.1.77".parse().unwrap()));
-        assert!(!net.contains("192.168.2.1".parse().unwrap()));
-        assert!(!net.contains("::1".parse().unwrap()));
-        let one: IpNet = "::1".parse().unwrap();
-        assert!(one.contains("::1".parse().unwrap()));
-        let all: IpNet = "0.0.0.0/0".parse().unwrap();
-        assert!(all.contains("10.0.0.1".parse().unwrap()));
-        assert!("10.0.0.0/33".parse::<IpNet>().is_err());
-        assert!("nope".parse::<IpNet>().is_err());
-    }
 
     #[test]
     fn opengraph_with_fallbacks() {

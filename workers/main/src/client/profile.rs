@@ -3,6 +3,8 @@
 //! change is copied into the user's member event in every room they are in, in the background: the
 //! request returns once the profile is stored.
 
+use std::time::{Duration, Instant};
+
 use axum::extract::{Path, State};
 use axum::{Extension, Json};
 use ganglion_core::EventTemplate;
@@ -45,6 +47,9 @@ fn check_key(key: &str) -> Result<(), MatrixError> {
 
 /// The whole profile as the spec's `GET /profile/{userId}` returns it.
 async fn full_profile(data: &UserData, user_id: &OwnedUserId) -> Result<serde_json::Map<String, Value>, MatrixError> {
+    if user_id.server_name() != data.server_name {
+        return remote_profile(data, user_id).await;
+    }
     let (name, avatar) = load(data, user_id).await?;
     let mut body = serde_json::Map::new();
     for (key, value) in data.users.profile_fields(user_id).await? {
@@ -64,10 +69,6 @@ fn parse_user(s: &str) -> Result<OwnedUserId, MatrixError> {
 }
 
 async fn load(data: &UserData, user_id: &OwnedUserId) -> Result<(Option<String>, Option<String>), MatrixError> {
-    if user_id.server_name() != data.server_name {
-        // Remote profiles come over federation once it exists.
-        return Err(MatrixError::not_found("Profile not found"));
-    }
     if let Some(profile) = data.users.profile(user_id).await? {
         return Ok(profile);
     }
@@ -82,6 +83,67 @@ async fn load(data: &UserData, user_id: &OwnedUserId) -> Result<(Option<String>,
         }
     }
     Err(MatrixError::not_found("Profile not found"))
+}
+
+/// How long a remote user's profile is reused before asking their server again.
+const REMOTE_PROFILE_TTL: Duration = Duration::from_secs(60);
+/// Remote profiles kept in memory.
+const REMOTE_PROFILES: usize = 1024;
+
+/// A remote user's profile, asked of their server (`/_matrix/federation/v1/query/profile`) and
+/// kept for a minute. Their server's error is passed on; an unreachable server is a 502.
+async fn remote_profile(data: &UserData, user_id: &OwnedUserId) -> Result<serde_json::Map<String, Value>, MatrixError> {
+    {
+        let cache = data.remote_profiles.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((at, profile)) = cache.get(user_id)
+            && at.elapsed() < REMOTE_PROFILE_TTL
+        {
+            return Ok(profile.clone());
+        }
+    }
+    let query = format!("/_matrix/federation/v1/query/profile?user_id={}", urlencoding(user_id.as_str()));
+    let resp = data.federation.get(user_id.server_name(), &query).await.map_err(|e| {
+        tracing::info!(%user_id, error = %e, "remote profile query failed");
+        MatrixError::new(axum::http::StatusCode::BAD_GATEWAY, "M_UNKNOWN", "Failed to fetch profile")
+    })?;
+    let status = resp.status();
+    let body: Value = resp.json().await.unwrap_or(Value::Null);
+    if !status.is_success() {
+        let errcode = match body["errcode"].as_str() {
+            Some("M_NOT_FOUND") => "M_NOT_FOUND",
+            Some("M_FORBIDDEN") => "M_FORBIDDEN",
+            _ => "M_UNKNOWN",
+        };
+        let status = axum::http::StatusCode::from_u16(status.as_u16()).unwrap_or(axum::http::StatusCode::BAD_GATEWAY);
+        let message = body["error"].as_str().unwrap_or("Failed to fetch profile").to_owned();
+        return Err(MatrixError::new(status, errcode, message));
+    }
+    let Value::Object(profile) = body else {
+        return Err(MatrixError::new(
+            axum::http::StatusCode::BAD_GATEWAY,
+            "M_UNKNOWN",
+            "The remote profile is not an object",
+        ));
+    };
+    let mut cache = data.remote_profiles.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    if cache.len() >= REMOTE_PROFILES {
+        cache.retain(|_, (at, _)| at.elapsed() < REMOTE_PROFILE_TTL);
+        if cache.len() >= REMOTE_PROFILES {
+            cache.clear();
+        }
+    }
+    cache.insert(user_id.clone(), (Instant::now(), profile.clone()));
+    Ok(profile)
+}
+
+/// Percent-encodes a query value (user IDs hold `@`, `:` and maybe `+` or `/`).
+fn urlencoding(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 /// `GET /_matrix/client/v3/profile/{userId}`: every field.
