@@ -570,6 +570,7 @@ pub struct Synapse {
     pub url: String,
     proc: Proc,
     _dir: tempfile::TempDir,
+    _certs: Option<tempfile::TempDir>,
 }
 
 impl Synapse {
@@ -579,18 +580,54 @@ impl Synapse {
     /// # Errors
     /// When it cannot be configured or does not become ready.
     pub async fn start() -> Result<Option<Self>> {
+        let port = free_port();
+        let listeners = json!([{ "port": port, "bind_addresses": ["127.0.0.1"], "type": "http", "tls": false,
+                                 "x_forwarded": false, "resources": [{ "names": ["client"], "compress": false }] }]);
+        Self::launch("localhost", port, json!({ "listeners": listeners })).await
+    }
+
+    /// Starts Synapse able to federate on loopback, the way [`OneProcess::start_federating`]
+    /// does: server name `127.0.0.1:<port>` of a TLS listener with a certificate from
+    /// [`test_ca`], which it trusts for other servers; loopback reachable; no notaries; short
+    /// retry intervals. `None` when `TEST_SYNAPSE_PYTHON` is not set.
+    ///
+    /// # Errors
+    /// When it cannot be configured or does not become ready.
+    pub async fn start_federating() -> Result<Option<(Self, String)>> {
+        let (port, fed_port) = (free_port(), free_port());
+        let server_name = format!("127.0.0.1:{fed_port}");
+        let ca = test_ca().await?.join("ca.pem");
+        let certs = tempfile::tempdir()?;
+        let (cert, key) = ca_signed_cert(certs.path()).await?;
+        let overrides = json!({
+            "listeners": [
+                { "port": port, "bind_addresses": ["127.0.0.1"], "type": "http", "tls": false,
+                  "x_forwarded": false, "resources": [{ "names": ["client"], "compress": false }] },
+                { "port": fed_port, "bind_addresses": ["127.0.0.1"], "type": "http", "tls": true,
+                  "resources": [{ "names": ["federation"], "compress": false }] },
+            ],
+            "tls_certificate_path": cert,
+            "tls_private_key_path": key,
+            "federation_custom_ca_list": [ca],
+            "federation_ip_range_blacklist": [],
+            "ip_range_whitelist": ["127.0.0.0/8", "::1/128"],
+            "federation": { "destination_min_retry_interval": "1s", "destination_max_retry_interval": "10s",
+                            "max_short_retry_delay": "1s", "max_long_retry_delay": "2s" },
+            "rc_federation": { "window_size": 1000, "sleep_limit": 10, "sleep_delay": 500,
+                               "reject_limit": 99999, "concurrent": 3 },
+        });
+        let s = Self::launch(&server_name, port, overrides).await?;
+        // The certificates live as long as the process that reads them.
+        Ok(s.map(|s| (Self { _certs: Some(certs), ..s }, server_name)))
+    }
+
+    async fn launch(server_name: &str, port: u16, extra: Value) -> Result<Option<Self>> {
         let Ok(python) = std::env::var("TEST_SYNAPSE_PYTHON") else { return Ok(None) };
         let dir = tempfile::tempdir()?;
         let config = dir.path().join("homeserver.yaml");
         let out = Command::new(&python)
-            .args([
-                "-m",
-                "synapse.app.homeserver",
-                "--server-name",
-                "localhost",
-                "--report-stats=no",
-                "--generate-config",
-            ])
+            .args(["-m", "synapse.app.homeserver", "--server-name", server_name, "--report-stats=no"])
+            .arg("--generate-config")
             .arg("--config-path")
             .arg(&config)
             .arg("--data-directory")
@@ -603,12 +640,9 @@ impl Synapse {
         if !out.status.success() {
             bail!("synapse --generate-config: {}", String::from_utf8_lossy(&out.stderr));
         }
-        let port = free_port();
         let unlimited = json!({ "per_second": 10000, "burst_count": 10000 });
         // JSON is YAML; later config files override earlier ones key by key.
-        let overrides = json!({
-            "listeners": [{ "port": port, "bind_addresses": ["127.0.0.1"], "type": "http", "tls": false,
-                            "x_forwarded": false, "resources": [{ "names": ["client"], "compress": false }] }],
+        let mut overrides = json!({
             "enable_registration": true,
             "enable_registration_without_verification": true,
             "allow_guest_access": true,
@@ -619,13 +653,16 @@ impl Synapse {
             "rc_joins": { "local": unlimited, "remote": unlimited },
             "rc_invites": { "per_room": unlimited, "per_user": unlimited, "per_issuer": unlimited },
         });
+        if let (Value::Object(o), Value::Object(extra)) = (&mut overrides, extra) {
+            o.extend(extra);
+        }
         let override_path = write_config(dir.path(), "overrides", &overrides)?;
         let mut cmd = Command::new(&python);
         cmd.args(["-m", "synapse.app.homeserver", "-c"]).arg(&config).arg("-c").arg(&override_path);
         let proc = spawn("synapse", cmd, dir.path())?;
         let url = format!("http://127.0.0.1:{port}");
         wait_ready(&format!("{url}/_matrix/client/versions"), Duration::from_secs(60), &proc).await?;
-        Ok(Some(Self { url, proc, _dir: dir }))
+        Ok(Some(Self { url, proc, _dir: dir, _certs: None }))
     }
 
     /// Synapse's log, for failure messages.

@@ -290,19 +290,10 @@ pub(crate) const KEYS: &[KeyDoc] = &[
         Kind::StrList,
         "CIDR ranges other servers may be reached at although private or loopback, e.g. `127.0.0.0/8`.",
     ),
-    KeyDoc {
-        default_note: Some("none: keys are only fetched from the servers themselves"),
-        ..key(
-            "federation.trusted_key_servers",
-            Kind::SectionList,
-            "Key notaries asked for a server's keys when it cannot be asked itself.",
-        )
-    },
-    key("federation.trusted_key_servers[].server_name", Kind::Str, "The notary's server name."),
     key(
-        "federation.trusted_key_servers[].verify_keys",
-        Kind::Section,
-        "Its keys, `ed25519:<version>` → base64; unset, fetched from the notary itself.",
+        "federation.trusted_key_servers",
+        Kind::StrList,
+        "Server names of key notaries asked for a server's keys when it cannot be asked itself (their own keys are fetched from them).",
     ),
     key("push", Kind::Section, "Pushes to push gateways (the `pusher` role)."),
     key(

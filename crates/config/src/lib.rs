@@ -18,7 +18,6 @@
 
 #![warn(missing_docs)]
 
-use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 
@@ -323,9 +322,10 @@ pub struct FederationConfig {
     /// (`127.0.0.0/8` for servers on this machine). Outside them only public addresses are
     /// contacted. Default: none.
     pub ip_range_allowlist: Vec<String>,
-    /// Notaries asked for a server's keys when the server itself cannot be asked (Synapse's
-    /// `trusted_key_servers`). Default: none.
-    pub trusted_key_servers: Vec<TrustedKeyServer>,
+    /// Server names of notaries asked for a server's keys when the server itself cannot be
+    /// asked (Synapse's `trusted_key_servers`, by name only: each notary's own keys are fetched
+    /// from it over TLS). Default: none.
+    pub trusted_key_servers: Vec<String>,
 }
 
 impl Default for FederationConfig {
@@ -338,18 +338,6 @@ impl Default for FederationConfig {
             trusted_key_servers: Vec::new(),
         }
     }
-}
-
-/// A key notary: a server trusted to vouch for other servers' keys.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct TrustedKeyServer {
-    /// The notary's server name, e.g. `matrix.org`.
-    pub server_name: String,
-    /// Its signing keys (`ed25519:auto` → unpadded base64). Unset, they are fetched from the
-    /// notary itself. Default: none.
-    #[serde(default)]
-    pub verify_keys: BTreeMap<String, String>,
 }
 
 /// Pushes to push gateways (the `pusher` role).

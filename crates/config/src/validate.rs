@@ -97,10 +97,10 @@ impl Config {
             }
         }
         for (i, notary) in self.federation.trusted_key_servers.iter().enumerate() {
-            if <&ServerName>::try_from(notary.server_name.as_str()).is_err() {
+            if <&ServerName>::try_from(notary.as_str()).is_err() {
                 problem(
-                    &format!("federation.trusted_key_servers[{i}].server_name"),
-                    format!("{:?} is not a valid server name", notary.server_name),
+                    &format!("federation.trusted_key_servers[{i}]"),
+                    format!("{notary:?} is not a valid server name"),
                 );
             }
         }

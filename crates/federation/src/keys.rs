@@ -7,7 +7,6 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use ganglion_config::TrustedKeyServer;
 use ganglion_core::ServerSigningKey;
 use ganglion_storage::{KeyStore, RemoteKey, RemoteKeyStore};
 use ruma::signatures::PublicKeyMap;
@@ -201,14 +200,14 @@ struct Memory {
 pub struct KeyFetcher {
     client: FederationClient,
     store: RemoteKeyStore,
-    notaries: Arc<Vec<TrustedKeyServer>>,
+    notaries: Arc<Vec<String>>,
     memory: Arc<Mutex<Memory>>,
 }
 
 impl KeyFetcher {
     /// A fetcher asking servers through `client`, keeping keys in `store`, and asking
     /// `notaries` when a server cannot be asked itself.
-    pub fn new(client: FederationClient, store: RemoteKeyStore, notaries: Vec<TrustedKeyServer>) -> Self {
+    pub fn new(client: FederationClient, store: RemoteKeyStore, notaries: Vec<String>) -> Self {
         Self { client, store, notaries: Arc::new(notaries), memory: Arc::default() }
     }
 
@@ -302,11 +301,11 @@ impl KeyFetcher {
             Ok(doc) => return Ok(doc),
             Err(e) => e,
         };
-        for notary in self.notaries.iter().filter(|n| n.server_name != server.as_str()) {
+        for notary in self.notaries.iter().filter(|n| n.as_str() != server.as_str()) {
             match self.fetch_from_notary(notary, server, minimum_valid_until_ts).await {
                 Ok(doc) => return Ok(doc),
                 Err(e) => {
-                    tracing::info!(server = %server, notary = %notary.server_name, error = %e, "notary could not vouch");
+                    tracing::info!(server = %server, notary = %notary, error = %e, "notary could not vouch");
                     last = e;
                 }
             }
@@ -332,18 +331,16 @@ impl KeyFetcher {
 
     async fn fetch_from_notary(
         &self,
-        notary: &TrustedKeyServer,
+        notary: &str,
         server: &ServerName,
         minimum_valid_until_ts: i64,
     ) -> Result<VerifiedDocument, FederationError> {
-        let notary_name = OwnedServerName::try_from(notary.server_name.as_str())
-            .map_err(|_| FederationError::Setup(format!("bad notary name {}", notary.server_name)))?;
-        let notary_keys = if notary.verify_keys.is_empty() {
-            let own = self.fetch_direct(&notary_name).await?;
-            own.keys.into_iter().filter(|k| k.expired_ts.is_none()).map(|k| (k.key_id, k.public_key)).collect()
-        } else {
-            notary.verify_keys.clone()
-        };
+        let notary_name = OwnedServerName::try_from(notary)
+            .map_err(|_| FederationError::Setup(format!("bad notary name {notary}")))?;
+        // The notary's own keys, as it publishes them (over TLS, checked against its name).
+        let own = self.fetch_direct(&notary_name).await?;
+        let notary_keys: BTreeMap<String, String> =
+            own.keys.into_iter().filter(|k| k.expired_ts.is_none()).map(|k| (k.key_id, k.public_key)).collect();
         let body = json!({ "server_keys": { server.as_str(): {} }, "minimum_valid_until_ts": minimum_valid_until_ts });
         let resp = self.client.request(http::Method::POST, &notary_name, "/_matrix/key/v2/query", Some(&body)).await?;
         if !resp.status().is_success() {
