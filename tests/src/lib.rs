@@ -849,6 +849,16 @@ impl RawClient {
     }
 }
 
+/// Percent-encodes a path segment (an alias or ID: `#`, `!`, `:`).
+pub fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
 /// The bodies of `m.room.message` events in a sync response's room timeline, in order.
 pub fn message_bodies(sync: &Value, room_id: &str) -> Vec<String> {
     sync["rooms"]["join"][room_id]["timeline"]["events"]

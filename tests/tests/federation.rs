@@ -1,7 +1,7 @@
 //! Two Ganglion servers federating on loopback (TLS listeners with self-signed certificates):
 //! server keys, signed requests, and media fetched from the other server and cached.
 
-use ganglion_e2e::{OneProcess, RawClient, errcode};
+use ganglion_e2e::{OneProcess, RawClient, errcode, message_bodies, urlencode};
 use serde_json::Value;
 
 #[path = "support/images.rs"]
@@ -148,4 +148,124 @@ async fn keys_are_vouched_for_and_profiles_are_asked_of_the_users_server() {
     a.proc.kill().await;
     let r = bob.call("GET", &format!("/_matrix/client/v3/profile/@carol:{}", a.server_name), None).await.unwrap();
     assert_eq!(r.status, 502, "{r:?}");
+}
+
+/// Rooms across servers: Bob on B joins Alice's room on A by its alias (B asks A's directory,
+/// then `make_join` / `send_join`), both see each other's messages in `/sync` (A's federation
+/// sender to B's reader and back), and B can read the room's state and events over federation
+/// only once it is in the room.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_joins_a_room_on_another_server_and_messages_flow_both_ways() {
+    let a = OneProcess::start_federating().await.expect("server A");
+    let b = OneProcess::start_federating().await.expect("server B");
+    let alice = RawClient::register(&a.url, "alice").await.unwrap();
+    let bob = RawClient::register(&b.url, "bob").await.unwrap();
+
+    let r = alice
+        .call(
+            "POST",
+            "/_matrix/client/v3/createRoom",
+            Some(&serde_json::json!({ "preset": "public_chat", "room_alias_name": "lobby", "name": "Lobby" })),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{r:?}");
+    let room_id = r.body["room_id"].as_str().unwrap().to_owned();
+    let r = alice
+        .call(
+            "PUT",
+            &format!("/_matrix/client/v3/rooms/{room_id}/send/m.room.message/t1"),
+            Some(&serde_json::json!({ "msgtype": "m.text", "body": "before bob" })),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{r:?}");
+    let alice_since = alice.sync(None, 0).await.unwrap()["next_batch"].as_str().unwrap().to_owned();
+
+    // A stranger's room: not joinable through a server that is not in it.
+    let alias = format!("#lobby:{}", a.server_name);
+    let nobody = format!("#nobody:{}", a.server_name);
+    let r = bob
+        .call("POST", &format!("/_matrix/client/v3/join/{}", urlencode(&nobody)), Some(&serde_json::json!({})))
+        .await
+        .unwrap();
+    assert_eq!((r.status, r.body["errcode"].as_str()), (404, Some("M_NOT_FOUND")), "{r:?}");
+
+    let r = bob
+        .call("POST", &format!("/_matrix/client/v3/join/{}", urlencode(&alias)), Some(&serde_json::json!({})))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.body["room_id"], room_id.as_str());
+
+    // Bob's server has the room: its name, both members, and Bob joined.
+    let sync = bob.sync(None, 0).await.unwrap();
+    let joined = &sync["rooms"]["join"][&room_id];
+    assert!(joined.is_object(), "bob's sync has the room: {sync}");
+    let r = bob.call("GET", &format!("/_matrix/client/v3/rooms/{room_id}/state/m.room.name/"), None).await.unwrap();
+    assert_eq!((r.status, r.body["name"].as_str()), (200, Some("Lobby")), "{r:?}");
+    let r = bob.call("GET", &format!("/_matrix/client/v3/rooms/{room_id}/joined_members"), None).await.unwrap();
+    let members = r.body["joined"].as_object().map(|m| m.len());
+    assert_eq!(members, Some(2), "{r:?}");
+    let bob_since = sync["next_batch"].as_str().unwrap().to_owned();
+
+    // Alice sees Bob arrive.
+    let bob_id = bob.user_id.clone();
+    alice
+        .sync_until(&alice_since, |s| {
+            s["rooms"]["join"][&room_id]["timeline"]["events"].as_array().is_some_and(|evs| {
+                evs.iter().any(|e| e["type"] == "m.room.member" && e["state_key"] == bob_id.as_str())
+            })
+        })
+        .await
+        .expect("alice sees bob's join");
+
+    // Messages both ways.
+    let r = bob
+        .call(
+            "PUT",
+            &format!("/_matrix/client/v3/rooms/{room_id}/send/m.room.message/b1"),
+            Some(&serde_json::json!({ "msgtype": "m.text", "body": "hello from B" })),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{r:?}");
+    alice
+        .sync_until(&alice_since, |s| message_bodies(s, &room_id).contains(&"hello from B".to_owned()))
+        .await
+        .expect("alice gets bob's message");
+    let r = alice
+        .call(
+            "PUT",
+            &format!("/_matrix/client/v3/rooms/{room_id}/send/m.room.message/t2"),
+            Some(&serde_json::json!({ "msgtype": "m.text", "body": "hello from A" })),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{r:?}");
+    bob.sync_until(&bob_since, |s| message_bodies(s, &room_id).contains(&"hello from A".to_owned()))
+        .await
+        .expect("bob gets alice's message");
+
+    // A state change on A reaches B's current state.
+    let r = alice
+        .call(
+            "PUT",
+            &format!("/_matrix/client/v3/rooms/{room_id}/state/m.room.topic/"),
+            Some(&serde_json::json!({ "topic": "federated" })),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{r:?}");
+    let mut topic = None;
+    for _ in 0..100 {
+        let r =
+            bob.call("GET", &format!("/_matrix/client/v3/rooms/{room_id}/state/m.room.topic/"), None).await.unwrap();
+        if r.status == 200 {
+            topic = r.body["topic"].as_str().map(str::to_owned);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(topic.as_deref(), Some("federated"));
 }

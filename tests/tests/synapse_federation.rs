@@ -1,7 +1,7 @@
 //! Ganglion and a real Synapse federating on loopback (TLS from the test CA on both sides):
 //! each fetches the other's keys to check signed requests, and profiles are asked across.
 
-use ganglion_e2e::{OneProcess, RawClient, Synapse};
+use ganglion_e2e::{OneProcess, RawClient, Synapse, message_bodies, urlencode};
 use serde_json::{Value, json};
 
 async fn set_name(c: &RawClient, name: &str) {
@@ -56,4 +56,87 @@ async fn keys_and_profiles_travel_between_ganglion_and_synapse() {
     assert_eq!(r.body["displayname"], "Sam of Synapse", "{r:?}\n{}", synapse.log());
     let r = alice.call("GET", &format!("/_matrix/client/v3/profile/@nobody:{synapse_name}"), None).await.unwrap();
     assert_eq!((r.status, r.body["errcode"].as_str()), (404, Some("M_NOT_FOUND")), "{r:?}");
+}
+
+async fn create_public_room(c: &RawClient, alias: &str, log: impl Fn() -> String) -> String {
+    let r = c
+        .call(
+            "POST",
+            "/_matrix/client/v3/createRoom",
+            Some(&json!({ "preset": "public_chat", "room_alias_name": alias, "name": format!("Room {alias}") })),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{r:?}\n{}", log());
+    r.body["room_id"].as_str().unwrap().to_owned()
+}
+
+async fn say(c: &RawClient, room_id: &str, txn: &str, body: &str) {
+    let r = c
+        .call(
+            "PUT",
+            &format!("/_matrix/client/v3/rooms/{room_id}/send/m.room.message/{txn}"),
+            Some(&json!({ "msgtype": "m.text", "body": body })),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{r:?}");
+}
+
+/// Rooms between Ganglion and Synapse, both ways: a Ganglion user joins a Synapse room by its
+/// alias and a Synapse user joins a Ganglion room by its alias (each server's `make_join` and
+/// `send_join` as the other calls them), and messages flow in both directions through each
+/// server's transactions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rooms_are_joined_and_messages_flow_between_ganglion_and_synapse() {
+    let Some((synapse, synapse_name)) = Synapse::start_federating().await.expect("Synapse starts") else {
+        eprintln!("TEST_SYNAPSE_PYTHON is not set (tests/run.sh sets it): skipping the Synapse federation test");
+        return;
+    };
+    let ganglion = OneProcess::start_federating().await.expect("Ganglion starts");
+    let alice = RawClient::register(&ganglion.url, "alice").await.unwrap();
+    let sam = RawClient::register(&synapse.url, "sam").await.unwrap();
+    let logs = || format!("--- synapse ---\n{}\n--- ganglion ---\n{}", synapse.log(), ganglion.proc.log());
+
+    // Alice joins Sam's room on Synapse.
+    let on_synapse = create_public_room(&sam, "synlobby", logs).await;
+    say(&sam, &on_synapse, "s1", "welcome from synapse").await;
+    let alias = format!("#synlobby:{synapse_name}");
+    let r =
+        alice.call("POST", &format!("/_matrix/client/v3/join/{}", urlencode(&alias)), Some(&json!({}))).await.unwrap();
+    assert_eq!(r.status, 200, "{r:?}\n{}", logs());
+    assert_eq!(r.body["room_id"], on_synapse.as_str());
+    let alice_since = alice.sync(None, 0).await.unwrap()["next_batch"].as_str().unwrap().to_owned();
+    let sam_since = sam.sync(None, 0).await.unwrap()["next_batch"].as_str().unwrap().to_owned();
+    say(&sam, &on_synapse, "s2", "synapse to ganglion").await;
+    alice
+        .sync_until(&alice_since, |s| message_bodies(s, &on_synapse).contains(&"synapse to ganglion".to_owned()))
+        .await
+        .unwrap_or_else(|e| panic!("alice gets sam's message: {e}\n{}", logs()));
+    say(&alice, &on_synapse, "a1", "ganglion to synapse").await;
+    sam.sync_until(&sam_since, |s| message_bodies(s, &on_synapse).contains(&"ganglion to synapse".to_owned()))
+        .await
+        .unwrap_or_else(|e| panic!("sam gets alice's message: {e}\n{}", logs()));
+
+    // Sam joins Alice's room on Ganglion.
+    let on_ganglion = create_public_room(&alice, "ganlobby", logs).await;
+    say(&alice, &on_ganglion, "a2", "welcome from ganglion").await;
+    let alias = format!("#ganlobby:{}", ganglion.server_name);
+    let r =
+        sam.call("POST", &format!("/_matrix/client/v3/join/{}", urlencode(&alias)), Some(&json!({}))).await.unwrap();
+    assert_eq!(r.status, 200, "{r:?}\n{}", logs());
+    assert_eq!(r.body["room_id"], on_ganglion.as_str());
+    let r = sam.call("GET", &format!("/_matrix/client/v3/rooms/{on_ganglion}/state/m.room.name/"), None).await.unwrap();
+    assert_eq!(r.body["name"], "Room ganlobby", "{r:?}");
+    let alice_since = alice.sync(None, 0).await.unwrap()["next_batch"].as_str().unwrap().to_owned();
+    let sam_since = sam.sync(None, 0).await.unwrap()["next_batch"].as_str().unwrap().to_owned();
+    say(&sam, &on_ganglion, "s3", "sam was here").await;
+    alice
+        .sync_until(&alice_since, |s| message_bodies(s, &on_ganglion).contains(&"sam was here".to_owned()))
+        .await
+        .unwrap_or_else(|e| panic!("alice gets sam's message in her room: {e}\n{}", logs()));
+    say(&alice, &on_ganglion, "a3", "alice answers").await;
+    sam.sync_until(&sam_since, |s| message_bodies(s, &on_ganglion).contains(&"alice answers".to_owned()))
+        .await
+        .unwrap_or_else(|e| panic!("sam gets alice's message in her room: {e}\n{}", logs()));
 }

@@ -58,22 +58,20 @@ pub fn room_version_rules(version: &RoomVersionId) -> Option<RoomVersionRules> {
 
 const MAX_PDU_BYTES: usize = 65_536;
 
-/// Builds an event: picks its auth events from the state, hashes and signs it, derives its ID (and,
-/// for a room v12 create event, the room ID), then checks it against the room version's auth rules.
-///
-/// Returns the PDU and the room ID it belongs to.
+/// The unsigned event a template becomes in a room: auth events picked from the state, prev
+/// events, depth, timestamp, sender, and (before room v11) `origin`; for room v1/v2 a fresh
+/// `event_id` of `server_name`. Not checked against the auth rules. [`build_event`] signs it;
+/// `make_join` hands it to the joining server, which signs it.
 ///
 /// # Errors
-/// [`BuildError::Forbidden`] when the auth rules reject it, [`BuildError::TooLarge`] past 65,536
-/// bytes, [`BuildError::Invalid`] for malformed content.
-pub fn build_event(
+/// [`BuildError::Invalid`] for malformed content or an unknown room version.
+pub fn proto_event(
     template: &EventTemplate,
     sender: &UserId,
     ctx: &RoomContext<'_>,
     server_name: &ServerName,
-    key: &ServerSigningKey,
     now_ms: u64,
-) -> Result<(Pdu, OwnedRoomId), BuildError> {
+) -> Result<CanonicalJsonObject, BuildError> {
     let rules = ctx.version.rules().ok_or_else(|| BuildError::UnsupportedRoomVersion(ctx.version.to_string()))?;
     let event_type = TimelineEventType::from(template.event_type.as_str());
     let content_raw = to_raw_value(&template.content).map_err(|e| BuildError::Invalid(e.to_string()))?;
@@ -137,38 +135,38 @@ pub fn build_event(
             obj.insert("redacts".into(), CanonicalJsonValue::String(r.to_owned()));
         }
     }
-    let legacy_event_id = legacy_ids.then(|| {
+    if legacy_ids {
         let id = format!("${}:{}", random_string(18), server_name);
-        obj.insert("event_id".into(), CanonicalJsonValue::String(id.clone()));
-        id
-    });
+        obj.insert("event_id".into(), CanonicalJsonValue::String(id));
+    }
     if rules.authorization.use_room_create_sender {
         // From v11 `origin` is no longer part of events; before it, servers still set it.
     } else {
         obj.insert("origin".into(), CanonicalJsonValue::String(server_name.to_string()));
     }
+    Ok(obj)
+}
 
-    ruma::signatures::hash_and_sign_event(server_name.as_str(), key.pair(), &mut obj, &rules.redaction).map_err(
-        |e| match e {
-            ruma::signatures::JsonError::PduTooLarge => BuildError::TooLarge,
-            other => BuildError::Invalid(other.to_string()),
-        },
-    )?;
+/// Builds an event: picks its auth events from the state, hashes and signs it, derives its ID (and,
+/// for a room v12 create event, the room ID), then checks it against the room version's auth rules.
+///
+/// Returns the PDU and the room ID it belongs to.
+///
+/// # Errors
+/// [`BuildError::Forbidden`] when the auth rules reject it, [`BuildError::TooLarge`] past 65,536
+/// bytes, [`BuildError::Invalid`] for malformed content.
+pub fn build_event(
+    template: &EventTemplate,
+    sender: &UserId,
+    ctx: &RoomContext<'_>,
+    server_name: &ServerName,
+    key: &ServerSigningKey,
+    now_ms: u64,
+) -> Result<(Pdu, OwnedRoomId), BuildError> {
+    let rules = ctx.version.rules().ok_or_else(|| BuildError::UnsupportedRoomVersion(ctx.version.to_string()))?;
+    let mut obj = proto_event(template, sender, ctx, server_name, now_ms)?;
+    let (event_id, _) = sign_event(&mut obj, server_name, key, &rules)?;
     let json = serde_json::to_string(&obj).map_err(|e| BuildError::Invalid(e.to_string()))?;
-    if json.len() > MAX_PDU_BYTES {
-        return Err(BuildError::TooLarge);
-    }
-    let event_id = match legacy_event_id {
-        Some(id) => id,
-        None => {
-            let hash = ruma::signatures::reference_hash(&obj, &rules).map_err(|e| match e {
-                ruma::signatures::JsonError::PduTooLarge => BuildError::TooLarge,
-                other => BuildError::Invalid(other.to_string()),
-            })?;
-            format!("${hash}")
-        }
-    };
-    let event_id = OwnedEventId::try_from(event_id).map_err(|e| BuildError::Invalid(e.to_string()))?;
     let room_id = match ctx.room_id {
         Some(r) => r.to_owned(),
         None => OwnedRoomId::try_from(format!("!{}", &event_id.as_str()[1..]))
@@ -194,4 +192,42 @@ fn random_string(n: usize) -> String {
     use rand::Rng as _;
     let mut rng = rand::thread_rng();
     (0..n).map(|_| rng.sample(rand::distributions::Alphanumeric) as char).collect()
+}
+
+/// Hashes and signs an event object as `server_name` and derives its ID: the reference hash from
+/// room v3, the `event_id` field before. Used for events built here and for the templates another
+/// server hands out (`make_join`), which this server completes and signs. Returns the ID and the
+/// size of the signed JSON.
+///
+/// # Errors
+/// [`BuildError::TooLarge`] past 65,536 bytes, [`BuildError::Invalid`] otherwise.
+pub fn sign_event(
+    obj: &mut CanonicalJsonObject,
+    server_name: &ServerName,
+    key: &ServerSigningKey,
+    rules: &RoomVersionRules,
+) -> Result<(OwnedEventId, usize), BuildError> {
+    ruma::signatures::hash_and_sign_event(server_name.as_str(), key.pair(), obj, &rules.redaction).map_err(
+        |e| match e {
+            ruma::signatures::JsonError::PduTooLarge => BuildError::TooLarge,
+            other => BuildError::Invalid(other.to_string()),
+        },
+    )?;
+    let json = serde_json::to_string(&*obj).map_err(|e| BuildError::Invalid(e.to_string()))?;
+    if json.len() > MAX_PDU_BYTES {
+        return Err(BuildError::TooLarge);
+    }
+    let event_id = match (&rules.event_id_format, obj.get("event_id")) {
+        (EventIdFormatVersion::V1, Some(CanonicalJsonValue::String(id))) => id.clone(),
+        (EventIdFormatVersion::V1, _) => return Err(BuildError::Invalid("event_id is required".into())),
+        _ => {
+            let hash = ruma::signatures::reference_hash(obj, rules).map_err(|e| match e {
+                ruma::signatures::JsonError::PduTooLarge => BuildError::TooLarge,
+                other => BuildError::Invalid(other.to_string()),
+            })?;
+            format!("${hash}")
+        }
+    };
+    let event_id = OwnedEventId::try_from(event_id).map_err(|e| BuildError::Invalid(e.to_string()))?;
+    Ok((event_id, json.len()))
 }

@@ -12,7 +12,7 @@ mod power;
 pub mod push_rules;
 mod signing;
 
-pub use builder::{BuildError, EventTemplate, RoomContext, build_event, room_version_rules};
+pub use builder::{BuildError, EventTemplate, RoomContext, build_event, proto_event, room_version_rules, sign_event};
 pub use client_format::{client_event, strip_to_sync_format};
 pub use filter::{FilteredEvent, glob_matches, room_event_matches};
 pub use pagination::PageToken;

@@ -9,7 +9,10 @@ use std::time::{Duration, Instant};
 use ganglion_config::FederationConfig;
 use ganglion_core::ServerSigningKey;
 use ganglion_egress::AddressPolicy;
+use ruma::api::auth_scheme::AuthScheme;
 use ruma::api::federation::authentication::{ServerSignaturesInput, XMatrix};
+use ruma::api::path_builder::PathBuilder;
+use ruma::api::{IncomingResponse, OutgoingRequest};
 use ruma::{OwnedServerName, ServerName};
 use tokio::sync::Mutex;
 
@@ -33,6 +36,18 @@ pub enum FederationError {
     /// The client could not be set up (a CA file that does not read).
     #[error("setup: {0}")]
     Setup(String),
+    /// The server answered with a Matrix error.
+    #[error("{server} answered {status} {errcode}: {error}")]
+    Remote {
+        /// Who answered.
+        server: OwnedServerName,
+        /// The HTTP status.
+        status: u16,
+        /// `errcode` (`M_UNKNOWN` when the body had none).
+        errcode: String,
+        /// `error`.
+        error: String,
+    },
 }
 
 impl FederationError {
@@ -160,6 +175,55 @@ impl FederationClient {
             req = req.header(http::header::CONTENT_TYPE, "application/json").body(bytes);
         }
         req.send().await.map_err(FederationError::from_send)
+    }
+
+    /// Sends a ruma federation request to `server`, signed, and reads its typed answer. An
+    /// error status becomes [`FederationError::Remote`] with the server's `errcode`.
+    ///
+    /// # Errors
+    /// As [`Self::request`], plus an answer that does not parse.
+    pub async fn send<R>(&self, server: &ServerName, request: R) -> Result<R::IncomingResponse, FederationError>
+    where
+        R: OutgoingRequest,
+        for<'a> R::Authentication: AuthScheme<Input<'a> = ServerSignaturesInput<'a>>,
+        for<'a> R::PathBuilder: PathBuilder<Input<'a> = ()>,
+    {
+        let base = self.destination(server).await.base_url;
+        let input = ServerSignaturesInput::new(self.origin.clone(), server.to_owned(), self.key.pair());
+        let req: http::Request<Vec<u8>> =
+            request.try_into_http_request(&base, input, ()).map_err(|e| FederationError::Signing(e.to_string()))?;
+        let url: reqwest::Url = req
+            .uri()
+            .to_string()
+            .parse()
+            .map_err(|e| FederationError::BadResponse(format!("{server}: bad URL: {e}")))?;
+        self.check(&url)?;
+        let (parts, body) = req.into_parts();
+        let mut out = self.http.request(parts.method, url).headers(parts.headers);
+        if !body.is_empty() {
+            out = out.body(body);
+        }
+        let resp = out.send().await.map_err(FederationError::from_send)?;
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let bytes = resp.bytes().await.map_err(FederationError::from_send)?;
+        if !status.is_success() {
+            let body: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+            let text = |k: &str, d: &str| body.get(k).and_then(|v| v.as_str()).unwrap_or(d).to_owned();
+            return Err(FederationError::Remote {
+                server: server.to_owned(),
+                status: status.as_u16(),
+                errcode: text("errcode", "M_UNKNOWN"),
+                error: text("error", ""),
+            });
+        }
+        let mut http_resp = http::Response::builder().status(status);
+        if let Some(h) = http_resp.headers_mut() {
+            *h = headers;
+        }
+        let http_resp = http_resp.body(bytes).map_err(|e| FederationError::BadResponse(e.to_string()))?;
+        R::IncomingResponse::try_from_http_response(http_resp)
+            .map_err(|e| FederationError::BadResponse(format!("{server}: {e}")))
     }
 
     /// `GET path_and_query` on `server`, signed. Any HTTP status is returned to the caller.

@@ -258,7 +258,12 @@ impl KeyFetcher {
                 .map(|k| k.public_key.clone())
                 .ok_or_else(|| FederationError::BadResponse(format!("{server} has no current key {key_id}"))),
             Err(e) => {
-                self.memory().failed.insert(server.to_owned(), Instant::now());
+                let mut memory = self.memory();
+                // Origins are named by strangers: forgetting failures costs a fetch, not safety.
+                if memory.failed.len() >= MEMORY_KEYS {
+                    memory.failed.clear();
+                }
+                memory.failed.insert(server.to_owned(), Instant::now());
                 Err(e)
             }
         }

@@ -9,9 +9,11 @@
 mod auth;
 mod client;
 mod keys;
+mod pdu;
 mod resolve;
 
 pub use auth::InboundAuth;
 pub use client::{FederationClient, FederationError};
 pub use keys::{KeyFetcher, load_expired_keys, load_signing_key, notarise, server_keys_document};
+pub use pdu::{CheckedPdu, MAX_PDU_BYTES, PduCheckError, check_pdu, event_id_of, outgoing_pdu};
 pub use resolve::{Destination, resolve_destination};

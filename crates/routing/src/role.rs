@@ -75,8 +75,8 @@ impl Role {
                  Any number; inbound `/send/` transactions are balanced by source IP."
             }
             Role::FederationSender => {
-                "Outbound federation transactions (PDUs and EDUs) to other servers, sharded by \
-                 destination over the live instances."
+                "Outbound federation transactions (PDUs; EDUs not yet) to other servers, sharded by \
+                 destination over the live instances (Redis `ShardRing`; no configuration)."
             }
             Role::Media => {
                 "Media upload, download, thumbnails and URL previews for clients and federation. \

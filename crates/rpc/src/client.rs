@@ -6,8 +6,8 @@ use tonic::transport::{Channel, Endpoint};
 
 use crate::v1::write_api_client::WriteApiClient;
 use crate::v1::{
-    AckToDeviceRequest, RemovePusherRequest, SendEventRequest, SendEventResponse, ServerInfoRequest,
-    ServerInfoResponse, SetPresenceRequest,
+    AckToDeviceRequest, ReceivePdusRequest, ReceivePdusResponse, RemovePusherRequest, SendEventRequest,
+    SendEventResponse, ServerInfoRequest, ServerInfoResponse, SetPresenceRequest,
 };
 
 /// The metadata key carrying the originating request id.
@@ -114,5 +114,18 @@ impl MainClient {
     /// When `main` is unreachable or refuses.
     pub async fn remove_pusher(&self, req: RemovePusherRequest, request_id: &str) -> Result<bool, RpcError> {
         Ok(self.inner.clone().remove_pusher(Self::request(req, request_id)).await?.into_inner().removed)
+    }
+
+    /// `ReceivePdus`: hands checked PDUs of one room to `main`. Not retried: receiving is
+    /// idempotent, and the caller decides.
+    ///
+    /// # Errors
+    /// When `main` is unreachable or refuses.
+    pub async fn receive_pdus(
+        &self,
+        req: ReceivePdusRequest,
+        request_id: &str,
+    ) -> Result<ReceivePdusResponse, RpcError> {
+        Ok(self.inner.clone().receive_pdus(Self::request(req, request_id)).await?.into_inner())
     }
 }

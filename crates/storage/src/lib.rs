@@ -16,6 +16,7 @@ mod device_lists;
 mod e2ee;
 mod ephemeral;
 mod events;
+mod federation;
 mod key_backup;
 mod keys;
 mod media;
@@ -49,6 +50,7 @@ pub use events::{
     EventStatus, EventStore, NewEvent, NotificationEntry, PersistedEvent, ReadReceipts, RoomMembership, SearchHit,
     StateBefore, StateEntry, UnreadCounts,
 };
+pub use federation::{DestinationState, FederationStore};
 pub use key_backup::{BackedUpKey, BackupVersion, KeyBackupStore};
 pub use keys::{KeyStore, StoredSigningKey};
 pub use media::{CompleteUpload, MediaRecord, MediaStore, MediaUsage, ThumbnailKey, ThumbnailRecord, UploadedContent};

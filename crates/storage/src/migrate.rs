@@ -144,10 +144,16 @@ const MIGRATIONS: &[Migration] = &[
         postgres: include_str!("../../../migrations/postgres/0022_remote_server_keys.sql"),
         sqlite: include_str!("../../../migrations/sqlite/0022_remote_server_keys.sql"),
     },
+    Migration {
+        version: 23,
+        name: "federation_destinations",
+        postgres: include_str!("../../../migrations/postgres/0023_federation_destinations.sql"),
+        sqlite: include_str!("../../../migrations/sqlite/0023_federation_destinations.sql"),
+    },
 ];
 
 /// The schema version this build reads and writes: the highest migration's version.
-pub const SCHEMA_VERSION: i64 = 22;
+pub const SCHEMA_VERSION: i64 = 23;
 
 /// How the database's schema compares with this build's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -27,6 +27,7 @@ on_both_backends!(
     pagination_and_ranges,
     signing_keys_first_writer_wins,
     remote_keys_keep_the_longest_validity_and_retirement,
+    federation_reads_and_destination_positions,
     aliases_are_unique,
     state_at_a_position_and_redactions,
     user_directory_finds_room_mates_and_public_rooms,
@@ -547,6 +548,75 @@ async fn remote_keys_keep_the_longest_validity_and_retirement(t: &TestDb) {
     assert_eq!(keys, vec![key("ed25519:a", 3_000, Some(3_000)), key("ed25519:b", 5_000, None)]);
     assert_eq!(store.document("other.org").await.unwrap().unwrap().0, 5_000);
     assert!(store.keys_of("third.org").await.unwrap().is_empty(), "per server");
+}
+
+async fn federation_reads_and_destination_positions(t: &TestDb) {
+    let events = EventStore::new(t.db.clone());
+    let fed = crate::FederationStore::new(t.db.clone());
+    let room = owned_room_id!("!r:example.org");
+    let alice = owned_user_id!("@alice:example.org");
+    let bob = owned_user_id!("@bob:other.org");
+    let mallory = owned_user_id!("@m:evil-other.org");
+    let mut create = event(1, &room, &alice, "m.room.create", Some(""), &[]);
+    create.state_before = crate::StateBefore::Current;
+    events.persist(&create).await.unwrap();
+    let mut e2 = event(2, &room, &alice, "m.room.member", Some(alice.as_str()), &["$e1"]);
+    e2.auth_events = vec![OwnedEventId::try_from("$e1").unwrap()];
+    events.persist(&e2).await.unwrap();
+    let mut e3 = event(3, &room, &bob, "m.room.member", Some(bob.as_str()), &["$e2"]);
+    e3.auth_events = vec![OwnedEventId::try_from("$e1").unwrap(), OwnedEventId::try_from("$e2").unwrap()];
+    events.persist(&e3).await.unwrap();
+    events.persist(&event(4, &room, &alice, "m.room.message", None, &["$e3"])).await.unwrap();
+    events.persist(&event(5, &room, &bob, "m.room.message", None, &["$e4"])).await.unwrap();
+    events.persist(&event(6, &room, &mallory, "m.room.message", None, &["$e5"])).await.unwrap();
+
+    let servers: Vec<String> = fed.joined_servers(room.as_str()).await.unwrap().into_iter().collect();
+    assert_eq!(servers, vec!["example.org".to_owned(), "other.org".to_owned()]);
+    assert!(fed.server_in_room(room.as_str(), "other.org").await.unwrap());
+    assert!(!fed.server_in_room(room.as_str(), "evil-other.org").await.unwrap(), "not joined");
+
+    // Owed to other.org: only example.org's events, after the position asked.
+    let owed: Vec<i64> =
+        fed.events_owed("other.org", "example.org", 1, 50).await.unwrap().iter().map(|e| e.stream_ordering).collect();
+    assert_eq!(owed, vec![2, 4]);
+    let owed = fed.events_owed("other.org", "example.org", 2, 1).await.unwrap();
+    assert_eq!(owed.iter().map(|e| e.stream_ordering).collect::<Vec<_>>(), vec![4], "limited");
+    assert!(fed.events_owed("third.org", "example.org", 0, 50).await.unwrap().is_empty(), "not in the room");
+    assert_eq!(fed.rooms_written(3, 6, "example.org").await.unwrap(), vec![room.to_string()]);
+    assert!(fed.rooms_written(4, 6, "example.org").await.unwrap().is_empty(), "others wrote 5 and 6");
+
+    let chain: Vec<String> =
+        fed.auth_chain(&["$e3".to_owned()]).await.unwrap().iter().map(|e| e.event_id.to_string()).collect();
+    assert_eq!(chain, vec!["$e1".to_owned(), "$e2".to_owned()], "auth events and theirs, by depth");
+    let back: Vec<String> = fed
+        .backfill(room.as_str(), &["$e4".to_owned()], 2)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.event_id.to_string())
+        .collect();
+    assert_eq!(back, vec!["$e4".to_owned(), "$e3".to_owned()]);
+    let missing: Vec<String> = fed
+        .missing_events(room.as_str(), &["$e2".to_owned()], &["$e5".to_owned()], 10, 0)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.event_id.to_string())
+        .collect();
+    assert_eq!(missing, vec!["$e3".to_owned(), "$e4".to_owned()], "between earliest and latest, oldest first");
+
+    // Destinations: tracked once, moved on only forward, failures recorded and cleared.
+    let d = fed.track_destination("other.org", 3).await.unwrap();
+    assert_eq!((d.last_position, d.retry_interval_ms), (3, 0));
+    assert_eq!(fed.track_destination("other.org", 1).await.unwrap().last_position, 3, "kept");
+    fed.destination_failed("other.org", 99_000, 4_000).await.unwrap();
+    let d = fed.destination("other.org").await.unwrap().unwrap();
+    assert_eq!((d.retry_at_ms, d.retry_interval_ms), (99_000, 4_000));
+    fed.destination_caught_up("other.org", 5).await.unwrap();
+    fed.destination_caught_up("other.org", 4).await.unwrap();
+    let d = fed.destination("other.org").await.unwrap().unwrap();
+    assert_eq!((d.last_position, d.retry_at_ms, d.retry_interval_ms), (5, 0, 0));
+    assert_eq!(fed.destinations().await.unwrap().len(), 1);
 }
 
 async fn aliases_are_unique(t: &TestDb) {

@@ -1,27 +1,34 @@
 //! The `federation-reader` role: inbound federation (`/_matrix/federation/*`, `/_matrix/key/*`).
 //!
-//! Built so far: the server's keys at `/_matrix/key/v2/server`, signed; the key notary
+//! It serves the server's keys at `/_matrix/key/v2/server`, signed; the key notary
 //! (`/_matrix/key/v2/query`), which vouches for other servers' keys; `/_matrix/federation/v1/version`;
-//! and the queries `/query/profile` and `/query/directory`, which need an `X-Matrix` signature
-//! by a current key of the asking server. Inbound transactions and joins are not built yet: the
-//! other paths the routing table sends here answer `M_UNRECOGNIZED`.
+//! the queries `/query/profile` and `/query/directory`; inbound transactions (`/send`, module
+//! `transactions`); and the room endpoints (`/event`, `/state`, `/state_ids`, `/event_auth`,
+//! `/backfill`, `/get_missing_events`, `make_join`, `send_join`, module `rooms`). Everything but
+//! the keys needs an `X-Matrix` signature by a current key of the asking server. PDUs are checked
+//! here and persisted by `main` (gRPC `ReceivePdus`). Paths the routing table sends here that are
+//! not built yet (invites, leaves, knocks, EDU-backed queries) answer `M_UNRECOGNIZED`.
 //!
 //! Handlers take ruma's request types and answer ruma's response types.
 //!
 //! Depends on the shared crates; never on another worker crate.
+
+mod rooms;
+mod transactions;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::{FromRequest, Request, State};
-use axum::routing::get;
+use axum::routing::{get, post, put};
 use ganglion_config::Config;
 use ganglion_core::ServerSigningKey;
 use ganglion_federation::{FederationClient, InboundAuth, KeyFetcher};
 use ganglion_http::{MatrixError, Ruma, RumaResponse};
 use ganglion_replication::{Bus, Follower, StreamPosition};
-use ganglion_storage::{Db, EventStore, KeyStore, RemoteKeyStore, UserStore, follow_events};
+use ganglion_rpc::MainClient;
+use ganglion_storage::{Db, EventStore, FederationStore, KeyStore, RemoteKeyStore, UserStore, follow_events};
 use ruma::api::IncomingRequest;
 use ruma::api::federation::discovery::{get_remote_server_keys, get_remote_server_keys_batch, get_server_version};
 use ruma::api::federation::query::{get_profile_information, get_room_information};
@@ -67,6 +74,12 @@ struct ReaderState {
     inbound: InboundAuth,
     users: UserStore,
     events: EventStore,
+    federation: FederationStore,
+    /// Requests to other servers (fetching missing events).
+    client: FederationClient,
+    /// `main`'s write API, which persists received PDUs.
+    main: MainClient,
+    transactions: Arc<transactions::Transactions>,
 }
 
 /// A running `federation-reader` role.
@@ -84,7 +97,7 @@ impl FederationReader {
     /// # Errors
     /// When the server name or the federation settings are invalid, no signing key exists yet,
     /// or the database cannot be read.
-    pub async fn start(cfg: &Config, db: Db, bus: Arc<dyn Bus>) -> Result<Self, StartError> {
+    pub async fn start(cfg: &Config, db: Db, bus: Arc<dyn Bus>, main: MainClient) -> Result<Self, StartError> {
         let server_name = OwnedServerName::try_from(cfg.server_name.as_str())
             .map_err(|e| StartError::Config(format!("server_name: {e}")))?;
         let store = KeyStore::new(db.clone());
@@ -92,13 +105,26 @@ impl FederationReader {
         let old = ganglion_federation::load_expired_keys(&store).await.map_err(StartError::Config)?;
         let client = FederationClient::new(&cfg.federation, server_name.clone(), key.clone())
             .map_err(|e| StartError::Config(format!("federation: {e}")))?;
-        let fetcher =
-            KeyFetcher::new(client, RemoteKeyStore::new(db.clone()), cfg.federation.trusted_key_servers.clone());
+        let fetcher = KeyFetcher::new(
+            client.clone(),
+            RemoteKeyStore::new(db.clone()),
+            cfg.federation.trusted_key_servers.clone(),
+        );
         let inbound = InboundAuth::new(server_name.clone(), fetcher.clone());
         let events = EventStore::new(db.clone());
         let (follower, position) = follow_events(&events, bus).await.map_err(StartError::Storage)?;
         let keys = KeyState { server_name, key, old: Arc::new(old) };
-        let state = ReaderState { keys, fetcher, inbound, users: UserStore::new(db), events };
+        let state = ReaderState {
+            keys,
+            fetcher,
+            inbound,
+            users: UserStore::new(db.clone()),
+            events,
+            federation: FederationStore::new(db),
+            client,
+            main,
+            transactions: Arc::default(),
+        };
         Ok(Self { _follower: follower, position, state })
     }
 
@@ -123,6 +149,15 @@ fn router(state: ReaderState) -> Router {
         .route("/_matrix/federation/v1/version", get(version))
         .route("/_matrix/federation/v1/query/profile", get(query_profile))
         .route("/_matrix/federation/v1/query/directory", get(query_directory))
+        .route("/_matrix/federation/v1/send/{txn_id}", put(transactions::send_transaction))
+        .route("/_matrix/federation/v1/event/{event_id}", get(rooms::event))
+        .route("/_matrix/federation/v1/state/{room_id}", get(rooms::state))
+        .route("/_matrix/federation/v1/state_ids/{room_id}", get(rooms::state_ids))
+        .route("/_matrix/federation/v1/event_auth/{room_id}/{event_id}", get(rooms::event_auth))
+        .route("/_matrix/federation/v1/backfill/{room_id}", get(rooms::backfill))
+        .route("/_matrix/federation/v1/get_missing_events/{room_id}", post(rooms::missing_events))
+        .route("/_matrix/federation/v1/make_join/{room_id}/{user_id}", get(rooms::make_join))
+        .route("/_matrix/federation/v2/send_join/{room_id}/{event_id}", put(rooms::send_join_v2))
         .with_state(state)
 }
 
@@ -282,13 +317,18 @@ mod tests {
     async fn state(db: &TestDb, key: Arc<ServerSigningKey>, old: Vec<(ServerSigningKey, i64)>) -> ReaderState {
         let name = OwnedServerName::try_from("example.org").unwrap();
         let client = FederationClient::new(&Default::default(), name.clone(), key.clone()).unwrap();
-        let fetcher = KeyFetcher::new(client, RemoteKeyStore::new(db.db.clone()), Vec::new());
+        let fetcher = KeyFetcher::new(client.clone(), RemoteKeyStore::new(db.db.clone()), Vec::new());
         ReaderState {
             keys: KeyState { server_name: name.clone(), key, old: Arc::new(old) },
             inbound: InboundAuth::new(name, fetcher.clone()),
             fetcher,
             users: UserStore::new(db.db.clone()),
             events: EventStore::new(db.db.clone()),
+            federation: FederationStore::new(db.db.clone()),
+            client,
+            // Nothing listens there: these tests never reach main.
+            main: MainClient::new("http://127.0.0.1:9").unwrap(),
+            transactions: Arc::default(),
         }
     }
 

@@ -163,16 +163,28 @@ async fn start_role(
             routers.client.push(ganglion_sync::router(state));
         }
         Role::FederationReader => {
-            let r = ganglion_federation_reader::FederationReader::start(cfg, db, bus).await.map_err(|e| match e {
-                ganglion_federation_reader::StartError::Config(m) => Fatal::Runtime(format!("federation-reader: {m}")),
-                other => Fatal::Runtime(format!("federation-reader: {other}")),
-            })?;
+            let r =
+                ganglion_federation_reader::FederationReader::start(cfg, db, bus, main.clone()).await.map_err(|e| {
+                    match e {
+                        ganglion_federation_reader::StartError::Config(m) => {
+                            Fatal::Runtime(format!("federation-reader: {m}"))
+                        }
+                        other => Fatal::Runtime(format!("federation-reader: {other}")),
+                    }
+                })?;
             watch_replication(health, r.position());
             routers.federation.push(r.router());
             routers.keep(Box::new(r));
         }
         Role::FederationSender => {
-            let r = ganglion_federation_sender::FederationSender::start(db, bus).await.map_err(&db_err)?;
+            let ring = shard_ring(cfg, "federation-sender").await?;
+            let r =
+                ganglion_federation_sender::FederationSender::start(cfg, db, bus, ring).await.map_err(|e| match e {
+                    ganglion_federation_sender::StartError::Config(m) => {
+                        Fatal::Runtime(format!("federation-sender: {m}"))
+                    }
+                    other => Fatal::Runtime(format!("federation-sender: {other}")),
+                })?;
             watch_replication(health, r.position());
             routers.keep(Box::new(r));
         }

@@ -20,6 +20,7 @@ mod push_rules;
 mod pushers;
 mod receipts;
 mod relations;
+mod remote_join;
 mod room_keys;
 mod room_state;
 mod rooms;

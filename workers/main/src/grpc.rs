@@ -3,8 +3,9 @@
 
 use ganglion_core::EventTemplate;
 use ganglion_rpc::v1::{
-    AckToDeviceRequest, AckToDeviceResponse, RemovePusherRequest, RemovePusherResponse, SendEventRequest,
-    SendEventResponse, ServerInfoRequest, ServerInfoResponse, SetPresenceRequest, SetPresenceResponse,
+    AckToDeviceRequest, AckToDeviceResponse, PduOutcome, PduResult, ReceivePdusRequest, ReceivePdusResponse,
+    RemovePusherRequest, RemovePusherResponse, SendEventRequest, SendEventResponse, ServerInfoRequest,
+    ServerInfoResponse, SetPresenceRequest, SetPresenceResponse,
 };
 use ganglion_rpc::{REQUEST_ID_METADATA, WriteApi, WriteApiServer};
 use ruma::{OwnedRoomId, OwnedUserId};
@@ -122,4 +123,58 @@ impl WriteApi for WriteApiService {
         }
         Ok(Response::new(RemovePusherResponse { removed }))
     }
+
+    async fn receive_pdus(&self, req: Request<ReceivePdusRequest>) -> Result<Response<ReceivePdusResponse>, Status> {
+        let request_id =
+            req.metadata().get(REQUEST_ID_METADATA).and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+        let r = req.into_inner();
+        let span =
+            tracing::info_span!("rpc.receive_pdus", request_id = %request_id, origin = %r.origin, pdus = r.pdus.len());
+        let writer = &self.state.rooms.writer;
+        let mut results = Vec::with_capacity(r.pdus.len());
+        async {
+            for p in r.pdus {
+                let result = match ruma::OwnedEventId::try_from(p.event_id.as_str())
+                    .map_err(|e| e.to_string())
+                    .and_then(|id| ganglion_core::Pdu::from_json(id, &p.json).map_err(|e| e.to_string()))
+                {
+                    Err(reason) => failed(&p.event_id, reason),
+                    Ok(pdu) => {
+                        let received =
+                            if p.outlier { writer.receive_outlier(pdu).await } else { writer.receive_pdu(pdu).await };
+                        pdu_result(&p.event_id, received)
+                    }
+                };
+                results.push(result);
+            }
+        }
+        .instrument(span)
+        .await;
+        Ok(Response::new(ReceivePdusResponse { results }))
+    }
+}
+
+fn failed(event_id: &str, reason: String) -> PduResult {
+    PduResult { event_id: event_id.to_owned(), outcome: PduOutcome::Failed.into(), reason, missing: Vec::new() }
+}
+
+fn pdu_result(event_id: &str, received: Result<crate::receive::Received, crate::receive::ReceiveError>) -> PduResult {
+    use ganglion_state::Verdict;
+    let (outcome, reason, missing) = match received {
+        Ok(r) => match r.verdict {
+            Verdict::Accepted => (PduOutcome::Accepted, String::new(), Vec::new()),
+            Verdict::Rejected(why) => (PduOutcome::Rejected, why, Vec::new()),
+            Verdict::SoftFailed(why) => (PduOutcome::SoftFailed, why, Vec::new()),
+        },
+        Err(crate::receive::ReceiveError::Missing(ids)) => {
+            (PduOutcome::Missing, "missing events".to_owned(), ids.iter().map(ToString::to_string).collect())
+        }
+        Err(crate::receive::ReceiveError::Write(e)) => {
+            if let WriteError::Storage(s) = &e {
+                tracing::error!(%event_id, error = %s, "storage failure receiving a pdu");
+            }
+            (PduOutcome::Failed, e.to_string(), Vec::new())
+        }
+    };
+    PduResult { event_id: event_id.to_owned(), outcome: outcome.into(), reason, missing }
 }

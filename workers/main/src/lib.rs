@@ -89,6 +89,10 @@ pub(crate) struct Rooms {
     /// Alias queries to application services, and their exclusive alias namespaces.
     appservices: ganglion_appservice::Appservices,
     appservice_client: ganglion_appservice::AppserviceClient,
+    /// Joins of rooms other servers host: the requests, and the keys that check their answers.
+    federation: ganglion_federation::FederationClient,
+    remote_keys: ganglion_federation::KeyFetcher,
+    signing_key: Arc<ganglion_core::ServerSigningKey>,
 }
 
 /// What account-data, filter, push-rule and profile endpoints need.
@@ -263,7 +267,12 @@ impl MainState {
         let federation =
             ganglion_federation::FederationClient::new(&config.federation, server_name.clone(), key.clone())
                 .map_err(|e| StartError::Config(format!("federation: {e}")))?;
-        let writer = Arc::new(EventWriter::new(events.clone(), bus.clone(), key, server_name.clone()).await?);
+        let remote_keys = ganglion_federation::KeyFetcher::new(
+            federation.clone(),
+            ganglion_storage::RemoteKeyStore::new(db.clone()),
+            config.federation.trusted_key_servers.clone(),
+        );
+        let writer = Arc::new(EventWriter::new(events.clone(), bus.clone(), key.clone(), server_name.clone()).await?);
         let hasher = PasswordHasherConfig::new(&config.password_hashing).map_err(StartError::Config)?;
         let limits = Arc::new(Limits::new(&config.rate_limits));
         let account_data = ganglion_storage::AccountDataStore::new(db.clone());
@@ -288,7 +297,7 @@ impl MainState {
             search_all_users: config.user_directory.search_all_users,
             appservices: appservices.clone(),
             appservice_client: appservice_client.clone(),
-            federation,
+            federation: federation.clone(),
             remote_profiles: Arc::default(),
         };
         let e2ee = ganglion_storage::E2eeStore::new(db.clone());
@@ -359,6 +368,9 @@ impl MainState {
                 default_version,
                 appservices: appservices.clone(),
                 appservice_client: appservice_client.clone(),
+                federation,
+                remote_keys,
+                signing_key: key,
             },
             user_data,
             keys,

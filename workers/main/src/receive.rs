@@ -1,15 +1,12 @@
 //! Persisting events from other servers: the part of federation that belongs to the event graph.
 //!
-//! The federation transport (not built yet) checks an incoming PDU's format, hashes and
+//! The federation reader checks an incoming PDU's format, hashes and
 //! signatures, fetches what it lacks, and hands the PDU here. This module computes the state
 //! before it (resolving its `prev_events`' states when they differ), runs the auth checks on
 //! receipt (`ganglion-state`), and persists it through the writer's committer as accepted,
 //! rejected or soft-failed, moving the room's forward extremities and current state on. Outliers
 //! (auth and state events of others, whose own place in the graph is unknown) are checked against
 //! their auth events only.
-
-// Until the federation transport (`/send`, `/send_join`, backfill) calls in, only the tests do.
-#![cfg_attr(not(test), allow(dead_code))]
 
 use std::collections::HashMap;
 
@@ -231,6 +228,99 @@ impl EventWriter {
         };
         let new = NewEvent { status, state_before: StateBefore::Unknown, ..NewEvent::ordinary(&pdu, &room_id) };
         let position = self.commit_row(new, true).await?;
+        Ok(Received { verdict, position })
+    }
+
+    /// Takes in this server's own join to a room another server hosts, with the room's state
+    /// before the join and its auth chain as `send_join` answered (checked by the caller):
+    /// the state and auth events are stored as outliers (the create event first, which also
+    /// records the room), then the join, on that state, as the room's first event here.
+    ///
+    /// # Errors
+    /// [`WriteError::Forbidden`] when the join does not pass the auth rules on that state;
+    /// [`ReceiveError::Missing`] when the state lacks the create event; write failures.
+    pub(crate) async fn receive_remote_join(
+        &self,
+        version: &ruma::RoomVersionId,
+        mut join: Pdu,
+        state: Vec<Pdu>,
+        auth_chain: Vec<Pdu>,
+    ) -> Result<Received, ReceiveError> {
+        join.drop_unsigned();
+        let room_id = self.room_of(&join)?;
+        let rules = version.rules().ok_or_else(|| WriteError::UnsupportedVersion(version.to_string()))?;
+        let _room = self.lock_room(&room_id).await;
+        let state_ids: Vec<OwnedEventId> = state.iter().map(|p| p.event_id.clone()).collect();
+        let mut all: HashMap<OwnedEventId, Pdu> = HashMap::new();
+        for mut p in auth_chain.into_iter().chain(state) {
+            p.drop_unsigned();
+            all.insert(p.event_id.clone(), p);
+        }
+        let create = all
+            .values()
+            .find(|p| p.event_type == ruma::events::TimelineEventType::RoomCreate && p.state_key.as_deref() == Some(""))
+            .cloned()
+            .ok_or_else(|| ReceiveError::Write(WriteError::Invalid("the room's state has no create event".into())))?;
+        if self.store().room_version(&room_id).await?.is_none() {
+            ganglion_state::check_auth_events(&rules.authorization, &create, &HashMap::new())
+                .map_err(|why| WriteError::Forbidden(format!("the room's create event: {why}")))?;
+            let new = NewEvent {
+                status: EventStatus::Outlier,
+                state_before: StateBefore::Unknown,
+                creates_room: Some((version.to_string(), create.sender.clone())),
+                ..NewEvent::ordinary(&create, &room_id)
+            };
+            self.commit_row(new, true).await?;
+        }
+        // Auth events before the events they authorise.
+        let mut rest: Vec<Pdu> = all.values().filter(|p| p.event_id != create.event_id).cloned().collect();
+        rest.sort_by_key(|p| (p.depth, p.origin_server_ts));
+        for p in rest {
+            let id = p.event_id.clone();
+            match self.receive_outlier(p).await {
+                Ok(r) if r.verdict != Verdict::Accepted => {
+                    tracing::info!(event_id = %id, ?r.verdict, "a state or auth event of a joined room was rejected");
+                }
+                Ok(_) => {}
+                Err(ReceiveError::Missing(m)) => {
+                    tracing::info!(event_id = %id, missing = ?m, "a state or auth event of a joined room lacks its auth events");
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        // The state before the join: what was stored and not rejected.
+        let refs: Vec<&str> = state_ids.iter().map(|i| i.as_str()).collect();
+        let mut before = StateMap::new();
+        for (e, status) in self.store().pdus(&refs).await? {
+            if matches!(status, EventStatus::Rejected(_)) {
+                continue;
+            }
+            if let (Some(key), Some(p)) = (e.state_key.clone(), all.get(&e.event_id)) {
+                before.insert((e.event_type.clone(), key), p.clone());
+            }
+        }
+        let mut needed = join.auth_events.clone();
+        needed.extend(create_event_of(&room_id, &rules));
+        let loaded = StoredEvents(self.store()).load(&needed).await?;
+        let verdict = ganglion_state::check_incoming(&rules.authorization, &join, &loaded, &before, &before);
+        if verdict != Verdict::Accepted {
+            return Err(ReceiveError::Write(WriteError::Forbidden(format!(
+                "the join does not pass the auth rules: {verdict:?}"
+            ))));
+        }
+        let before_ids = state_ids_of(&before);
+        let mut after_ids = before_ids.clone();
+        if let Some(key) = &join.state_key {
+            after_ids.insert((join.event_type.to_string(), key.clone()), join.event_id.clone());
+        }
+        let new = NewEvent {
+            state_before: StateBefore::Ids(to_storage(&before_ids)),
+            new_current_state: Some(to_storage(&after_ids)),
+            ..NewEvent::ordinary(&join, &room_id)
+        };
+        let position = self.commit_row(new, false).await?;
+        self.forget_state(&room_id);
+        tracing::info!(event_id = %join.event_id, %room_id, state = before.len(), position, "joined a room over federation");
         Ok(Received { verdict, position })
     }
 

@@ -101,7 +101,8 @@ async fn remote_profile(data: &UserData, user_id: &OwnedUserId) -> Result<serde_
             return Ok(profile.clone());
         }
     }
-    let query = format!("/_matrix/federation/v1/query/profile?user_id={}", urlencoding(user_id.as_str()));
+    let user = form_urlencoded::byte_serialize(user_id.as_str().as_bytes()).collect::<String>();
+    let query = format!("/_matrix/federation/v1/query/profile?user_id={user}");
     let resp = data.federation.get(user_id.server_name(), &query).await.map_err(|e| {
         tracing::info!(%user_id, error = %e, "remote profile query failed");
         MatrixError::new(axum::http::StatusCode::BAD_GATEWAY, "M_UNKNOWN", "Failed to fetch profile")
@@ -134,16 +135,6 @@ async fn remote_profile(data: &UserData, user_id: &OwnedUserId) -> Result<serde_
     }
     cache.insert(user_id.clone(), (Instant::now(), profile.clone()));
     Ok(profile)
-}
-
-/// Percent-encodes a query value (user IDs hold `@`, `:` and maybe `+` or `/`).
-fn urlencoding(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 /// `GET /_matrix/client/v3/profile/{userId}`: every field.

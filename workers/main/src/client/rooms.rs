@@ -2,11 +2,11 @@
 
 use std::collections::BTreeMap;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, Query, RawQuery, State};
 use axum::{Extension, Json};
 use ganglion_core::{EventTemplate, PageToken};
 use ganglion_http::{AuthUser, MatrixError, MatrixJson, RequestId};
-use ruma::{OwnedRoomAliasId, OwnedRoomId, OwnedUserId, RoomId, RoomVersionId, UserId};
+use ruma::{OwnedRoomAliasId, OwnedRoomId, OwnedServerName, OwnedUserId, RoomId, RoomVersionId, UserId};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -246,15 +246,37 @@ async fn join(
     room_id: &RoomId,
     user: &AuthUser,
     origin: &WriteOrigin,
+    via: &[OwnedServerName],
 ) -> Result<Json<Value>, MatrixError> {
     let user_id = &user.user_id;
     if user.rate_limited() {
         rooms.limits.rooms.check(user_id.as_str())?;
     }
-    if rooms.events.room_version(room_id).await?.is_none() {
-        return Err(MatrixError::not_found("No known servers for this room"));
+    let known = rooms.events.room_version(room_id).await?.is_some();
+    if known && rooms.events.membership(room_id, user_id).await?.as_deref() == Some("join") {
+        return Ok(Json(json!({ "room_id": room_id })));
     }
-    if rooms.events.membership(room_id, user_id).await?.as_deref() == Some("join") {
+    if !known || !resident(rooms, room_id).await? {
+        // Another server hosts the room (or nobody here is in it any more): join through one
+        // that is in it.
+        let mut servers: Vec<OwnedServerName> = via.to_vec();
+        if let Some(server) = room_id.server_name() {
+            servers.push(server.to_owned());
+        }
+        if known {
+            for member in rooms.events.members_with(room_id, "join").await? {
+                if let Some(server) = member.split_once(':').and_then(|(_, s)| OwnedServerName::try_from(s).ok()) {
+                    servers.push(server);
+                }
+            }
+        }
+        let mut seen = std::collections::HashSet::new();
+        servers.retain(|s| s != rooms.writer.server_name() && seen.insert(s.clone()));
+        if servers.is_empty() {
+            return Err(MatrixError::not_found("No known servers for this room"));
+        }
+        let content = with_profile(rooms, user_id, json!({ "membership": "join" })).await?;
+        super::remote_join::join_remote(rooms, room_id, user_id, &servers, content).await?;
         return Ok(Json(json!({ "room_id": room_id })));
     }
     if user.is_guest && !guests_can_join(rooms, room_id).await? {
@@ -330,6 +352,20 @@ async fn restricted_join_authoriser(
         .ok_or_else(|| MatrixError::forbidden("No member of this room on this server may authorise the join"))
 }
 
+/// Whether a local user is joined to the room, so this server can write to it itself.
+async fn resident(rooms: &Rooms, room_id: &RoomId) -> Result<bool, MatrixError> {
+    let ours = format!(":{}", rooms.writer.server_name());
+    Ok(rooms.events.members_with(room_id, "join").await?.iter().any(|m| m.ends_with(&ours)))
+}
+
+/// The servers a join may go through: `via` (and the deprecated `server_name`) query values.
+fn via_servers(query: Option<&str>) -> Vec<OwnedServerName> {
+    form_urlencoded::parse(query.unwrap_or_default().as_bytes())
+        .filter(|(k, _)| k == "via" || k == "server_name")
+        .filter_map(|(_, v)| OwnedServerName::try_from(v.as_ref()).ok())
+        .collect()
+}
+
 /// `content` with a local user's display name and avatar, as their member events carry them.
 pub(crate) async fn with_profile(rooms: &Rooms, user: &UserId, mut content: Value) -> Result<Value, MatrixError> {
     if user.server_name() != rooms.writer.server_name() {
@@ -360,11 +396,12 @@ pub(crate) async fn join_room(
     user: AuthUser,
     req: Option<Extension<RequestId>>,
     Path(room_id): Path<String>,
+    RawQuery(query): RawQuery,
     MatrixJson(_body): MatrixJson<serde_json::Map<String, Value>>,
 ) -> Result<Json<Value>, MatrixError> {
     let room_id =
         OwnedRoomId::try_from(room_id).map_err(|e| MatrixError::invalid_param(format!("Invalid room ID: {e}")))?;
-    join(&rooms, &data, &room_id, &user, &origin(&req, None)).await
+    join(&rooms, &data, &room_id, &user, &origin(&req, None), &via_servers(query.as_deref())).await
 }
 
 /// `POST /_matrix/client/v3/join/{roomIdOrAlias}`.
@@ -374,10 +411,39 @@ pub(crate) async fn join_by_id_or_alias(
     user: AuthUser,
     req: Option<Extension<RequestId>>,
     Path(target): Path<String>,
+    RawQuery(query): RawQuery,
     MatrixJson(_body): MatrixJson<serde_json::Map<String, Value>>,
 ) -> Result<Json<Value>, MatrixError> {
-    let room_id = super::resolve_room_id_or_alias(&rooms, &target).await?;
-    join(&rooms, &data, &room_id, &user, &origin(&req, None)).await
+    let mut via = via_servers(query.as_deref());
+    let room_id = match remote_alias(&rooms, &target)? {
+        Some(alias) => {
+            // Another server's alias: that server names the room and servers in it.
+            let ask = ruma::api::federation::query::get_room_information::v1::Request::new(alias.clone());
+            let answer = rooms.federation.send(alias.server_name(), ask).await.map_err(|e| match e {
+                ganglion_federation::FederationError::Remote { status: 404, .. } => {
+                    MatrixError::not_found("Room alias not found")
+                }
+                other => {
+                    tracing::info!(%alias, error = %other, "remote alias lookup failed");
+                    MatrixError::new(axum::http::StatusCode::BAD_GATEWAY, "M_UNKNOWN", "Could not look up the alias")
+                }
+            })?;
+            via.extend(answer.servers);
+            answer.room_id
+        }
+        None => super::resolve_room_id_or_alias(&rooms, &target).await?,
+    };
+    join(&rooms, &data, &room_id, &user, &origin(&req, None), &via).await
+}
+
+/// The alias `target` names when it is another server's.
+fn remote_alias(rooms: &Rooms, target: &str) -> Result<Option<OwnedRoomAliasId>, MatrixError> {
+    if !target.starts_with('#') {
+        return Ok(None);
+    }
+    let alias =
+        OwnedRoomAliasId::try_from(target).map_err(|e| MatrixError::invalid_param(format!("Invalid alias: {e}")))?;
+    Ok((alias.server_name() != rooms.writer.server_name()).then_some(alias))
 }
 
 /// `PUT /_matrix/client/v3/rooms/{roomId}/send/{eventType}/{txnId}`: a message event, idempotent
