@@ -18,6 +18,12 @@ async fn get_json(url: &str) -> Value {
     insecure().get(url).send().await.unwrap().json().await.unwrap()
 }
 
+async fn send_text(c: &RawClient, room_id: &str, txn: &str, body: &str) {
+    let path = format!("/_matrix/client/v3/rooms/{room_id}/send/m.room.message/{txn}");
+    let r = c.call("PUT", &path, Some(&serde_json::json!({ "msgtype": "m.text", "body": body }))).await.unwrap();
+    assert_eq!(r.status, 200, "{r:?}");
+}
+
 async fn get(http: &reqwest::Client, url: &str, token: &str) -> reqwest::Response {
     http.get(url).bearer_auth(token).send().await.unwrap()
 }
@@ -171,15 +177,7 @@ async fn a_user_joins_a_room_on_another_server_and_messages_flow_both_ways() {
         .unwrap();
     assert_eq!(r.status, 200, "{r:?}");
     let room_id = r.body["room_id"].as_str().unwrap().to_owned();
-    let r = alice
-        .call(
-            "PUT",
-            &format!("/_matrix/client/v3/rooms/{room_id}/send/m.room.message/t1"),
-            Some(&serde_json::json!({ "msgtype": "m.text", "body": "before bob" })),
-        )
-        .await
-        .unwrap();
-    assert_eq!(r.status, 200, "{r:?}");
+    send_text(&alice, &room_id, "t1", "before bob").await;
     let alice_since = alice.sync(None, 0).await.unwrap()["next_batch"].as_str().unwrap().to_owned();
 
     // A stranger's room: not joinable through a server that is not in it.
@@ -221,28 +219,12 @@ async fn a_user_joins_a_room_on_another_server_and_messages_flow_both_ways() {
         .expect("alice sees bob's join");
 
     // Messages both ways.
-    let r = bob
-        .call(
-            "PUT",
-            &format!("/_matrix/client/v3/rooms/{room_id}/send/m.room.message/b1"),
-            Some(&serde_json::json!({ "msgtype": "m.text", "body": "hello from B" })),
-        )
-        .await
-        .unwrap();
-    assert_eq!(r.status, 200, "{r:?}");
+    send_text(&bob, &room_id, "b1", "hello from B").await;
     alice
         .sync_until(&alice_since, |s| message_bodies(s, &room_id).contains(&"hello from B".to_owned()))
         .await
         .expect("alice gets bob's message");
-    let r = alice
-        .call(
-            "PUT",
-            &format!("/_matrix/client/v3/rooms/{room_id}/send/m.room.message/t2"),
-            Some(&serde_json::json!({ "msgtype": "m.text", "body": "hello from A" })),
-        )
-        .await
-        .unwrap();
-    assert_eq!(r.status, 200, "{r:?}");
+    send_text(&alice, &room_id, "t2", "hello from A").await;
     bob.sync_until(&bob_since, |s| message_bodies(s, &room_id).contains(&"hello from A".to_owned()))
         .await
         .expect("bob gets alice's message");
@@ -268,4 +250,126 @@ async fn a_user_joins_a_room_on_another_server_and_messages_flow_both_ways() {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     assert_eq!(topic.as_deref(), Some("federated"));
+}
+
+/// Invites across servers: the invitee's server countersigns, the invitee sees the invite with
+/// the room's stripped state, and joins through the inviter's server; a second invitee rejects
+/// theirs through the inviter's server, which records the leave. Inviting a user the other
+/// server does not have is refused by that server.
+#[tokio::test]
+async fn invites_to_users_of_another_server_are_accepted_or_rejected() {
+    let a = OneProcess::start_federating().await.expect("server A");
+    let b = OneProcess::start_federating().await.expect("server B");
+    let alice = RawClient::register(&a.url, "alice").await.unwrap();
+    let bob = RawClient::register(&b.url, "bob").await.unwrap();
+    let carol = RawClient::register(&b.url, "carol").await.unwrap();
+    let bob_since = bob.sync(None, 0).await.unwrap()["next_batch"].as_str().unwrap().to_owned();
+    let carol_since = carol.sync(None, 0).await.unwrap()["next_batch"].as_str().unwrap().to_owned();
+    let alice_since = alice.sync(None, 0).await.unwrap()["next_batch"].as_str().unwrap().to_owned();
+
+    // A private room, Bob invited at creation, Carol after.
+    let r = alice
+        .call(
+            "POST",
+            "/_matrix/client/v3/createRoom",
+            Some(&serde_json::json!({ "preset": "private_chat", "name": "Secret", "invite": [bob.user_id] })),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{r:?}");
+    let room_id = r.body["room_id"].as_str().unwrap().to_owned();
+    let r = alice
+        .call(
+            "POST",
+            &format!("/_matrix/client/v3/rooms/{room_id}/invite"),
+            Some(&serde_json::json!({ "user_id": carol.user_id })),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{r:?}");
+    let nobody = format!("@nobody:{}", b.server_name);
+    let r = alice
+        .call(
+            "POST",
+            &format!("/_matrix/client/v3/rooms/{room_id}/invite"),
+            Some(&serde_json::json!({ "user_id": nobody })),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 404, "inviting a user the other server lacks: {r:?}");
+    let r = alice
+        .call(
+            "GET",
+            &format!("/_matrix/client/v3/rooms/{room_id}/state/m.room.member/{}", urlencode(&bob.user_id)),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.body["membership"], "invite", "the invite is in the room on A: {r:?}");
+
+    // Bob sees the invite, with the room's name from the stripped state.
+    let sync =
+        bob.sync_until(&bob_since, |s| s["rooms"]["invite"][&room_id].is_object()).await.expect("bob sees the invite");
+    let stripped = sync["rooms"]["invite"][&room_id]["invite_state"]["events"].as_array().cloned().unwrap_or_default();
+    assert!(
+        stripped.iter().any(|e| e["type"] == "m.room.name" && e["content"]["name"] == "Secret"),
+        "stripped state has the name: {stripped:?}"
+    );
+    assert!(
+        stripped.iter().any(|e| e["type"] == "m.room.member"
+            && e["state_key"] == bob.user_id.as_str()
+            && e["content"]["membership"] == "invite"),
+        "stripped state has bob's invite: {stripped:?}"
+    );
+
+    // Carol rejects hers (B is in the room only through the invites, so through A): A records her leave, and her sync moves the room to leave.
+    carol.sync_until(&carol_since, |s| s["rooms"]["invite"][&room_id].is_object()).await.expect("carol's invite");
+    let r = carol
+        .call("POST", &format!("/_matrix/client/v3/rooms/{room_id}/leave"), Some(&serde_json::json!({})))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{r:?}");
+    let mut on_a = Value::Null;
+    for _ in 0..100 {
+        let r = alice
+            .call(
+                "GET",
+                &format!("/_matrix/client/v3/rooms/{room_id}/state/m.room.member/{}", urlencode(&carol.user_id)),
+                None,
+            )
+            .await
+            .unwrap();
+        on_a = r.body["membership"].clone();
+        if on_a == "leave" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(on_a, "leave", "A has carol's rejection");
+    carol
+        .sync_until(&carol_since, |s| {
+            s["rooms"]["leave"][&room_id].is_object() && s["rooms"]["invite"][&room_id].is_null()
+        })
+        .await
+        .expect("carol's sync shows the room left");
+    let via = format!("?via={}", urlencode(&a.server_name));
+    let r = carol
+        .call("POST", &format!("/_matrix/client/v3/join/{}{via}", urlencode(&room_id)), Some(&serde_json::json!({})))
+        .await
+        .unwrap();
+    assert_eq!((r.status, r.body["errcode"].as_str()), (403, Some("M_FORBIDDEN")), "no invite any more: {r:?}");
+
+    // Bob joins with no via: the inviter's server lets him in.
+    let r = bob
+        .call("POST", &format!("/_matrix/client/v3/rooms/{room_id}/join"), Some(&serde_json::json!({})))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{r:?}");
+    let r = bob.call("GET", &format!("/_matrix/client/v3/rooms/{room_id}/state/m.room.name/"), None).await.unwrap();
+    assert_eq!((r.status, r.body["name"].as_str()), (200, Some("Secret")), "{r:?}");
+    send_text(&bob, &room_id, "b1", "thanks for the invite").await;
+    alice
+        .sync_until(&alice_since, |s| message_bodies(s, &room_id).contains(&"thanks for the invite".to_owned()))
+        .await
+        .expect("alice gets bob's message");
 }

@@ -11,6 +11,7 @@ mod pdu;
 mod power;
 pub mod push_rules;
 mod signing;
+mod stripped;
 
 pub use builder::{BuildError, EventTemplate, RoomContext, build_event, proto_event, room_version_rules, sign_event};
 pub use client_format::{client_event, strip_to_sync_format};
@@ -19,3 +20,4 @@ pub use pagination::PageToken;
 pub use pdu::{Pdu, PduError, StateMap};
 pub use power::{CREATOR_POWER, required_level, state_event_level, user_power_level};
 pub use signing::{ServerSigningKey, SigningKeyError};
+pub use stripped::{STRIPPED_STATE_TYPES, stripped_state_event};

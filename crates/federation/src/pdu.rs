@@ -70,6 +70,20 @@ pub fn event_id_of(object: &CanonicalJsonObject, rules: &RoomVersionRules) -> Re
 /// # Errors
 /// [`PduCheckError`] when the PDU is to be dropped.
 pub async fn check_pdu(keys: &KeyFetcher, version: &RoomVersionId, raw: &str) -> Result<CheckedPdu, PduCheckError> {
+    check_pdu_signed_by(keys, version, raw, None).await
+}
+
+/// [`check_pdu`], and the PDU must carry a good signature of `also` besides: an invite comes
+/// back from the invitee's server countersigned by it.
+///
+/// # Errors
+/// [`PduCheckError`] when the PDU is to be dropped.
+pub async fn check_pdu_signed_by(
+    keys: &KeyFetcher,
+    version: &RoomVersionId,
+    raw: &str,
+    also: Option<&ruma::ServerName>,
+) -> Result<CheckedPdu, PduCheckError> {
     let rules =
         version.rules().ok_or_else(|| PduCheckError::Malformed(format!("unsupported room version {version}")))?;
     if raw.len() > MAX_PDU_BYTES {
@@ -98,6 +112,10 @@ pub async fn check_pdu(keys: &KeyFetcher, version: &RoomVersionId, raw: &str) ->
 
     let servers = ruma::signatures::required_server_signatures_to_verify_event(&object, &rules.signatures)
         .map_err(|e| PduCheckError::Signature(e.to_string()))?;
+    let mut servers = servers;
+    if let Some(also) = also.filter(|a| !servers.iter().any(|s| s == a)) {
+        servers.insert(also.to_owned());
+    }
     let signatures = match object.get("signatures") {
         Some(CanonicalJsonValue::Object(s)) => s.clone(),
         _ => return Err(PduCheckError::Signature("no signatures".into())),
@@ -125,6 +143,17 @@ pub async fn check_pdu(keys: &KeyFetcher, version: &RoomVersionId, raw: &str) ->
     }
     let verified = ruma::signatures::verify_event(&key_map, &object, &rules)
         .map_err(|e| PduCheckError::Signature(e.to_string()))?;
+    if let Some(also) = also {
+        // verify_event checks only the servers the room version requires.
+        let mut copy =
+            redact(object.clone(), &rules.redaction, None).map_err(|e| PduCheckError::Malformed(e.to_string()))?;
+        if let Some(CanonicalJsonValue::Object(sigs)) = copy.get_mut("signatures") {
+            sigs.retain(|server, _| server == also.as_str());
+        }
+        let mut only = PublicKeyMap::new();
+        only.extend(key_map.get(also.as_str()).map(|k| (also.to_string(), k.clone())));
+        ruma::signatures::verify_json(&only, &copy).map_err(|e| PduCheckError::Signature(format!("{also}: {e}")))?;
+    }
     let redacted = verified == Verified::Signatures;
     if redacted {
         tracing::info!(%event_id, "content hash does not match; keeping the redacted event");

@@ -4,15 +4,17 @@
 //! (`/_matrix/key/v2/query`), which vouches for other servers' keys; `/_matrix/federation/v1/version`;
 //! the queries `/query/profile` and `/query/directory`; inbound transactions (`/send`, module
 //! `transactions`); and the room endpoints (`/event`, `/state`, `/state_ids`, `/event_auth`,
-//! `/backfill`, `/get_missing_events`, `make_join`, `send_join`, module `rooms`). Everything but
-//! the keys needs an `X-Matrix` signature by a current key of the asking server. PDUs are checked
+//! `/backfill`, `/get_missing_events`, module `rooms`); and membership (`make_join`,
+//! `send_join`, `make_leave`, `send_leave`, `invite`, module `membership`). Everything but the
+//! keys needs an `X-Matrix` signature by a current key of the asking server. PDUs are checked
 //! here and persisted by `main` (gRPC `ReceivePdus`). Paths the routing table sends here that are
-//! not built yet (invites, leaves, knocks, EDU-backed queries) answer `M_UNRECOGNIZED`.
+//! not built yet (knocks, EDU-backed queries) answer `M_UNRECOGNIZED`.
 //!
 //! Handlers take ruma's request types and answer ruma's response types.
 //!
 //! Depends on the shared crates; never on another worker crate.
 
+mod membership;
 mod rooms;
 mod transactions;
 
@@ -156,8 +158,11 @@ fn router(state: ReaderState) -> Router {
         .route("/_matrix/federation/v1/event_auth/{room_id}/{event_id}", get(rooms::event_auth))
         .route("/_matrix/federation/v1/backfill/{room_id}", get(rooms::backfill))
         .route("/_matrix/federation/v1/get_missing_events/{room_id}", post(rooms::missing_events))
-        .route("/_matrix/federation/v1/make_join/{room_id}/{user_id}", get(rooms::make_join))
-        .route("/_matrix/federation/v2/send_join/{room_id}/{event_id}", put(rooms::send_join_v2))
+        .route("/_matrix/federation/v1/make_join/{room_id}/{user_id}", get(membership::make_join))
+        .route("/_matrix/federation/v2/send_join/{room_id}/{event_id}", put(membership::send_join_v2))
+        .route("/_matrix/federation/v1/make_leave/{room_id}/{user_id}", get(membership::make_leave))
+        .route("/_matrix/federation/v2/send_leave/{room_id}/{event_id}", put(membership::send_leave_v2))
+        .route("/_matrix/federation/v2/invite/{room_id}/{event_id}", put(membership::invite_v2))
         .with_state(state)
 }
 

@@ -206,7 +206,10 @@ async fn receive_all(
 ) -> Result<Vec<PduResult>, String> {
     let request = ReceivePdusRequest {
         origin: origin.to_string(),
-        pdus: pdus.iter().map(|p| ReceivedPdu { event_id: p.event_id.to_string(), json: p.json(), outlier }).collect(),
+        pdus: pdus
+            .iter()
+            .map(|p| ReceivedPdu { event_id: p.event_id.to_string(), json: p.json(), outlier, ..Default::default() })
+            .collect(),
     };
     s.main.receive_pdus(request, "").await.map(|r| r.results).map_err(|e| {
         tracing::warn!(error = %e, "main did not take received PDUs");

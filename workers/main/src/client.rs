@@ -21,6 +21,7 @@ mod pushers;
 mod receipts;
 mod relations;
 mod remote_join;
+mod remote_membership;
 mod room_keys;
 mod room_state;
 mod rooms;

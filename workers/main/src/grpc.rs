@@ -133,15 +133,32 @@ impl WriteApi for WriteApiService {
         let writer = &self.state.rooms.writer;
         let mut results = Vec::with_capacity(r.pdus.len());
         async {
-            for p in r.pdus {
+            for mut p in r.pdus {
+                let version = if p.out_of_band {
+                    match ruma::RoomVersionId::try_from(p.room_version.as_str()) {
+                        Ok(v) if v.rules().is_some() => Some(v),
+                        _ => {
+                            results.push(failed(&p.event_id, format!("unsupported room version {}", p.room_version)));
+                            continue;
+                        }
+                    }
+                } else {
+                    None
+                };
+                if version.is_some() {
+                    p.json = crate::receive::keep_invite_room_state(&p.json).unwrap_or(p.json);
+                }
                 let result = match ruma::OwnedEventId::try_from(p.event_id.as_str())
                     .map_err(|e| e.to_string())
                     .and_then(|id| ganglion_core::Pdu::from_json(id, &p.json).map_err(|e| e.to_string()))
                 {
                     Err(reason) => failed(&p.event_id, reason),
                     Ok(pdu) => {
-                        let received =
-                            if p.outlier { writer.receive_outlier(pdu).await } else { writer.receive_pdu(pdu).await };
+                        let received = match &version {
+                            Some(v) => writer.receive_out_of_band(pdu, v).await,
+                            None if p.outlier => writer.receive_outlier(pdu).await,
+                            None => writer.receive_pdu(pdu).await,
+                        };
                         pdu_result(&p.event_id, received)
                     }
                 };

@@ -261,13 +261,15 @@ impl EventWriter {
             .find(|p| p.event_type == ruma::events::TimelineEventType::RoomCreate && p.state_key.as_deref() == Some(""))
             .cloned()
             .ok_or_else(|| ReceiveError::Write(WriteError::Invalid("the room's state has no create event".into())))?;
-        if self.store().room_version(&room_id).await?.is_none() {
+        // The room may be known already (an invite came first, or a user here was in it once).
+        let room_known = self.store().room_version(&room_id).await?.is_some();
+        if !room_known || self.already_received(&create).await?.is_none() {
             ganglion_state::check_auth_events(&rules.authorization, &create, &HashMap::new())
                 .map_err(|why| WriteError::Forbidden(format!("the room's create event: {why}")))?;
             let new = NewEvent {
                 status: EventStatus::Outlier,
                 state_before: StateBefore::Unknown,
-                creates_room: Some((version.to_string(), create.sender.clone())),
+                creates_room: (!room_known).then(|| (version.to_string(), create.sender.clone())),
                 ..NewEvent::ordinary(&create, &room_id)
             };
             self.commit_row(new, true).await?;
@@ -324,6 +326,52 @@ impl EventWriter {
         Ok(Received { verdict, position })
     }
 
+    /// Takes in a membership event of a room whose state this server may not hold: an invite
+    /// of a local user by another server (`/invite`), or a local user's leave sent through
+    /// another server (rejecting such an invite). The auth rules cannot be run without the
+    /// room's state, so the event is stored against whatever this server knows of the room,
+    /// records the room when it is new here (of `version`), and sets the user's membership,
+    /// which is what sync shows. `unsigned.invite_room_state` is kept for the invite's stripped
+    /// state. A room this server is in takes the event through the graph instead.
+    ///
+    /// # Errors
+    /// [`WriteError::Invalid`] for anything but a member event; write failures.
+    pub(crate) async fn receive_out_of_band(
+        &self,
+        pdu: Pdu,
+        version: &ruma::RoomVersionId,
+    ) -> Result<Received, ReceiveError> {
+        let room_id = self.room_of(&pdu)?;
+        if pdu.event_type != ruma::events::TimelineEventType::RoomMember || pdu.state_key.is_none() {
+            return Err(ReceiveError::Write(WriteError::Invalid("only member events come out of band".into())));
+        }
+        if self.store().room_version(&room_id).await?.is_some() && self.resident(&room_id).await? {
+            match self.receive_pdu(pdu.clone()).await {
+                Err(ReceiveError::Missing(_)) => {}
+                done => return done,
+            }
+        }
+        let _room = self.lock_room(&room_id).await;
+        if let Some(done) = self.already_received(&pdu).await? {
+            return Ok(done);
+        }
+        let creates_room = match self.store().room_version(&room_id).await? {
+            Some(_) => None,
+            None => Some((version.to_string(), invite_state_creator(&pdu).unwrap_or_else(|| pdu.sender.clone()))),
+        };
+        let new = NewEvent { creates_room, ..NewEvent::ordinary(&pdu, &room_id) };
+        let position = self.commit_row(new, false).await?;
+        self.forget_state(&room_id);
+        tracing::info!(event_id = %pdu.event_id, %room_id, membership = ?pdu.membership(), position, "stored a membership out of band");
+        Ok(Received { verdict: Verdict::Accepted, position })
+    }
+
+    /// Whether a local user is joined to the room, so its state here is current.
+    pub(crate) async fn resident(&self, room_id: &ruma::RoomId) -> Result<bool, ReceiveError> {
+        let ours = format!(":{}", self.server_name());
+        Ok(self.store().members_with(room_id, "join").await?.iter().any(|m| m.ends_with(&ours)))
+    }
+
     fn room_of(&self, pdu: &Pdu) -> Result<OwnedRoomId, ReceiveError> {
         pdu.room_id
             .clone()
@@ -341,6 +389,26 @@ impl EventWriter {
             position: e.stream_ordering,
         }))
     }
+}
+
+/// The room's creator as an invite's `unsigned.invite_room_state` shows it.
+fn invite_state_creator(pdu: &Pdu) -> Option<ruma::OwnedUserId> {
+    let full: serde_json::Value = serde_json::from_str(&pdu.json).ok()?;
+    let create = full["unsigned"]["invite_room_state"].as_array()?.iter().find(|e| e["type"] == "m.room.create")?;
+    ruma::OwnedUserId::try_from(create["sender"].as_str()?).ok()
+}
+
+/// Keeps only `unsigned.invite_room_state` of an out-of-band event's JSON, as an array of
+/// stripped events: what the inviting server says of the room is shown, nothing else it added.
+pub(crate) fn keep_invite_room_state(json: &str) -> Option<String> {
+    let mut full: serde_json::Map<String, serde_json::Value> = serde_json::from_str(json).ok()?;
+    let carried = full.remove("unsigned").and_then(|mut u| u.get_mut("invite_room_state").map(serde_json::Value::take));
+    if let Some(serde_json::Value::Array(events)) = carried {
+        let stripped: Vec<serde_json::Value> =
+            events.iter().filter(|e| e["type"].is_string()).map(ganglion_core::stripped_state_event).collect();
+        full.insert("unsigned".into(), serde_json::json!({ "invite_room_state": stripped }));
+    }
+    serde_json::to_string(&full).ok()
 }
 
 /// From room v12 the create event is not cited but the auth rules still look it up.

@@ -457,16 +457,7 @@ impl EventWriter {
             let position = self.events.event(existing.as_str()).await?.map_or(0, |e| e.stream_ordering);
             return Ok(Written { event_id: existing, room_id: room_id.to_owned(), position });
         }
-        let version = self.room_version(room_id).await?;
-        let state = self.load_state(room_id).await?;
-        let extremities = self.events.forward_extremities(room_id).await?;
-        let max_prev_depth = extremities.iter().map(|(_, d)| *d).max().unwrap_or(0).max(0) as u64;
-        // Cap prev_events like other servers do, so a room with many extremities still builds
-        // bounded events.
-        let prev_events: Vec<OwnedEventId> = extremities.into_iter().take(10).map(|(id, _)| id).collect();
-        let ctx = RoomContext { room_id: Some(room_id), version: &version, state: &state, prev_events, max_prev_depth };
-        let (pdu, room_id) =
-            build_event(&template, sender, &ctx, &self.server_name, &self.key, origin.ts.unwrap_or_else(now_ms))?;
+        let (pdu, room_id, version, state) = self.build_locked(room_id, sender, &template, origin.ts).await?;
         let rules = version.rules().ok_or_else(|| WriteError::UnsupportedVersion(version.to_string()))?;
         let push_actions =
             crate::push::push_actions(&self.account_data, &self.server_name, &state, &pdu, &room_id, &rules).await;
@@ -484,6 +475,41 @@ impl EventWriter {
             self.state_cache.apply(&written.room_id, &pdu);
         }
         Ok(written)
+    }
+
+    /// An event built and signed on the room's current state, checked by the auth rules, and
+    /// not stored: for an invite, which the invitee's server countersigns first. With the
+    /// room's version.
+    pub(crate) async fn build(
+        &self,
+        room_id: &RoomId,
+        sender: &UserId,
+        template: &EventTemplate,
+    ) -> Result<(Pdu, RoomVersionId), WriteError> {
+        let _room = self.room_locks.lock(room_id).await;
+        let (pdu, _, version, _) = self.build_locked(room_id, sender, template, None).await?;
+        Ok((pdu, version))
+    }
+
+    /// Builds an event on the room's current state; the caller holds the room's lock.
+    async fn build_locked(
+        &self,
+        room_id: &RoomId,
+        sender: &UserId,
+        template: &EventTemplate,
+        ts: Option<u64>,
+    ) -> Result<(Pdu, OwnedRoomId, RoomVersionId, Arc<StateMap>), WriteError> {
+        let version = self.room_version(room_id).await?;
+        let state = self.load_state(room_id).await?;
+        let extremities = self.events.forward_extremities(room_id).await?;
+        let max_prev_depth = extremities.iter().map(|(_, d)| *d).max().unwrap_or(0).max(0) as u64;
+        // Cap prev_events like other servers do, so a room with many extremities still builds
+        // bounded events.
+        let prev_events: Vec<OwnedEventId> = extremities.into_iter().take(10).map(|(id, _)| id).collect();
+        let ctx = RoomContext { room_id: Some(room_id), version: &version, state: &state, prev_events, max_prev_depth };
+        let (pdu, room_id) =
+            build_event(template, sender, &ctx, &self.server_name, &self.key, ts.unwrap_or_else(now_ms))?;
+        Ok((pdu, room_id, version, state))
     }
 
     /// The redacted form of `target` when the sender of `redaction` may redact it: their own

@@ -614,40 +614,33 @@ pub(crate) fn sync_event(e: &PersistedEvent) -> Value {
     strip_to_sync_format(client_event(&e.json, e.event_id.as_str(), e.room_id.as_str(), None))
 }
 
-/// The state types an invited or knocking user sees (stripped), with their own member event:
-/// the spec's recommended set (MSC3173 added the topic).
-pub(crate) const STRIPPED_STATE_TYPES: &[&str] = &[
-    "m.room.create",
-    "m.room.join_rules",
-    "m.room.name",
-    "m.room.avatar",
-    "m.room.topic",
-    "m.room.canonical_alias",
-    "m.room.encryption",
-];
+pub(crate) use ganglion_core::STRIPPED_STATE_TYPES;
 
-/// Stripped state of `types` from `state`, plus `user`'s member event, which goes last.
+/// Stripped state of `types` from `state`, plus `user`'s member event, which goes last. An
+/// invite from another server into a room not known here carries the inviter's view of the
+/// room in `unsigned.invite_room_state`: that fills in what the state here lacks.
 pub(crate) fn stripped_room_state(state: &[PersistedEvent], user: &UserId, types: &[&str]) -> Vec<Value> {
-    let mut out: Vec<Value> = state
-        .iter()
-        .filter(|e| {
-            types.contains(&e.event_type.as_str())
-                || (e.event_type == "m.room.member" && e.state_key.as_deref() == Some(user.as_str()))
-        })
-        .filter_map(stripped)
-        .collect();
+    let own = |e: &PersistedEvent| e.event_type == "m.room.member" && e.state_key.as_deref() == Some(user.as_str());
+    let mut out: Vec<Value> =
+        state.iter().filter(|e| types.contains(&e.event_type.as_str()) || own(e)).filter_map(stripped).collect();
+    if let Some(member) = state.iter().find(|e| own(e))
+        && let Ok(full) = serde_json::from_str::<Value>(&member.json)
+        && let Some(carried) = full["unsigned"]["invite_room_state"].as_array()
+    {
+        for e in carried {
+            let have = out.iter().any(|o| o["type"] == e["type"] && o["state_key"] == e["state_key"]);
+            if !have && e["type"].is_string() && e["type"] != "m.room.member" {
+                out.push(ganglion_core::stripped_state_event(e));
+            }
+        }
+    }
     out.sort_by_key(|v| v["type"] == "m.room.member");
     out
 }
 
 pub(crate) fn stripped(e: &PersistedEvent) -> Option<Value> {
     let full: Value = serde_json::from_str(&e.json).ok()?;
-    Some(json!({
-        "type": e.event_type,
-        "state_key": e.state_key.clone().unwrap_or_default(),
-        "content": full.get("content").cloned().unwrap_or(json!({})),
-        "sender": e.sender,
-    }))
+    Some(ganglion_core::stripped_state_event(&full))
 }
 
 /// A timeline's `prev_batch`: the gap before its first event, so `/messages` paging back from it

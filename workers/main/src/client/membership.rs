@@ -62,6 +62,11 @@ async fn set_membership(
     if membership == "invite" && content.get("displayname").is_none() {
         content = super::rooms::with_profile(rooms, target, content).await?;
     }
+    if membership == "invite" && target.server_name() != rooms.writer.server_name() {
+        // The invitee's server countersigns first.
+        super::remote_membership::invite_remote(rooms, room_id, sender, target, content).await?;
+        return Ok(());
+    }
     let template = EventTemplate { event_type: "m.room.member".into(), state_key: Some(target.to_string()), content };
     rooms.writer.send(room_id, sender, template, origin).await?;
     if matches!(membership, "invite" | "join" | "knock") {
@@ -117,6 +122,17 @@ pub(crate) async fn leave(
         Some("leave") => return Ok(Json(json!({}))),
         Some("ban") => return Err(MatrixError::forbidden("You are banned from this room")),
         _ => return Err(MatrixError::not_found(format!("You are not a member of {room_id}"))),
+    }
+    let ours = rooms.writer.server_name();
+    let from_elsewhere = rooms
+        .events
+        .state_event(&room_id, "m.room.member", user.user_id.as_str())
+        .await?
+        .is_some_and(|m| m.sender.server_name() != ours && m.membership.as_deref() != Some("join"));
+    if from_elsewhere && !rooms.writer.resident(&room_id).await.map_err(|e| MatrixError::internal(e.to_string()))? {
+        // Only an invite from another server brought the room here: leave through a server in it.
+        super::remote_membership::leave_remote(&rooms, &room_id, &user.user_id, body.reason).await?;
+        return Ok(Json(json!({})));
     }
     set_membership(&rooms, &room_id, &user.user_id, &user.user_id, "leave", body.reason, &origin(&req)).await?;
     Ok(Json(json!({})))

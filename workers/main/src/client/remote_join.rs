@@ -12,7 +12,7 @@ use serde_json::Value;
 use crate::Rooms;
 
 /// Room versions this server can join: every one ruma has rules for.
-fn supported_versions() -> Vec<RoomVersionId> {
+pub(crate) fn supported_versions() -> Vec<RoomVersionId> {
     ["1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12"]
         .iter()
         .filter_map(|v| RoomVersionId::try_from(*v).ok())
@@ -20,12 +20,12 @@ fn supported_versions() -> Vec<RoomVersionId> {
         .collect()
 }
 
-fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     u64::from(ruma::MilliSecondsSinceUnixEpoch::now().get())
 }
 
 /// A remote failure as the client sees it: the resident's own refusal where it gave one.
-fn client_error(e: &FederationError) -> MatrixError {
+pub(crate) fn client_error(e: &FederationError) -> MatrixError {
     match e {
         FederationError::Remote { status, errcode, error, .. } if (400..500).contains(status) => {
             let status = axum::http::StatusCode::from_u16(*status).unwrap_or(axum::http::StatusCode::FORBIDDEN);
@@ -80,57 +80,8 @@ async fn join_via(
     ask.ver = supported_versions();
     let template = rooms.federation.send(server, ask).await.map_err(|e| client_error(&e))?;
     let version = template.room_version.unwrap_or(RoomVersionId::V1);
-    let rules = version
-        .rules()
-        .ok_or_else(|| MatrixError::unsupported_room_version(format!("Room version {version} is not supported")))?;
-    let mut event: CanonicalJsonObject = serde_json::from_str(template.event.get())
-        .map_err(|e| MatrixError::new(axum::http::StatusCode::BAD_GATEWAY, "M_UNKNOWN", format!("make_join: {e}")))?;
-    let checks = |e: &CanonicalJsonObject| -> bool {
-        matches!(e.get("type"), Some(CanonicalJsonValue::String(t)) if t == "m.room.member")
-            && matches!(e.get("state_key"), Some(CanonicalJsonValue::String(k)) if k == user.as_str())
-            && matches!(e.get("sender"), Some(CanonicalJsonValue::String(k)) if k == user.as_str())
-            && matches!(e.get("room_id"), Some(CanonicalJsonValue::String(r)) if r == room_id.as_str())
-    };
-    if !checks(&event) {
-        return Err(MatrixError::new(
-            axum::http::StatusCode::BAD_GATEWAY,
-            "M_UNKNOWN",
-            "The resident server's join template is not a join of this user",
-        ));
-    }
-    // Our content (profile, and whatever the template set, such as a restricted join's
-    // authoriser), our timestamp, our origin, our signature.
-    let mut merged = match event.remove("content") {
-        Some(CanonicalJsonValue::Object(c)) => c,
-        _ => CanonicalJsonObject::new(),
-    };
-    if let Value::Object(ours) = content {
-        for (k, v) in ours {
-            if let Ok(v) = serde_json::from_value::<CanonicalJsonValue>(v.clone()) {
-                merged.insert(k.clone(), v);
-            }
-        }
-    }
-    merged.insert("membership".into(), CanonicalJsonValue::String("join".into()));
-    event.insert("content".into(), CanonicalJsonValue::Object(merged));
-    for k in ["signatures", "hashes", "unsigned"] {
-        event.remove(k);
-    }
-    let ours = rooms.writer.server_name();
-    event.insert(
-        "origin_server_ts".into(),
-        CanonicalJsonValue::Integer(ruma::Int::try_from(now_ms()).unwrap_or_default()),
-    );
-    if !rules.authorization.use_room_create_sender || event.contains_key("origin") {
-        event.insert("origin".into(), CanonicalJsonValue::String(ours.to_string()));
-    }
-    if matches!(rules.event_id_format, ruma::room_version_rules::EventIdFormatVersion::V1) {
-        let id = format!("${}:{ours}", crate::writer::random_localpart(18));
-        event.insert("event_id".into(), CanonicalJsonValue::String(id));
-    }
-    let (event_id, _) = ganglion_core::sign_event(&mut event, ours, &rooms.signing_key, &rules)
-        .map_err(|e| MatrixError::bad_request(e.to_string()))?;
-    let pdu_json = serde_json::to_string(&event).map_err(MatrixError::internal)?;
+    let (event_id, pdu_json) =
+        complete_template(rooms, template.event.get(), &version, room_id, user, "join", content)?;
     let raw = serde_json::value::RawValue::from_string(pdu_json.clone()).map_err(MatrixError::internal)?;
     let send = create_join_event::v2::Request::new(room_id.to_owned(), event_id.clone(), raw);
     let answer = rooms.federation.send(server, send).await.map_err(|e| client_error(&e))?.room_state;
@@ -156,6 +107,74 @@ async fn join_via(
         ),
     })?;
     Ok(())
+}
+
+fn bad_gateway(why: impl Into<String>) -> MatrixError {
+    MatrixError::new(axum::http::StatusCode::BAD_GATEWAY, "M_UNKNOWN", why)
+}
+
+/// A resident server's `make_join`/`make_leave` template, completed as `membership` of `user`:
+/// our content merged over the template's (the profile, and whatever the template set, such as
+/// a restricted join's authoriser), our timestamp, origin and signature. Returns the event's ID
+/// and JSON.
+///
+/// # Errors
+/// 502 when the template is not such an event of this user; 400 for an unsupported version.
+pub(crate) fn complete_template(
+    rooms: &Rooms,
+    template: &str,
+    version: &RoomVersionId,
+    room_id: &RoomId,
+    user: &UserId,
+    membership: &str,
+    content: &Value,
+) -> Result<(ruma::OwnedEventId, String), MatrixError> {
+    let rules = version
+        .rules()
+        .ok_or_else(|| MatrixError::unsupported_room_version(format!("Room version {version} is not supported")))?;
+    let mut event: CanonicalJsonObject =
+        serde_json::from_str(template).map_err(|e| bad_gateway(format!("make_{membership}: {e}")))?;
+    let checks = |e: &CanonicalJsonObject| -> bool {
+        matches!(e.get("type"), Some(CanonicalJsonValue::String(t)) if t == "m.room.member")
+            && matches!(e.get("state_key"), Some(CanonicalJsonValue::String(k)) if k == user.as_str())
+            && matches!(e.get("sender"), Some(CanonicalJsonValue::String(k)) if k == user.as_str())
+            && matches!(e.get("room_id"), Some(CanonicalJsonValue::String(r)) if r == room_id.as_str())
+    };
+    if !checks(&event) {
+        return Err(bad_gateway(format!("The resident server's template is not a {membership} of this user")));
+    }
+    let mut merged = match event.remove("content") {
+        Some(CanonicalJsonValue::Object(c)) => c,
+        _ => CanonicalJsonObject::new(),
+    };
+    if let Value::Object(ours) = content {
+        for (k, v) in ours {
+            if let Ok(v) = serde_json::from_value::<CanonicalJsonValue>(v.clone()) {
+                merged.insert(k.clone(), v);
+            }
+        }
+    }
+    merged.insert("membership".into(), CanonicalJsonValue::String(membership.into()));
+    event.insert("content".into(), CanonicalJsonValue::Object(merged));
+    for k in ["signatures", "hashes", "unsigned"] {
+        event.remove(k);
+    }
+    let ours = rooms.writer.server_name();
+    event.insert(
+        "origin_server_ts".into(),
+        CanonicalJsonValue::Integer(ruma::Int::try_from(now_ms()).unwrap_or_default()),
+    );
+    if !rules.authorization.use_room_create_sender || event.contains_key("origin") {
+        event.insert("origin".into(), CanonicalJsonValue::String(ours.to_string()));
+    }
+    if matches!(rules.event_id_format, ruma::room_version_rules::EventIdFormatVersion::V1) {
+        let id = format!("${}:{ours}", crate::writer::random_localpart(18));
+        event.insert("event_id".into(), CanonicalJsonValue::String(id));
+    }
+    let (event_id, _) = ganglion_core::sign_event(&mut event, ours, &rooms.signing_key, &rules)
+        .map_err(|e| MatrixError::bad_request(e.to_string()))?;
+    let json = serde_json::to_string(&event).map_err(MatrixError::internal)?;
+    Ok((event_id, json))
 }
 
 /// The events of `raw` that pass the PDU checks and belong to the room; the others are left

@@ -217,15 +217,28 @@ pub(crate) async fn create_room(
         // The plain topic and its rich form (`m.topic`, spec v1.15).
         events.push(state("m.room.topic", "", json!({ "topic": topic, "m.topic": { "m.text": [{ "body": topic }] } })));
     }
+    let mut remote_invites = Vec::new();
     for i in &invitees {
         let mut content = with_profile(&rooms, i, json!({ "membership": "invite" })).await?;
         if body.is_direct {
             content["is_direct"] = json!(true);
         }
-        events.push(state("m.room.member", i.as_str(), content));
+        if i.server_name() == rooms.writer.server_name() {
+            events.push(state("m.room.member", i.as_str(), content));
+        } else {
+            remote_invites.push((i, content));
+        }
     }
     for template in events {
         rooms.writer.send(&room_id, &user.user_id, template, &origin).await?;
+    }
+    // Each invitee's server countersigns its invite; one that cannot be reached does not undo
+    // the room (the inviter can invite again).
+    for (invitee, content) in remote_invites {
+        if let Err(e) = super::remote_membership::invite_remote(&rooms, &room_id, &user.user_id, invitee, content).await
+        {
+            tracing::warn!(%room_id, %invitee, error = ?e, "could not invite a user of another server");
+        }
     }
     if let Some(alias) = &alias {
         rooms.events.create_alias(alias.as_str(), &room_id, &user.user_id).await.map_err(|e| match e {
@@ -260,6 +273,13 @@ async fn join(
         // Another server hosts the room (or nobody here is in it any more): join through one
         // that is in it.
         let mut servers: Vec<OwnedServerName> = via.to_vec();
+        // Invited from another server: the inviter's server is in the room.
+        if known
+            && let Some(m) = rooms.events.state_event(room_id, "m.room.member", user_id.as_str()).await?
+            && m.membership.as_deref() == Some("invite")
+        {
+            servers.push(m.sender.server_name().to_owned());
+        }
         if let Some(server) = room_id.server_name() {
             servers.push(server.to_owned());
         }
