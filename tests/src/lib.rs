@@ -294,11 +294,20 @@ impl OneProcess {
     /// # Errors
     /// When `openssl` is missing or the server does not become ready.
     pub async fn start_federating() -> Result<Self> {
+        Self::start_federating_as("127.0.0.1").await
+    }
+
+    /// [`OneProcess::start_federating`] with the server name `<host>:<port>`: `localhost`
+    /// gives a server other servers on loopback can tell apart by host (as server ACLs do).
+    ///
+    /// # Errors
+    /// As [`OneProcess::start_federating`].
+    pub async fn start_federating_as(host: &str) -> Result<Self> {
         let dir = tempfile::tempdir()?;
         let (cert, key) = ca_signed_cert(dir.path()).await?;
         let ca = test_ca().await?.join("ca.pem");
         let (port, fed_port) = (free_port(), free_port());
-        let server_name = format!("127.0.0.1:{fed_port}");
+        let server_name = format!("{host}:{fed_port}");
         let mut cfg = base_config(&server_name);
         cfg["federation"] = json!({
             "request_timeout_ms": 10_000,

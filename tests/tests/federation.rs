@@ -373,3 +373,67 @@ async fn invites_to_users_of_another_server_are_accepted_or_rejected() {
         .await
         .expect("alice gets bob's message");
 }
+
+/// A room's server ACL shuts a server out: its PDUs are refused and it cannot join again; a
+/// server may not send an ACL that denies itself. (B is `localhost:PORT`, so an ACL can tell it
+/// from A, `127.0.0.1:PORT`.)
+#[tokio::test]
+async fn a_server_acl_shuts_a_server_out_of_a_room() {
+    let a = OneProcess::start_federating().await.expect("server A");
+    let b = OneProcess::start_federating_as("localhost").await.expect("server B");
+    let alice = RawClient::register(&a.url, "alice").await.unwrap();
+    let bob = RawClient::register(&b.url, "bob").await.unwrap();
+    let r = alice
+        .call("POST", "/_matrix/client/v3/createRoom", Some(&serde_json::json!({ "preset": "public_chat" })))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{r:?}");
+    let room_id = r.body["room_id"].as_str().unwrap().to_owned();
+    let via = format!("?via={}", urlencode(&a.server_name));
+    let join = format!("/_matrix/client/v3/join/{}{via}", urlencode(&room_id));
+    let r = bob.call("POST", &join, Some(&serde_json::json!({}))).await.unwrap();
+    assert_eq!(r.status, 200, "B joins before the ACL: {r:?}");
+    let alice_since = alice.sync(None, 0).await.unwrap()["next_batch"].as_str().unwrap().to_owned();
+    send_text(&bob, &room_id, "b1", "before the acl").await;
+    alice
+        .sync_until(&alice_since, |s| message_bodies(s, &room_id).contains(&"before the acl".to_owned()))
+        .await
+        .expect("alice gets bob's message");
+
+    let acl = format!("/_matrix/client/v3/rooms/{room_id}/state/m.room.server_acl/");
+    let r = alice
+        .call("PUT", &acl, Some(&serde_json::json!({ "allow": ["*"], "deny": [], "allow_ip_literals": false })))
+        .await
+        .unwrap();
+    assert_eq!((r.status, r.body["errcode"].as_str()), (400, Some("M_UNKNOWN")), "denying itself: {r:?}");
+    let r = alice
+        .call(
+            "PUT",
+            &acl,
+            Some(&serde_json::json!({ "allow": ["*"], "deny": ["localhost"], "allow_ip_literals": true })),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{r:?}");
+
+    // B's events no longer get in, and B cannot join again.
+    send_text(&bob, &room_id, "b2", "after the acl").await;
+    // (B sends within milliseconds; three seconds of A's sync without it is ample.)
+    let mut since = alice_since.clone();
+    for _ in 0..3 {
+        let s = alice.sync(Some(&since), 1_000).await.unwrap();
+        assert!(
+            !message_bodies(&s, &room_id).contains(&"after the acl".to_owned()),
+            "A took a PDU from a server its ACL denies"
+        );
+        since = s["next_batch"].as_str().unwrap().to_owned();
+    }
+    let r = bob
+        .call("POST", &format!("/_matrix/client/v3/rooms/{room_id}/leave"), Some(&serde_json::json!({})))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{r:?}");
+    let r = bob.call("POST", &join, Some(&serde_json::json!({}))).await.unwrap();
+    assert_eq!((r.status, r.body["errcode"].as_str()), (403, Some("M_FORBIDDEN")), "rejoining: {r:?}");
+    assert!(r.body["error"].as_str().is_some_and(|e| e.contains("ACL")), "{r:?}");
+}

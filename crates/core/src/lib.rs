@@ -10,6 +10,7 @@ mod pagination;
 mod pdu;
 mod power;
 pub mod push_rules;
+mod server_acl;
 mod signing;
 mod stripped;
 
@@ -19,5 +20,6 @@ pub use filter::{FilteredEvent, glob_matches, room_event_matches};
 pub use pagination::PageToken;
 pub use pdu::{Pdu, PduError, StateMap};
 pub use power::{CREATOR_POWER, required_level, state_event_level, user_power_level};
+pub use server_acl::server_acl_allows;
 pub use signing::{ServerSigningKey, SigningKeyError};
 pub use stripped::{STRIPPED_STATE_TYPES, stripped_state_event};

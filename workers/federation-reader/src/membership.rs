@@ -19,7 +19,7 @@ use ruma::api::federation::membership::{
 use ruma::{CanonicalJsonObject, CanonicalJsonValue, OwnedEventId, RoomId, RoomVersionId, ServerName, UserId};
 use serde_json::value::RawValue;
 
-use crate::rooms::{now, raw, room_version, state_before, storage};
+use crate::rooms::{now, raw, require_acl_allows, room_version, state_before, storage};
 use crate::{ReaderState, Signed};
 
 /// The room's current state as the auth rules read it.
@@ -55,6 +55,7 @@ async fn make_membership(
         return Err(MatrixError::forbidden("The user is not of the server asking"));
     }
     let version = room_version(s, room_id).await?;
+    require_acl_allows(s, room_id, origin).await?;
     let rules = version.rules().ok_or_else(|| MatrixError::internal("room version rules"))?;
     let state = current_state(s, room_id).await?;
     let extremities = s.events.forward_extremities(room_id).await.map_err(storage)?;
@@ -117,6 +118,7 @@ async fn checked_membership(
     membership: &str,
 ) -> Result<String, MatrixError> {
     let version = room_version(s, room_id).await?;
+    require_acl_allows(s, room_id, origin).await?;
     let checked = ganglion_federation::check_pdu(&s.fetcher, &version, raw_pdu.get())
         .await
         .map_err(|e| MatrixError::bad_json(e.to_string()))?;
@@ -231,6 +233,7 @@ pub(crate) async fn invite_v2(
     if req.room_version.rules().is_none() {
         return Err(incompatible(&req.room_version, "which this server does not support"));
     }
+    require_acl_allows(&s, &req.room_id, origin).await?;
     let checked = ganglion_federation::check_pdu(&s.fetcher, &req.room_version, req.event.get())
         .await
         .map_err(|e| MatrixError::bad_json(e.to_string()))?;

@@ -30,9 +30,26 @@ pub(crate) async fn room_version(s: &ReaderState, room_id: &RoomId) -> Result<Ro
     RoomVersionId::try_from(v.as_str()).map_err(MatrixError::internal)
 }
 
-/// Refuses a server with no joined member in the room.
+/// Refuses `origin` when the room's server ACL denies it: checked on every room-scoped
+/// request and on the PDUs of every transaction.
+pub(crate) async fn require_acl_allows(
+    s: &ReaderState,
+    room_id: &RoomId,
+    origin: &ServerName,
+) -> Result<(), MatrixError> {
+    if let Some(acl) = s.events.state_event(room_id, "m.room.server_acl", "").await.map_err(storage)? {
+        let event: serde_json::Value = serde_json::from_str(&acl.json).unwrap_or_default();
+        if !ganglion_core::server_acl_allows(&event["content"], origin) {
+            return Err(MatrixError::forbidden(format!("Server {origin} is banned from this room by its server ACL")));
+        }
+    }
+    Ok(())
+}
+
+/// Refuses a server with no joined member in the room, or one its server ACL denies.
 async fn require_in_room(s: &ReaderState, room_id: &RoomId, origin: &ServerName) -> Result<(), MatrixError> {
     room_version(s, room_id).await?;
+    require_acl_allows(s, room_id, origin).await?;
     if s.federation.server_in_room(room_id.as_str(), origin.as_str()).await.map_err(storage)? {
         Ok(())
     } else {

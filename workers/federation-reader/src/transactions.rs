@@ -7,6 +7,9 @@
 //! A transaction retried with the same ID is answered from memory without being processed twice;
 //! one origin's transactions are processed one at a time, in the order they arrive.
 //!
+//! A room's server ACL is checked against the sending server before any of its PDUs are looked
+//! at; denied, they are answered with an error and nothing is stored.
+//!
 //! EDUs are accepted and not acted on yet (typing, receipts, presence, device lists and to-device
 //! messages over federation are their own piece of work).
 
@@ -127,7 +130,13 @@ pub(crate) async fn send_transaction(
     let per_room = rooms.into_iter().map(|(room_id, version, pdus)| {
         let s = s.clone();
         let origin = origin.clone();
-        async move { process_room(&s, &origin, &room_id, &version, pdus).await }
+        async move {
+            if let Err(denied) = crate::rooms::require_acl_allows(&s, &room_id, &origin).await {
+                tracing::info!(%origin, %room_id, "PDUs refused: the room's server ACL denies their server");
+                return pdus.into_iter().map(|p| (p.event_id, Err(denied.message.clone()))).collect();
+            }
+            process_room(&s, &origin, &room_id, &version, pdus).await
+        }
     });
     for room_results in futures::future::join_all(per_room).await {
         results.extend(room_results);

@@ -123,6 +123,13 @@ async fn put_state(
             return Ok(Json(json!({ "event_id": current.event_id })));
         }
     }
+    if event_type == "m.room.server_acl"
+        && state_key.is_empty()
+        && !ganglion_core::server_acl_allows(&content, rooms.writer.server_name())
+    {
+        // The room would be cut off from this server, its own users with it.
+        return Err(MatrixError::bad_request("A server ACL may not deny the server that sends it"));
+    }
     if event_type == "m.room.canonical_alias" {
         for alias in content.get("alias").into_iter().chain(content["alt_aliases"].as_array().into_iter().flatten()) {
             let Some(a) = alias.as_str() else { return Err(MatrixError::bad_json("Aliases must be strings")) };
