@@ -24,6 +24,20 @@ async fn send_text(c: &RawClient, room_id: &str, txn: &str, body: &str) {
     assert_eq!(r.status, 200, "{r:?}");
 }
 
+/// `user`'s membership of the room as `c`'s server has it, once it is `want` (or after 10 s).
+async fn membership_becomes(c: &RawClient, room_id: &str, user: &str, want: &str) -> Value {
+    let path = format!("/_matrix/client/v3/rooms/{room_id}/state/m.room.member/{}", urlencode(user));
+    let mut got = Value::Null;
+    for _ in 0..100 {
+        got = c.call("GET", &path, None).await.unwrap().body["membership"].clone();
+        if got == want {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    got
+}
+
 async fn get(http: &reqwest::Client, url: &str, token: &str) -> reqwest::Response {
     http.get(url).bearer_auth(token).send().await.unwrap()
 }
@@ -329,22 +343,7 @@ async fn invites_to_users_of_another_server_are_accepted_or_rejected() {
         .await
         .unwrap();
     assert_eq!(r.status, 200, "{r:?}");
-    let mut on_a = Value::Null;
-    for _ in 0..100 {
-        let r = alice
-            .call(
-                "GET",
-                &format!("/_matrix/client/v3/rooms/{room_id}/state/m.room.member/{}", urlencode(&carol.user_id)),
-                None,
-            )
-            .await
-            .unwrap();
-        on_a = r.body["membership"].clone();
-        if on_a == "leave" {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    let on_a = membership_becomes(&alice, &room_id, &carol.user_id, "leave").await;
     assert_eq!(on_a, "leave", "A has carol's rejection");
     carol
         .sync_until(&carol_since, |s| {
@@ -436,4 +435,67 @@ async fn a_server_acl_shuts_a_server_out_of_a_room() {
     let r = bob.call("POST", &join, Some(&serde_json::json!({}))).await.unwrap();
     assert_eq!((r.status, r.body["errcode"].as_str()), (403, Some("M_FORBIDDEN")), "rejoining: {r:?}");
     assert!(r.body["error"].as_str().is_some_and(|e| e.contains("ACL")), "{r:?}");
+}
+
+/// Knocking across servers: the knock reaches the host (B's sync shows it with the room's
+/// stripped state), the host's user lets the knocker in with an invite, and the knocker joins;
+/// a second knock is withdrawn, which the host hears.
+#[tokio::test]
+async fn knocks_on_a_room_of_another_server_are_answered_or_withdrawn() {
+    let a = OneProcess::start_federating().await.expect("server A");
+    let b = OneProcess::start_federating().await.expect("server B");
+    let alice = RawClient::register(&a.url, "alice").await.unwrap();
+    let bob = RawClient::register(&b.url, "bob").await.unwrap();
+    let carol = RawClient::register(&b.url, "carol").await.unwrap();
+    let bob_since = bob.sync(None, 0).await.unwrap()["next_batch"].as_str().unwrap().to_owned();
+    let body = serde_json::json!({
+        "preset": "private_chat",
+        "name": "Knock knock",
+        "initial_state": [{ "type": "m.room.join_rules", "state_key": "", "content": { "join_rule": "knock" } }],
+    });
+    let r = alice.call("POST", "/_matrix/client/v3/createRoom", Some(&body)).await.unwrap();
+    assert_eq!(r.status, 200, "{r:?}");
+    let room_id = r.body["room_id"].as_str().unwrap().to_owned();
+    let knock = format!("/_matrix/client/v3/knock/{}?via={}", urlencode(&room_id), urlencode(&a.server_name));
+    let member = |u: &str| format!("/_matrix/client/v3/rooms/{room_id}/state/m.room.member/{}", urlencode(u));
+
+    let r = bob.call("POST", &knock, Some(&serde_json::json!({ "reason": "let me in" }))).await.unwrap();
+    assert_eq!((r.status, r.body["room_id"].as_str()), (200, Some(room_id.as_str())), "{r:?}");
+    let r = alice.call("GET", &member(&bob.user_id), None).await.unwrap();
+    assert_eq!((r.body["membership"].as_str(), r.body["reason"].as_str()), (Some("knock"), Some("let me in")), "{r:?}");
+    let sync = bob.sync_until(&bob_since, |s| s["rooms"]["knock"][&room_id].is_object()).await.expect("bob's knock");
+    let stripped = sync["rooms"]["knock"][&room_id]["knock_state"]["events"].as_array().cloned().unwrap_or_default();
+    assert!(
+        stripped.iter().any(|e| e["type"] == "m.room.name" && e["content"]["name"] == "Knock knock"),
+        "knock_state has the room's name: {stripped:?}"
+    );
+
+    // Carol knocks and withdraws while B is in the room only through knocks: the withdrawal
+    // goes to the host.
+    let r = carol.call("POST", &knock, Some(&serde_json::json!({}))).await.unwrap();
+    assert_eq!(r.status, 200, "{r:?}");
+    let r = carol
+        .call("POST", &format!("/_matrix/client/v3/rooms/{room_id}/leave"), Some(&serde_json::json!({})))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(membership_becomes(&alice, &room_id, &carol.user_id, "leave").await, "leave", "A hears carol withdraw");
+
+    // Alice answers with an invite; Bob joins.
+    let r = alice
+        .call(
+            "POST",
+            &format!("/_matrix/client/v3/rooms/{room_id}/invite"),
+            Some(&serde_json::json!({ "user_id": bob.user_id })),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{r:?}");
+    bob.sync_until(&bob_since, |s| s["rooms"]["invite"][&room_id].is_object()).await.expect("bob's invite");
+    let r = bob
+        .call("POST", &format!("/_matrix/client/v3/rooms/{room_id}/join"), Some(&serde_json::json!({})))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(membership_becomes(&alice, &room_id, &bob.user_id, "join").await, "join", "A has bob's join");
 }

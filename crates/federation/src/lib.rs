@@ -15,5 +15,8 @@ mod resolve;
 pub use auth::InboundAuth;
 pub use client::{FederationClient, FederationError};
 pub use keys::{KeyFetcher, load_expired_keys, load_signing_key, notarise, server_keys_document};
-pub use pdu::{CheckedPdu, MAX_PDU_BYTES, PduCheckError, check_pdu, check_pdu_signed_by, event_id_of, outgoing_pdu};
+pub use pdu::{
+    CheckedPdu, MAX_PDU_BYTES, PduCheckError, check_pdu, check_pdu_signed_by, event_id_of, outgoing_pdu,
+    room_state_json,
+};
 pub use resolve::{Destination, resolve_destination};

@@ -169,3 +169,17 @@ pub fn outgoing_pdu(json: &str) -> Option<Box<serde_json::value::RawValue>> {
     object.remove("unsigned");
     serde_json::value::to_raw_value(&object).ok()
 }
+
+/// One event of an invite's or knock's room state as JSON, whether sent as a full PDU (Matrix
+/// 1.16) or in the older stripped form.
+#[must_use]
+pub fn room_state_json(event: &ruma::api::federation::membership::RawStrippedState) -> Option<serde_json::Value> {
+    use ruma::api::federation::membership::RawStrippedState;
+    let json = match event {
+        RawStrippedState::Pdu(raw) => raw.get(),
+        #[allow(deprecated)]
+        RawStrippedState::Stripped(raw) => raw.json().get(),
+        _ => return None,
+    };
+    serde_json::from_str(json).ok()
+}

@@ -5,10 +5,10 @@
 //! the queries `/query/profile` and `/query/directory`; inbound transactions (`/send`, module
 //! `transactions`); and the room endpoints (`/event`, `/state`, `/state_ids`, `/event_auth`,
 //! `/backfill`, `/get_missing_events`, module `rooms`); and membership (`make_join`,
-//! `send_join`, `make_leave`, `send_leave`, `invite`, module `membership`). Everything but the
-//! keys needs an `X-Matrix` signature by a current key of the asking server. PDUs are checked
-//! here and persisted by `main` (gRPC `ReceivePdus`). Paths the routing table sends here that are
-//! not built yet (knocks, EDU-backed queries) answer `M_UNRECOGNIZED`.
+//! `send_join`, `make_leave`, `send_leave`, `make_knock`, `send_knock`, `invite`, module
+//! `membership`). Everything but the keys needs an `X-Matrix` signature by a current key of the
+//! asking server. PDUs are checked here and persisted by `main` (gRPC `ReceivePdus`). Paths the routing table sends here that are
+//! not built yet (EDU-backed queries and the like) answer `M_UNRECOGNIZED`.
 //!
 //! Handlers take ruma's request types and answer ruma's response types.
 //!
@@ -163,6 +163,8 @@ fn router(state: ReaderState) -> Router {
         .route("/_matrix/federation/v1/make_leave/{room_id}/{user_id}", get(membership::make_leave))
         .route("/_matrix/federation/v2/send_leave/{room_id}/{event_id}", put(membership::send_leave_v2))
         .route("/_matrix/federation/v2/invite/{room_id}/{event_id}", put(membership::invite_v2))
+        .route("/_matrix/federation/v1/make_knock/{room_id}/{user_id}", get(membership::make_knock))
+        .route("/_matrix/federation/v1/send_knock/{room_id}/{event_id}", put(membership::send_knock))
         .with_state(state)
 }
 

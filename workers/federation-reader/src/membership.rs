@@ -1,6 +1,6 @@
 //! The membership endpoints other servers call: joining (`make_join`, `send_join` v2), leaving
-//! (`make_leave`, `send_leave` v2; the v1 forms are gone from current servers) and inviting a
-//! user of this server (`invite` v2). Every one needs an `X-Matrix` signature.
+//! (`make_leave`, `send_leave` v2; the v1 forms are gone from current servers), knocking
+//! (`make_knock`, `send_knock`) and inviting a user of this server (`invite` v2). Every one needs an `X-Matrix` signature.
 //!
 //! Joins and leaves are checked here (format, signatures, that the sending server speaks for
 //! the user) and persisted by `main` through `ReceivePdus`, which runs the auth rules. An
@@ -14,7 +14,8 @@ use ganglion_core::{EventTemplate, Pdu, RoomContext, StateMap};
 use ganglion_http::{MatrixError, RumaResponse};
 use ganglion_rpc::v1::{PduOutcome, ReceivePdusRequest, ReceivedPdu};
 use ruma::api::federation::membership::{
-    RawStrippedState, create_invite, create_join_event, create_leave_event, prepare_join_event, prepare_leave_event,
+    RawStrippedState, create_invite, create_join_event, create_knock_event, create_leave_event, prepare_join_event,
+    prepare_knock_event, prepare_leave_event,
 };
 use ruma::{CanonicalJsonObject, CanonicalJsonValue, OwnedEventId, RoomId, RoomVersionId, ServerName, UserId};
 use serde_json::value::RawValue;
@@ -104,6 +105,42 @@ pub(crate) async fn make_leave(
     let req = signed.request;
     let (event, version) = make_membership(&s, &signed.origin, &req.room_id, &req.user_id, "leave").await?;
     Ok(RumaResponse(prepare_leave_event::v1::Response::new(Some(version), event)))
+}
+
+/// `GET /_matrix/federation/v1/make_knock/{roomId}/{userId}?ver=`: a knock for the user to sign,
+/// if the room's join rules let them knock.
+pub(crate) async fn make_knock(
+    State(s): State<ReaderState>,
+    signed: Signed<prepare_knock_event::v1::Request>,
+) -> Result<RumaResponse<prepare_knock_event::v1::Response>, MatrixError> {
+    let req = signed.request;
+    let version = room_version(&s, &req.room_id).await?;
+    if !req.ver.contains(&version) {
+        return Err(incompatible(&version, "which your server does not support"));
+    }
+    let (event, version) = make_membership(&s, &signed.origin, &req.room_id, &req.user_id, "knock").await?;
+    Ok(RumaResponse(prepare_knock_event::v1::Response::new(version, event)))
+}
+
+/// `PUT /_matrix/federation/v1/send_knock/{roomId}/{eventId}`: the signed knock, persisted; the
+/// answer is the room's stripped state, as full events, for the knocker to show.
+pub(crate) async fn send_knock(
+    State(s): State<ReaderState>,
+    signed: Signed<create_knock_event::v1::Request>,
+) -> Result<RumaResponse<create_knock_event::v1::Response>, MatrixError> {
+    let req = signed.request;
+    let json = checked_membership(&s, &signed.origin, &req.room_id, &req.event_id, &req.pdu, "knock").await?;
+    let pdu = ReceivedPdu { event_id: req.event_id.to_string(), json, ..Default::default() };
+    persist_one(&s, &signed.origin, pdu, "knock").await?;
+    let state = s.events.current_state_events(&req.room_id).await.map_err(storage)?;
+    let stripped: Vec<RawStrippedState> = state
+        .iter()
+        .filter(|e| ganglion_core::STRIPPED_STATE_TYPES.contains(&e.event_type.as_str()))
+        .filter_map(raw)
+        .map(RawStrippedState::Pdu)
+        .collect();
+    tracing::info!(origin = %signed.origin, room_id = %req.room_id, event_id = %req.event_id, "accepted a knock over federation");
+    Ok(RumaResponse(create_knock_event::v1::Response::new(stripped)))
 }
 
 /// A membership event sent back after `make_*`: checked (format, signatures, that it is the
@@ -267,19 +304,8 @@ pub(crate) async fn invite_v2(
     let object = countersign(&s, checked.object, &req.room_version)?;
     let countersigned = serde_json::to_string(&object).map_err(MatrixError::internal)?;
     // Stored with what the inviter says of the room, for the invitee's stripped state.
-    let room_state: Vec<serde_json::Value> = req
-        .invite_room_state
-        .iter()
-        .filter_map(|e| {
-            let json = match e {
-                RawStrippedState::Pdu(raw) => raw.get(),
-                #[allow(deprecated)]
-                RawStrippedState::Stripped(raw) => raw.json().get(),
-                _ => return None,
-            };
-            serde_json::from_str::<serde_json::Value>(json).ok()
-        })
-        .collect();
+    let room_state: Vec<serde_json::Value> =
+        req.invite_room_state.iter().filter_map(ganglion_federation::room_state_json).collect();
     let mut stored = object;
     stored.insert(
         "unsigned".into(),

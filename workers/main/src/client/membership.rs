@@ -2,7 +2,7 @@
 //! change is an `m.room.member` event checked by the room version's auth rules, whose reason
 //! becomes the `M_FORBIDDEN` message.
 
-use axum::extract::{Path, State};
+use axum::extract::{Path, RawQuery, State};
 use axum::{Extension, Json};
 use ganglion_core::EventTemplate;
 use ganglion_http::{AuthUser, MatrixError, MatrixJson, RequestId};
@@ -124,13 +124,17 @@ pub(crate) async fn leave(
         _ => return Err(MatrixError::not_found(format!("You are not a member of {room_id}"))),
     }
     let ours = rooms.writer.server_name();
-    let from_elsewhere = rooms
-        .events
-        .state_event(&room_id, "m.room.member", user.user_id.as_str())
-        .await?
-        .is_some_and(|m| m.sender.server_name() != ours && m.membership.as_deref() != Some("join"));
+    let from_elsewhere =
+        rooms.events.state_event(&room_id, "m.room.member", user.user_id.as_str()).await?.is_some_and(|m| {
+            match m.membership.as_deref() {
+                // An invite from another server, or a knock on a room another server hosts.
+                Some("invite") => m.sender.server_name() != ours,
+                Some("knock") => true,
+                _ => false,
+            }
+        });
     if from_elsewhere && !rooms.writer.resident(&room_id).await.map_err(|e| MatrixError::internal(e.to_string()))? {
-        // Only an invite from another server brought the room here: leave through a server in it.
+        // Only an invite or a knock brought the room here: leave through a server in it.
         super::remote_membership::leave_remote(&rooms, &room_id, &user.user_id, body.reason).await?;
         return Ok(Json(json!({})));
     }
@@ -193,11 +197,27 @@ pub(crate) async fn knock(
     user: AuthUser,
     req: Option<Extension<RequestId>>,
     Path(target): Path<String>,
+    RawQuery(query): RawQuery,
     MatrixJson(body): MatrixJson<ReasonBody>,
 ) -> Result<Json<Value>, MatrixError> {
-    let room_id = super::resolve_room_id_or_alias(&rooms, &target).await?;
+    let (room_id, via) = super::rooms::room_and_servers(&rooms, &target, query.as_deref()).await?;
     if user.rate_limited() {
         rooms.limits.rooms.check(user.user_id.as_str())?;
+    }
+    let known = rooms.events.room_version(&room_id).await?.is_some();
+    let ours = rooms.writer.server_name();
+    let elsewhere = !via.is_empty() || room_id.server_name().is_some_and(|s| s != ours);
+    let resident = known && rooms.writer.resident(&room_id).await.map_err(|e| MatrixError::internal(e.to_string()))?;
+    if !known || (!resident && elsewhere) {
+        // Another server hosts the room: knock through one that is in it.
+        let mut content = json!({ "membership": "knock" });
+        if let Some(r) = body.reason.filter(|r| !r.is_empty()) {
+            content["reason"] = json!(r);
+        }
+        let content = super::rooms::with_profile(&rooms, &user.user_id, content).await?;
+        super::remote_membership::knock_remote(&rooms, &room_id, &user.user_id, &via, content).await?;
+        rooms.events.unforget_room(&user.user_id, &room_id).await?;
+        return Ok(Json(json!({ "room_id": room_id })));
     }
     set_membership(&rooms, &room_id, &user.user_id, &user.user_id, "knock", body.reason, &origin(&req)).await?;
     Ok(Json(json!({ "room_id": room_id })))

@@ -55,13 +55,32 @@ pub(crate) async fn join_remote(
     servers: &[OwnedServerName],
     content: Value,
 ) -> Result<(), MatrixError> {
-    let ours = rooms.writer.server_name().clone();
+    through_first(rooms, room_id, servers, "joining", |server| join_via(rooms, room_id, user, server, &content)).await
+}
+
+/// Runs `attempt` through each of `servers` but this one, once each, until one succeeds.
+///
+/// # Errors
+/// The last server's error, or 404 when there is no other server to try.
+pub(crate) async fn through_first<'a, F, Fut>(
+    rooms: &Rooms,
+    room_id: &RoomId,
+    servers: &'a [OwnedServerName],
+    what: &str,
+    mut attempt: F,
+) -> Result<(), MatrixError>
+where
+    F: FnMut(&'a OwnedServerName) -> Fut,
+    Fut: std::future::Future<Output = Result<(), MatrixError>>,
+{
+    let ours = rooms.writer.server_name();
+    let mut seen = std::collections::HashSet::new();
     let mut last = MatrixError::not_found("No known servers for this room");
-    for server in servers.iter().filter(|s| **s != ours) {
-        match join_via(rooms, room_id, user, server, &content).await {
+    for server in servers.iter().filter(|s| *s != ours && seen.insert(*s)) {
+        match attempt(server).await {
             Ok(()) => return Ok(()),
             Err(e) => {
-                tracing::info!(%room_id, %server, error = ?e, "joining through this server failed");
+                tracing::info!(%room_id, %server, error = ?e, what, "this server did not do it");
                 last = e;
             }
         }

@@ -3,6 +3,8 @@
 //!
 //! - inviting a user of another server: the invite is built here, countersigned by the
 //!   invitee's server (`/invite` v2), then stored as this server's event in the room;
+//! - knocking on a room this server is not in: `make_knock`, signed, `send_knock`, and the knock
+//!   stored with the room's stripped state the resident answered with;
 //! - leaving a room this server is not in, which is how an invite from another server is
 //!   rejected: a resident server hands out a leave template (`make_leave`), which is signed
 //!   and sent back (`send_leave` v2). When no resident server answers, the invite is rejected
@@ -11,11 +13,13 @@
 use ganglion_core::{EventTemplate, Pdu, RoomContext, STRIPPED_STATE_TYPES, StateMap};
 use ganglion_federation::{check_pdu_signed_by, outgoing_pdu};
 use ganglion_http::MatrixError;
-use ruma::api::federation::membership::{RawStrippedState, create_invite, create_leave_event, prepare_leave_event};
+use ruma::api::federation::membership::{
+    RawStrippedState, create_invite, create_knock_event, create_leave_event, prepare_knock_event, prepare_leave_event,
+};
 use ruma::{OwnedServerName, RoomId, RoomVersionId, UserId};
 use serde_json::{Value, json};
 
-use super::remote_join::{client_error, complete_template, now_ms};
+use super::remote_join::{client_error, complete_template, now_ms, supported_versions, through_first};
 use crate::Rooms;
 use crate::receive::ReceiveError;
 
@@ -100,20 +104,24 @@ pub(crate) async fn leave_remote(
     let mut servers: Vec<OwnedServerName> = Vec::new();
     if let Some(m) = &member {
         servers.push(m.sender.server_name().to_owned());
+        // The senders of the room state that came with an invite or knock are in the room.
+        let full: Value = serde_json::from_str(&m.json).unwrap_or_default();
+        for e in full["unsigned"]["invite_room_state"].as_array().into_iter().flatten() {
+            if let Some(server) = e["sender"].as_str().and_then(|u| ruma::OwnedUserId::try_from(u).ok()) {
+                servers.push(server.server_name().to_owned());
+            }
+        }
     }
     servers.extend(room_id.server_name().map(ToOwned::to_owned));
-    let ours = rooms.writer.server_name().clone();
-    let mut seen = std::collections::HashSet::new();
-    servers.retain(|s| *s != ours && seen.insert(s.clone()));
     let mut content = json!({ "membership": "leave" });
     if let Some(r) = reason.filter(|r| !r.is_empty()) {
         content["reason"] = json!(r);
     }
-    for server in &servers {
-        match leave_via(rooms, room_id, user, server, &content).await {
-            Ok(()) => return Ok(()),
-            Err(e) => tracing::info!(%room_id, %server, error = ?e, "leaving through this server failed"),
-        }
+    let left =
+        through_first(rooms, room_id, &servers, "leaving", |server| leave_via(rooms, room_id, user, server, &content))
+            .await;
+    if left.is_ok() {
+        return Ok(());
     }
     let Some(member) = member else { return Err(MatrixError::not_found(format!("You are not a member of {room_id}"))) };
     local_rejection(rooms, room_id, user, &member, content).await
@@ -177,5 +185,54 @@ async fn local_rejection(
     let pdu = Pdu::from_json(event_id, &json).map_err(MatrixError::internal)?;
     rooms.writer.receive_out_of_band(pdu, &version).await.map_err(receive_error)?;
     tracing::info!(%room_id, %user, "no server in the room answered: the invite is rejected here only");
+    Ok(())
+}
+
+/// Knocks on a room no local user is joined to, through the first of `servers` (then the room
+/// ID's server) that takes the knock.
+///
+/// # Errors
+/// The last server's refusal, or 404 when no server is known.
+pub(crate) async fn knock_remote(
+    rooms: &Rooms,
+    room_id: &RoomId,
+    user: &UserId,
+    servers: &[OwnedServerName],
+    content: Value,
+) -> Result<(), MatrixError> {
+    let mut servers = servers.to_vec();
+    servers.extend(room_id.server_name().map(ToOwned::to_owned));
+    through_first(rooms, room_id, &servers, "knocking", |server| knock_via(rooms, room_id, user, server, &content))
+        .await
+}
+
+async fn knock_via(
+    rooms: &Rooms,
+    room_id: &RoomId,
+    user: &UserId,
+    server: &OwnedServerName,
+    content: &Value,
+) -> Result<(), MatrixError> {
+    let mut ask = prepare_knock_event::v1::Request::new(room_id.to_owned(), user.to_owned());
+    ask.ver = supported_versions();
+    let template = rooms.federation.send(server, ask).await.map_err(|e| client_error(&e))?;
+    let version = template.room_version;
+    let (event_id, json) = complete_template(rooms, template.event.get(), &version, room_id, user, "knock", content)?;
+    let raw = serde_json::value::RawValue::from_string(json.clone()).map_err(MatrixError::internal)?;
+    let send = create_knock_event::v1::Request::new(room_id.to_owned(), event_id.clone(), raw);
+    let answer = rooms.federation.send(server, send).await.map_err(|e| client_error(&e))?;
+    // Stored with the room as the resident shows it, for the knocker's `knock_state`.
+    let room_state: Vec<Value> = answer
+        .knock_room_state
+        .iter()
+        .filter_map(ganglion_federation::room_state_json)
+        .map(|e| ganglion_core::stripped_state_event(&e))
+        .collect();
+    let mut object: serde_json::Map<String, Value> = serde_json::from_str(&json).map_err(MatrixError::internal)?;
+    object.insert("unsigned".into(), json!({ "invite_room_state": room_state }));
+    let stored = serde_json::to_string(&object).map_err(MatrixError::internal)?;
+    let pdu = Pdu::from_json(event_id, &stored).map_err(MatrixError::internal)?;
+    rooms.writer.receive_out_of_band(pdu, &version).await.map_err(receive_error)?;
+    tracing::info!(%room_id, %user, %server, "knocked over federation");
     Ok(())
 }

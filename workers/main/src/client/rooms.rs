@@ -434,8 +434,20 @@ pub(crate) async fn join_by_id_or_alias(
     RawQuery(query): RawQuery,
     MatrixJson(_body): MatrixJson<serde_json::Map<String, Value>>,
 ) -> Result<Json<Value>, MatrixError> {
-    let mut via = via_servers(query.as_deref());
-    let room_id = match remote_alias(&rooms, &target)? {
+    let (room_id, via) = room_and_servers(&rooms, &target, query.as_deref()).await?;
+    join(&rooms, &data, &room_id, &user, &origin(&req, None), &via).await
+}
+
+/// The room a `{roomIdOrAlias}` names and the servers to reach it through: `via` and
+/// `server_name` of the query, and for another server's alias, what its `/query/directory`
+/// answers.
+pub(crate) async fn room_and_servers(
+    rooms: &Rooms,
+    target: &str,
+    query: Option<&str>,
+) -> Result<(OwnedRoomId, Vec<OwnedServerName>), MatrixError> {
+    let mut via = via_servers(query);
+    let room_id = match remote_alias(rooms, target)? {
         Some(alias) => {
             // Another server's alias: that server names the room and servers in it.
             let ask = ruma::api::federation::query::get_room_information::v1::Request::new(alias.clone());
@@ -451,9 +463,9 @@ pub(crate) async fn join_by_id_or_alias(
             via.extend(answer.servers);
             answer.room_id
         }
-        None => super::resolve_room_id_or_alias(&rooms, &target).await?,
+        None => super::resolve_room_id_or_alias(rooms, target).await?,
     };
-    join(&rooms, &data, &room_id, &user, &origin(&req, None), &via).await
+    Ok((room_id, via))
 }
 
 /// The alias `target` names when it is another server's.
