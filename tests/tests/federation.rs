@@ -24,6 +24,11 @@ async fn send_text(c: &RawClient, room_id: &str, txn: &str, body: &str) {
     assert_eq!(r.status, 200, "{r:?}");
 }
 
+async fn invite(c: &RawClient, room_id: &str, user: &str) -> ganglion_e2e::Reply {
+    let path = format!("/_matrix/client/v3/rooms/{room_id}/invite");
+    c.call("POST", &path, Some(&serde_json::json!({ "user_id": user }))).await.unwrap()
+}
+
 /// `user`'s membership of the room as `c`'s server has it, once it is `want` (or after 10 s).
 async fn membership_becomes(c: &RawClient, room_id: &str, user: &str, want: &str) -> Value {
     let path = format!("/_matrix/client/v3/rooms/{room_id}/state/m.room.member/{}", urlencode(user));
@@ -292,24 +297,10 @@ async fn invites_to_users_of_another_server_are_accepted_or_rejected() {
         .unwrap();
     assert_eq!(r.status, 200, "{r:?}");
     let room_id = r.body["room_id"].as_str().unwrap().to_owned();
-    let r = alice
-        .call(
-            "POST",
-            &format!("/_matrix/client/v3/rooms/{room_id}/invite"),
-            Some(&serde_json::json!({ "user_id": carol.user_id })),
-        )
-        .await
-        .unwrap();
+    let r = invite(&alice, &room_id, &carol.user_id).await;
     assert_eq!(r.status, 200, "{r:?}");
     let nobody = format!("@nobody:{}", b.server_name);
-    let r = alice
-        .call(
-            "POST",
-            &format!("/_matrix/client/v3/rooms/{room_id}/invite"),
-            Some(&serde_json::json!({ "user_id": nobody })),
-        )
-        .await
-        .unwrap();
+    let r = invite(&alice, &room_id, &nobody).await;
     assert_eq!(r.status, 404, "inviting a user the other server lacks: {r:?}");
     let r = alice
         .call(
@@ -482,14 +473,7 @@ async fn knocks_on_a_room_of_another_server_are_answered_or_withdrawn() {
     assert_eq!(membership_becomes(&alice, &room_id, &carol.user_id, "leave").await, "leave", "A hears carol withdraw");
 
     // Alice answers with an invite; Bob joins.
-    let r = alice
-        .call(
-            "POST",
-            &format!("/_matrix/client/v3/rooms/{room_id}/invite"),
-            Some(&serde_json::json!({ "user_id": bob.user_id })),
-        )
-        .await
-        .unwrap();
+    let r = invite(&alice, &room_id, &bob.user_id).await;
     assert_eq!(r.status, 200, "{r:?}");
     bob.sync_until(&bob_since, |s| s["rooms"]["invite"][&room_id].is_object()).await.expect("bob's invite");
     let r = bob

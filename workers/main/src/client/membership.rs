@@ -124,18 +124,18 @@ pub(crate) async fn leave(
         _ => return Err(MatrixError::not_found(format!("You are not a member of {room_id}"))),
     }
     let ours = rooms.writer.server_name();
-    let from_elsewhere =
-        rooms.events.state_event(&room_id, "m.room.member", user.user_id.as_str()).await?.is_some_and(|m| {
-            match m.membership.as_deref() {
-                // An invite from another server, or a knock on a room another server hosts.
-                Some("invite") => m.sender.server_name() != ours,
-                Some("knock") => true,
-                _ => false,
-            }
-        });
-    if from_elsewhere && !rooms.writer.resident(&room_id).await.map_err(|e| MatrixError::internal(e.to_string()))? {
+    let member = rooms.events.state_event(&room_id, "m.room.member", user.user_id.as_str()).await?;
+    let from_elsewhere = member.as_ref().is_some_and(|m| match m.membership.as_deref() {
+        // An invite from another server, or a knock on a room another server hosts.
+        Some("invite") => m.sender.server_name() != ours,
+        Some("knock") => true,
+        _ => false,
+    });
+    if let Some(member) = member.filter(|_| from_elsewhere)
+        && !rooms.writer.resident(&room_id).await.map_err(|e| MatrixError::internal(e.to_string()))?
+    {
         // Only an invite or a knock brought the room here: leave through a server in it.
-        super::remote_membership::leave_remote(&rooms, &room_id, &user.user_id, body.reason).await?;
+        super::remote_membership::leave_remote(&rooms, &room_id, &user.user_id, &member, body.reason).await?;
         return Ok(Json(json!({})));
     }
     set_membership(&rooms, &room_id, &user.user_id, &user.user_id, "leave", body.reason, &origin(&req)).await?;

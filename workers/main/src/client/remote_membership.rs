@@ -90,7 +90,8 @@ pub(crate) async fn invite_remote(
 }
 
 /// Leaves a room this server is not in (no local member joined): rejects an invite, or
-/// withdraws a knock, through a server that is, or here alone when none answers.
+/// withdraws a knock (`member`, the user's membership event), through a server that is, or
+/// here alone when none answers.
 ///
 /// # Errors
 /// Storage failures; the room's version being unknown.
@@ -98,18 +99,15 @@ pub(crate) async fn leave_remote(
     rooms: &Rooms,
     room_id: &RoomId,
     user: &UserId,
+    member: &ganglion_storage::PersistedEvent,
     reason: Option<String>,
 ) -> Result<(), MatrixError> {
-    let member = rooms.events.state_event(room_id, "m.room.member", user.as_str()).await?;
-    let mut servers: Vec<OwnedServerName> = Vec::new();
-    if let Some(m) = &member {
-        servers.push(m.sender.server_name().to_owned());
-        // The senders of the room state that came with an invite or knock are in the room.
-        let full: Value = serde_json::from_str(&m.json).unwrap_or_default();
-        for e in full["unsigned"]["invite_room_state"].as_array().into_iter().flatten() {
-            if let Some(server) = e["sender"].as_str().and_then(|u| ruma::OwnedUserId::try_from(u).ok()) {
-                servers.push(server.server_name().to_owned());
-            }
+    let mut servers: Vec<OwnedServerName> = vec![member.sender.server_name().to_owned()];
+    // The senders of the room state that came with an invite or knock are in the room.
+    let full: Value = serde_json::from_str(&member.json).unwrap_or_default();
+    for e in full["unsigned"]["invite_room_state"].as_array().into_iter().flatten() {
+        if let Some(server) = e["sender"].as_str().and_then(|u| ruma::OwnedUserId::try_from(u).ok()) {
+            servers.push(server.server_name().to_owned());
         }
     }
     servers.extend(room_id.server_name().map(ToOwned::to_owned));
@@ -123,8 +121,7 @@ pub(crate) async fn leave_remote(
     if left.is_ok() {
         return Ok(());
     }
-    let Some(member) = member else { return Err(MatrixError::not_found(format!("You are not a member of {room_id}"))) };
-    local_rejection(rooms, room_id, user, &member, content).await
+    local_rejection(rooms, room_id, user, member, content).await
 }
 
 async fn leave_via(
